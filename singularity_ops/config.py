@@ -1,0 +1,348 @@
+"""Configuration: one resolution order for every command.
+
+command-line flags > environment (DATABASE_URL, PG*, PGDATA, PG_BINDIR, SINGULARITY_CONFIG,
+SINGULARITY_ENV) > singularity.yaml at the project root > defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from .errors import ConfigError
+
+CONFIG_NAME = "singularity.yaml"
+ENVIRONMENTS = ("dev", "test", "prod")
+DEFAULT_LOCAL_PORT = 54329
+DEFAULT_EXTENSIONS = ("vector", "timescaledb", "postgis")
+# A unix socket path must fit in sun_path (108 bytes) including "/.s.PGSQL.NNNNN".
+MAX_SOCKET_DIR = 90
+
+# The schema of singularity.yaml: section -> key -> expected type(s). None means a nested section.
+SCHEMA: dict[str, Any] = {
+    "environment": str,
+    "extensions": list,
+    "database": {
+        "name": str,
+        "url": str,
+        "host": str,
+        "port": int,
+        "user": str,
+        "maintenance_db": str,
+        "connect_timeout": int,
+    },
+    "postgres": {
+        "bindir": str,
+        "local": {
+            "data_dir": str,
+            "port": int,
+            "socket_dir": str,
+        },
+    },
+}
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """Where the project-local cluster lives and listens."""
+
+    data_dir: Path
+    port: int
+    socket_dir: Path
+    log_file: Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration. `password` never appears in repr or output."""
+
+    project_root: Path
+    config_file: Path | None
+    environment: str
+    dbname: str
+    host: str
+    port: int
+    user: str | None
+    password: str | None = field(repr=False)
+    url_params: Mapping[str, str] = field(default_factory=dict)
+    maintenance_db: str = "postgres"
+    connect_timeout: int = 5
+    bindir: Path | None = None
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    local: LocalCluster | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def is_local(self) -> bool:
+        """True when the target is the project-local cluster."""
+        return self.local is not None
+
+    def conninfo(self, dbname: str | None = None) -> dict[str, Any]:
+        """Keyword arguments for psycopg.connect()."""
+        params: dict[str, Any] = dict(self.url_params)
+        params.update(
+            host=self.host,
+            port=self.port,
+            dbname=dbname or self.dbname,
+            connect_timeout=self.connect_timeout,
+            application_name="singularity-ops",
+        )
+        if self.user:
+            params["user"] = self.user
+        if self.password:
+            params["password"] = self.password
+        return params
+
+    def url(self, dbname: str | None = None) -> str:
+        """The connection as a postgresql:// URL, always without the password."""
+        user = quote(self.user, safe="") if self.user else ""
+        if self.host.startswith("/"):
+            # A socket directory goes into the query string, as libpq documents.
+            query = {"host": self.host, "port": str(self.port), **self.url_params}
+            return _build_url(user, dbname or self.dbname, query)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        netloc = f"{user}@{host}:{self.port}" if user else f"{host}:{self.port}"
+        return _build_url(netloc, dbname or self.dbname, self.url_params)
+
+    def redact(self, text: str) -> str:
+        """Remove this configuration's password from any text (messages from libpq included)."""
+        return redact(text, self.password)
+
+
+def _build_url(netloc: str, dbname: str, query: Mapping[str, str]) -> str:
+    qs = "&".join(f"{quote(k, safe='')}={quote(str(v), safe='/')}" for k, v in query.items())
+    return urlunsplit(("postgresql", netloc, "/" + quote(dbname, safe=""), qs, ""))
+
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>postgres(?:ql)?://[^:/@\s]*):(?P<pw>[^@\s]*)@")
+_KV_PASSWORD = re.compile(r"(?P<key>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.I)
+
+
+def redact(text: str, password: str | None = None) -> str:
+    """Replace passwords in URLs, key=value conninfo and a known literal with ***."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}:***@", text)
+    text = _KV_PASSWORD.sub(lambda m: f"{m['key']}***", text)
+    if password:
+        text = text.replace(password, "***")
+    return text
+
+
+def find_project_root(start: Path) -> Path:
+    """The nearest directory at or above `start` holding singularity.yaml, else `start`."""
+    for directory in (start, *start.parents):
+        if (directory / CONFIG_NAME).is_file():
+            return directory
+    return start
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    _validate(data, SCHEMA, path, "")
+    return data
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", bool: "true or false"}
+
+
+def _validate(data: Mapping[str, Any], schema: Mapping[str, Any], path: Path, prefix: str) -> None:
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            known = ", ".join(sorted(schema))
+            raise ConfigError(f"{path.name}: unknown key {dotted!r} (known keys here: {known})")
+        expected = schema[key]
+        if isinstance(expected, dict):
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path.name}: {dotted} must be a mapping, got {value!r}")
+            _validate(value, expected, path, dotted + ".")
+        elif value is not None and (
+            not isinstance(value, expected) or (expected is int and isinstance(value, bool))
+        ):
+            raise ConfigError(
+                f"{path.name}: {dotted} must be {_TYPE_NAMES.get(expected, expected.__name__)}, "
+                f"got {value!r}"
+            )
+
+
+def _get(data: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or node.get(part) is None:
+            return None
+        node = node[part]
+    return node
+
+
+def _int_setting(value: Any, name: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+    if not 0 < number < 65536 and "port" in name.lower():
+        raise ConfigError(f"{name} must be a TCP port between 1 and 65535, got {number}")
+    return number
+
+
+def _parse_url(url: str, source: str) -> dict[str, Any]:
+    """Split a postgresql:// URL into host, port, user, password, dbname and extra params."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    if not re.match(r"^postgres(ql)?://", url):
+        raise ConfigError(
+            f"{source} must be a postgresql:// URL, got {redact(url)!r}; "
+            "have you set --database-url or DATABASE_URL correctly?"
+        )
+    try:
+        params = conninfo_to_dict(url)
+    except Exception as exc:  # psycopg raises ProgrammingError with libpq's text
+        raise ConfigError(f"{source} is not a valid connection URL: {redact(str(exc))}") from None
+    split = urlsplit(url)
+    if split.path in ("", "/"):
+        params.pop("dbname", None)
+    return params
+
+
+def local_socket_dir(project_root: Path, data_dir: Path) -> Path:
+    """A short socket directory: under the state directory when the path fits, else /tmp."""
+    preferred = data_dir.parent / "run"
+    if len(str(preferred)) <= MAX_SOCKET_DIR:
+        return preferred
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:10]
+    return Path("/tmp") / f"singularity-ops-{digest}"
+
+
+def load_settings(
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+    database_url: str | None = None,
+    dbname: str | None = None,
+) -> Settings:
+    """Resolve the configuration from flags (the keyword arguments), environment, file, defaults."""
+    env = os.environ if env is None else env
+    cwd = (cwd or Path.cwd()).resolve()
+
+    config_path: Path | None
+    if config_file is not None or env.get("SINGULARITY_CONFIG"):
+        source = "--config" if config_file is not None else "SINGULARITY_CONFIG"
+        config_path = Path(config_file or env["SINGULARITY_CONFIG"]).expanduser()
+        if not config_path.is_absolute():
+            config_path = cwd / config_path
+        if not config_path.is_file():
+            raise ConfigError(f"{source} names {config_path}, which does not exist")
+        project_root = config_path.parent
+    else:
+        project_root = find_project_root(cwd)
+        candidate = project_root / CONFIG_NAME
+        config_path = candidate if candidate.is_file() else None
+    data = _load_yaml(config_path) if config_path else {}
+
+    environment = env.get("SINGULARITY_ENV") or _get(data, "environment") or "dev"
+    if environment not in ENVIRONMENTS:
+        where = "SINGULARITY_ENV" if env.get("SINGULARITY_ENV") else f"{CONFIG_NAME}: environment"
+        raise ConfigError(f"{where} must be one of {', '.join(ENVIRONMENTS)}, got {environment!r}")
+
+    url_source, url = next(
+        (
+            (name, value)
+            for name, value in (
+                ("--database-url", database_url),
+                ("DATABASE_URL", env.get("DATABASE_URL")),
+                (f"{CONFIG_NAME}: database.url", _get(data, "database.url")),
+            )
+            if value
+        ),
+        (None, None),
+    )
+    from_url = _parse_url(url, url_source) if url else {}
+
+    def pick(url_key: str, env_key: str, yaml_key: str) -> Any:
+        if url_key in from_url:
+            return from_url.pop(url_key)
+        return env.get(env_key) or _get(data, yaml_key)
+
+    host = pick("host", "PGHOST", "database.host")
+    port = pick("port", "PGPORT", "database.port")
+    user = pick("user", "PGUSER", "database.user")
+    password = from_url.pop("password", None) or env.get("PGPASSWORD")
+    url_dbname = from_url.pop("dbname", None)
+    name = dbname or url_dbname or env.get("PGDATABASE") or _get(data, "database.name") or "singularity"
+
+    bindir_value = env.get("PG_BINDIR") or _get(data, "postgres.bindir")
+    bindir = _resolve_path(project_root, bindir_value) if bindir_value else None
+
+    local = None
+    if not host:
+        data_dir = _resolve_path(
+            project_root,
+            env.get("PGDATA") or _get(data, "postgres.local.data_dir") or ".singularity/pgdata",
+        )
+        local_port = _int_setting(
+            port or _get(data, "postgres.local.port") or DEFAULT_LOCAL_PORT,
+            "PGPORT" if env.get("PGPORT") else "postgres.local.port",
+        )
+        socket_value = _get(data, "postgres.local.socket_dir")
+        socket_dir = (
+            _resolve_path(project_root, socket_value)
+            if socket_value
+            else local_socket_dir(project_root, data_dir)
+        )
+        if len(str(socket_dir)) > MAX_SOCKET_DIR:
+            raise ConfigError(
+                f"{CONFIG_NAME}: postgres.local.socket_dir {socket_dir} is longer than "
+                f"{MAX_SOCKET_DIR} characters; unix socket paths that long do not work"
+            )
+        local = LocalCluster(data_dir, local_port, socket_dir, data_dir.parent / "postgres.log")
+        host, port, user = "127.0.0.1", local_port, user or "postgres"
+
+    extensions = _get(data, "extensions")
+    if extensions is not None and not all(isinstance(e, str) and e for e in extensions):
+        raise ConfigError(f"{CONFIG_NAME}: extensions must be a list of extension names")
+
+    return Settings(
+        project_root=project_root,
+        config_file=config_path,
+        environment=environment,
+        dbname=name,
+        host=host,
+        port=_int_setting(port or 5432, "port"),
+        user=user,
+        password=password,
+        url_params={k: str(v) for k, v in from_url.items()},
+        maintenance_db=_get(data, "database.maintenance_db") or "postgres",
+        connect_timeout=_int_setting(_get(data, "database.connect_timeout") or 5, "connect_timeout"),
+        bindir=bindir,
+        extensions=tuple(extensions) if extensions is not None else DEFAULT_EXTENSIONS,
+        local=local,
+        raw=data,
+    )
+
+
+def _resolve_path(root: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else root / path

@@ -1,0 +1,183 @@
+"""Connecting to the server, waiting for it, and making sure the database exists."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from . import cluster
+from .config import Settings
+from .errors import DatabaseUnavailable
+
+# SQLSTATEs worth waiting on: starting up / shutting down, too many connections.
+_TRANSIENT = {"57P03", "53300", "57P01"}
+
+
+@dataclass(frozen=True)
+class EnsureDbResult:
+    """What `ensure-db` did."""
+
+    target: str
+    dbname: str
+    created: bool
+    server_version: str
+    local: bool
+    cluster_initialized: bool
+    cluster_started: bool
+    preload_configured: bool
+
+
+def connect(
+    settings: Settings, dbname: str | None = None, *, autocommit: bool = False
+) -> psycopg.Connection:
+    """Open a connection to `dbname` (default: the configured database).
+
+    Errors become DatabaseUnavailable with the password redacted and a hint.
+    """
+    try:
+        conn = psycopg.connect(**settings.conninfo(dbname), autocommit=autocommit)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(_explain(settings, dbname or settings.dbname, exc)) from None
+    _register_vector(conn)
+    return conn
+
+
+def _register_vector(conn: psycopg.Connection) -> None:
+    """Teach psycopg about pgvector's types, where the extension exists in this database."""
+    try:
+        from pgvector.psycopg import register_vector
+
+        register_vector(conn)
+    except psycopg.ProgrammingError:
+        pass  # the vector type does not exist (yet) in this database
+    if not conn.autocommit:
+        conn.rollback()
+
+
+def _explain(settings: Settings, dbname: str, exc: psycopg.Error) -> str:
+    detail = settings.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+    where = f"{settings.url(dbname)}"
+    state = getattr(exc, "sqlstate", None)
+    if state == "3D000":
+        hint = "run `singularity-ops ensure-db` to create it"
+    elif state in ("28P01", "28000"):
+        hint = "check the user and password (PGPASSWORD or ~/.pgpass; never put them in output)"
+    elif settings.is_local:
+        hint = "start the project-local cluster with `singularity-ops ensure-db`"
+    else:
+        hint = "is the server running? check DATABASE_URL / PGHOST / PGPORT or --database-url"
+    return f"cannot connect to {where}: {detail}; {hint}"
+
+
+def _is_transient(exc: psycopg.OperationalError) -> bool:
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state in _TRANSIENT
+
+
+def wait_for_server(settings: Settings, timeout: float) -> psycopg.Connection:
+    """Connect to the maintenance database, retrying like pg_isready in a loop until `timeout`.
+
+    Returns an autocommit connection. Authentication errors fail at once: waiting cannot fix them.
+    """
+    deadline = time.monotonic() + timeout
+    maintenance = [settings.maintenance_db, "template1"]
+    delay = 0.1
+    last: psycopg.OperationalError | None = None
+    while True:
+        try:
+            conn = psycopg.connect(**settings.conninfo(maintenance[0]), autocommit=True)
+            return conn
+        except psycopg.OperationalError as exc:
+            last = exc
+            if getattr(exc, "sqlstate", None) == "3D000" and len(maintenance) > 1:
+                maintenance.pop(0)  # no "postgres" database here: use template1
+                continue
+            if not _is_transient(exc):
+                raise DatabaseUnavailable(_explain(settings, maintenance[0], exc)) from None
+        if time.monotonic() + delay > deadline:
+            break
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    assert last is not None
+    message = _explain(settings, maintenance[0], last)
+    raise DatabaseUnavailable(f"gave up after {timeout:g} s (--timeout): {message}")
+
+
+def database_exists(conn: psycopg.Connection, dbname: str) -> bool:
+    """True when a database of that exact name exists on the server."""
+    row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+    return row is not None
+
+
+def create_database(conn: psycopg.Connection, dbname: str) -> bool:
+    """CREATE DATABASE with the name quoted as an identifier. False when it already existed."""
+    if database_exists(conn, dbname):
+        return False
+    try:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    except psycopg.errors.DuplicateDatabase:
+        return False  # another ensure-db created it a moment ago
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise DatabaseUnavailable(
+            f"database {dbname!r} does not exist and this user may not create it: "
+            f"{exc.diag.message_primary}; ask an administrator to run CREATE DATABASE or grant CREATEDB"
+        ) from None
+    return True
+
+
+def _ensure_timescaledb_preloaded(settings: Settings, conn: psycopg.Connection, timeout: float) -> bool:
+    """On the local cluster, preload timescaledb when it is installed. True if a restart was done."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),"
+        " current_setting('shared_preload_libraries')"
+    ).fetchone()
+    assert row is not None
+    available, preload = row
+    libraries = [lib.strip() for lib in preload.split(",") if lib.strip()]
+    if not available or "timescaledb" in libraries:
+        return False
+    libraries.append("timescaledb")
+    conn.execute(
+        sql.SQL("ALTER SYSTEM SET shared_preload_libraries = {}").format(
+            sql.Literal(",".join(libraries))
+        )
+    )
+    conn.close()
+    assert settings.local is not None
+    cluster.restart(settings.local, settings.bindir, timeout)
+    return True
+
+
+def ensure_db(settings: Settings, timeout: float = 30) -> EnsureDbResult:
+    """Make sure the server is up and the database exists. Idempotent.
+
+    For the project-local cluster: initialise it if missing, start it if stopped, and preload
+    timescaledb when it is installed.
+    """
+    initialized = started = preloaded = False
+    if settings.local is not None:
+        initialized = cluster.init(settings.local, settings.bindir)
+        started = cluster.start(settings.local, settings.bindir, timeout)
+    conn = wait_for_server(settings, timeout)
+    try:
+        if settings.local is not None:
+            preloaded = _ensure_timescaledb_preloaded(settings, conn, timeout)
+            if preloaded:
+                conn = wait_for_server(settings, timeout)
+        version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        created = create_database(conn, settings.dbname)
+    finally:
+        conn.close()
+    return EnsureDbResult(
+        target=settings.url(),
+        dbname=settings.dbname,
+        created=created,
+        server_version=version,
+        local=settings.is_local,
+        cluster_initialized=initialized,
+        cluster_started=started,
+        preload_configured=preloaded,
+    )
