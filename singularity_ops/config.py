@@ -346,3 +346,20 @@ def load_settings(
 def _resolve_path(root: Path, value: str) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else root / path
+
+
+def connection_env(settings: Settings) -> dict[str, str]:
+    """The variables that let psql, pg_dump and any libpq tool reach the configured database.
+
+    The password is never included: supply it through PGPASSWORD or ~/.pgpass.
+    """
+    exports = {
+        "DATABASE_URL": settings.url(),
+        "PGHOST": settings.host,
+        "PGPORT": str(settings.port),
+        "PGDATABASE": settings.dbname,
+    }
+    if settings.user:
+        exports["PGUSER"] = settings.user
+    exports["SINGULARITY_ENV"] = settings.environment
+    return exports

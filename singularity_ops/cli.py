@@ -1,0 +1,308 @@
+"""The `singularity-ops` command: parse options, call the library, print.
+
+No SQL here. Heavy modules (psycopg, the embedding model) are imported inside the commands
+that need them so that `--help` and light commands start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import traceback
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import SingularityOpsError
+
+
+class _Group(click.Group):
+    """Turns SingularityOpsError into one line on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SingularityOpsError as exc:
+            click.echo(f"singularity-ops: error: {exc.message}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("singularity-ops: interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:
+            obj = ctx.obj or {}
+            if obj.get("verbose"):
+                traceback.print_exc()
+            click.echo(
+                f"singularity-ops: unexpected error: {type(exc).__name__}: {exc} "
+                "(this is a bug; run with -v for the traceback)",
+                err=True,
+            )
+            ctx.exit(1)
+
+
+def _to_jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return _to_jsonable(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def emit_json(value: Any) -> None:
+    """Exactly one JSON document on stdout."""
+    click.echo(json.dumps(_to_jsonable(value), indent=2, sort_keys=True))
+
+
+def info(ctx: click.Context, message: str) -> None:
+    """A result line on stdout, unless --quiet."""
+    if not ctx.obj.get("quiet"):
+        click.echo(message)
+
+
+def settings_of(ctx: click.Context):  # -> Settings, imported lazily
+    """Resolve the configuration once per invocation."""
+    if "settings" not in ctx.obj:
+        from .config import load_settings
+
+        ctx.obj["settings"] = load_settings(
+            config_file=ctx.obj["config_file"],
+            database_url=ctx.obj["database_url"],
+            dbname=ctx.obj["dbname"],
+        )
+    return ctx.obj["settings"]
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="singularity-ops")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="singularity.yaml to use (default: the nearest one upwards; env SINGULARITY_CONFIG).",
+)
+@click.option(
+    "--database-url",
+    metavar="URL",
+    help="postgresql://user@host:port/db of an existing server (env DATABASE_URL).",
+)
+@click.option("--dbname", metavar="NAME", help="Database name (default: singularity).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+@click.option("-v", "--verbose", is_flag=True, help="Tracebacks for unexpected errors.")
+@click.pass_context
+def cli(ctx: click.Context, config_file, database_url, dbname, quiet, verbose) -> None:
+    """Operations toolkit for the singularity knowledge base in PostgreSQL 17.
+
+    Small single-purpose commands that chain: ensure-db, create-extensions, ...
+
+    \b
+    Example:
+      singularity-ops ensure-db && singularity-ops create-extensions
+    """
+    ctx.ensure_object(dict)
+    ctx.obj.update(
+        config_file=config_file, database_url=database_url, dbname=dbname, quiet=quiet, verbose=verbose
+    )
+
+
+@cli.command("ensure-db")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=30,
+    show_default=True,
+    help="Seconds to wait for the server to accept connections.",
+)
+@json_option
+@click.pass_context
+def ensure_db_cmd(ctx: click.Context, timeout: float, as_json: bool) -> None:
+    """Make sure the server is up and the database exists (idempotent).
+
+    With no DATABASE_URL and no PGHOST, the server is the project-local cluster: it is
+    initialised if missing and started if stopped.
+
+    \b
+    Example:
+      singularity-ops ensure-db --timeout 60
+    """
+    from .db import ensure_db
+
+    result = ensure_db(settings_of(ctx), timeout=timeout)
+    if as_json:
+        emit_json(result)
+        return
+    notes = []
+    if result.cluster_initialized:
+        notes.append("initialised the local cluster")
+    if result.cluster_started:
+        notes.append("started the local cluster")
+    if result.preload_configured:
+        notes.append("preloaded timescaledb")
+    notes.append("created the database" if result.created else "database already existed")
+    info(ctx, f"{result.dbname}: ready on {result.target} (PostgreSQL {result.server_version}; {', '.join(notes)})")
+
+
+@cli.command("create-extensions")
+@click.option(
+    "--extension",
+    "-e",
+    "names",
+    multiple=True,
+    metavar="NAME",
+    help="Extension to create (repeatable; default: `extensions` in singularity.yaml, "
+    "else vector, timescaledb, postgis).",
+)
+@json_option
+@click.pass_context
+def create_extensions_cmd(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> None:
+    """CREATE EXTENSION IF NOT EXISTS for the configured extensions (idempotent).
+
+    Checks pg_available_extensions (and shared_preload_libraries for timescaledb) first;
+    if anything is missing, nothing is created and every problem is listed with its fix.
+
+    \b
+    Example:
+      singularity-ops create-extensions -e vector -e postgis
+    """
+    from .db import connect
+    from .extensions import create_extensions
+
+    settings = settings_of(ctx)
+    with connect(settings, autocommit=True) as conn:
+        results = create_extensions(conn, list(names) or list(settings.extensions))
+    if as_json:
+        emit_json(results)
+        return
+    for r in results:
+        info(ctx, f"{r.name} {r.version}{' (created)' if r.created else ''}")
+
+
+@cli.command("env")
+@json_option
+@click.pass_context
+def env_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Print the resolved connection as shell exports (never the password).
+
+    \b
+    Example:
+      eval "$(singularity-ops env)"; psql -c 'select 1'
+    """
+    from .config import connection_env
+    from .errors import PgBinaryError
+    from .pgbin import find_program
+
+    settings = settings_of(ctx)
+    exports = connection_env(settings)
+    try:
+        bindir: Path | None = find_program("psql", settings.bindir).bindir
+    except PgBinaryError as exc:
+        click.echo(f"singularity-ops: warning: {exc}", err=True)
+        bindir = None
+    if as_json:
+        emit_json({**exports, "bindir": bindir})
+        return
+    for key, value in exports.items():
+        click.echo(f"export {key}={shlex.quote(value)}")
+    if bindir is not None:
+        click.echo(f'export PATH={shlex.quote(str(bindir))}:"$PATH"')
+
+
+@cli.group("server")
+def server() -> None:
+    """Inspect, start and stop the project-local cluster."""
+
+
+def _local_cluster(ctx: click.Context):
+    from .errors import ConfigError
+
+    settings = settings_of(ctx)
+    if settings.local is None:
+        raise ConfigError(
+            "the configured target is an external server (DATABASE_URL or PGHOST is set), "
+            "not the project-local cluster; unset them to manage the local cluster"
+        )
+    return settings
+
+
+@server.command("status")
+@json_option
+@click.pass_context
+def server_status(ctx: click.Context, as_json: bool) -> None:
+    """Show whether the project-local cluster exists and runs. Exit 3 when it is not running.
+
+    \b
+    Example:
+      singularity-ops server status --json
+    """
+    from . import cluster
+
+    settings = _local_cluster(ctx)
+    st = cluster.status(settings.local)
+    if as_json:
+        emit_json(st)
+    else:
+        state = "running" if st.running else ("stopped" if st.initialized else "not initialised")
+        click.echo(f"local cluster: {state}")
+        click.echo(f"  data directory: {st.data_dir}")
+        if st.pid:
+            click.echo(f"  pid: {st.pid}")
+        click.echo(f"  listening: 127.0.0.1:{st.port}, socket in {st.socket_dir}")
+        click.echo(f"  log: {st.log_file}")
+    ctx.exit(0 if st.running else 3)
+
+
+@server.command("start")
+@click.option("--timeout", type=click.FloatRange(min=1), default=60, show_default=True)
+@click.pass_context
+def server_start(ctx: click.Context, timeout: float) -> None:
+    """Initialise (if needed) and start the project-local cluster, detached.
+
+    \b
+    Example:
+      singularity-ops server start
+    """
+    from . import cluster
+
+    settings = _local_cluster(ctx)
+    created = cluster.init(settings.local, settings.bindir)
+    started = cluster.start(settings.local, settings.bindir, timeout)
+    info(ctx, ("initialised and " if created else "") + ("started" if started else "already running"))
+
+
+@server.command("stop")
+@click.option("--timeout", type=click.FloatRange(min=1), default=60, show_default=True)
+@click.pass_context
+def server_stop(ctx: click.Context, timeout: float) -> None:
+    """Stop the project-local cluster (fast shutdown). Stopping a stopped cluster is fine.
+
+    \b
+    Example:
+      singularity-ops server stop
+    """
+    from . import cluster
+
+    settings = _local_cluster(ctx)
+    stopped = cluster.stop(settings.local, settings.bindir, timeout)
+    info(ctx, "stopped" if stopped else "not running")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script."""
+    cli.main(args=argv, prog_name="singularity-ops", obj={})
+
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

@@ -1,0 +1,86 @@
+"""create-extensions: check availability and preload, then CREATE EXTENSION IF NOT EXISTS."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from .errors import ExtensionError
+
+# Extensions that must be loaded at server start, not only created.
+NEEDS_PRELOAD = {"timescaledb"}
+
+# How to install each extension we know of, for the error message.
+INSTALL_HINTS = {
+    "vector": "Debian: apt-get install postgresql-17-pgvector; Nix: postgresql_17.withPackages (p: [ p.pgvector ])",
+    "timescaledb": "Debian: apt-get install postgresql-17-timescaledb; Nix: postgresql_17.withPackages (p: [ p.timescaledb-apache ])",
+    "postgis": "Debian: apt-get install postgresql-17-postgis-3; Nix: postgresql_17.withPackages (p: [ p.postgis ])",
+}
+
+
+@dataclass(frozen=True)
+class ExtensionResult:
+    """One extension after create-extensions."""
+
+    name: str
+    version: str
+    created: bool
+
+
+def installed_extensions(conn: psycopg.Connection) -> dict[str, str]:
+    """Extension name -> installed version in the connected database."""
+    rows = conn.execute("SELECT extname, extversion FROM pg_extension ORDER BY extname").fetchall()
+    return dict(rows)
+
+
+def check_extensions(conn: psycopg.Connection, names: Sequence[str]) -> None:
+    """Raise ExtensionError naming every extension that cannot be created, and how to fix it."""
+    available = dict(
+        conn.execute(
+            "SELECT name, default_version FROM pg_available_extensions WHERE name = ANY(%s)",
+            (list(names),),
+        ).fetchall()
+    )
+    problems = []
+    for name in names:
+        if name not in available:
+            hint = INSTALL_HINTS.get(name, "install the package that provides it on the server")
+            problems.append(
+                f"extension {name!r} is not available on the server (not in pg_available_extensions); "
+                f"install it: {hint}"
+            )
+    preload_raw = conn.execute("SHOW shared_preload_libraries").fetchone()
+    preload = {lib.strip() for lib in (preload_raw[0] if preload_raw else "").split(",")}
+    for name in NEEDS_PRELOAD.intersection(names):
+        if name in available and name not in preload:
+            problems.append(
+                f"extension {name!r} must be preloaded: add {name} to shared_preload_libraries in "
+                "postgresql.conf (or ALTER SYSTEM SET shared_preload_libraries = '"
+                f"{','.join(sorted({*preload, name} - {''}))}') and restart the server; "
+                "`singularity-ops ensure-db` does this for the project-local cluster"
+            )
+    if problems:
+        raise ExtensionError("\n".join(problems))
+
+
+def create_extensions(conn: psycopg.Connection, names: Sequence[str]) -> list[ExtensionResult]:
+    """Create the extensions that are missing, in one transaction. Idempotent.
+
+    Everything is checked first, so a missing extension leaves the database unchanged.
+    """
+    check_extensions(conn, names)
+    before = installed_extensions(conn)
+    try:
+        with conn.transaction():
+            for name in names:
+                conn.execute(
+                    sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(name))
+                )
+    except psycopg.Error as exc:
+        message = exc.diag.message_primary or str(exc)
+        raise ExtensionError(f"CREATE EXTENSION failed: {message}") from None
+    after = installed_extensions(conn)
+    return [ExtensionResult(n, after[n], n not in before) for n in names]
