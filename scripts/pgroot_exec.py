@@ -71,7 +71,9 @@ def main(argv: list[str]) -> None:
         _die("usage: pgroot_exec.py ROOTFS PROGRAM [ARGS...]")
     rootfs, program, args = os.path.realpath(argv[1]), argv[2], argv[3:]
     if os.geteuid() != 0:
-        _die("the PostgreSQL 17 root file system needs root (run as root, or install PostgreSQL 17 natively)")
+        _die(
+            "the PostgreSQL 17 root file system needs root (run as root, or install PostgreSQL 17 natively)"
+        )
     cwd = os.getcwd()
     uid, gid = _lookup_ids(rootfs, "postgres")
     outer_uid, outer_gid = os.geteuid(), os.getegid()

@@ -113,7 +113,11 @@ def cli(ctx: click.Context, config_file, database_url, dbname, quiet, verbose) -
     """
     ctx.ensure_object(dict)
     ctx.obj.update(
-        config_file=config_file, database_url=database_url, dbname=dbname, quiet=quiet, verbose=verbose
+        config_file=config_file,
+        database_url=database_url,
+        dbname=dbname,
+        quiet=quiet,
+        verbose=verbose,
     )
 
 
@@ -151,7 +155,10 @@ def ensure_db_cmd(ctx: click.Context, timeout: float, as_json: bool) -> None:
     if result.preload_configured:
         notes.append("preloaded timescaledb")
     notes.append("created the database" if result.created else "database already existed")
-    info(ctx, f"{result.dbname}: ready on {result.target} (PostgreSQL {result.server_version}; {', '.join(notes)})")
+    info(
+        ctx,
+        f"{result.dbname}: ready on {result.target} (PostgreSQL {result.server_version}; {', '.join(notes)})",
+    )
 
 
 @cli.command("create-extensions")
@@ -278,7 +285,9 @@ def server_start(ctx: click.Context, timeout: float) -> None:
     settings = _local_cluster(ctx)
     created = cluster.init(settings.local, settings.bindir)
     started = cluster.start(settings.local, settings.bindir, timeout)
-    info(ctx, ("initialised and " if created else "") + ("started" if started else "already running"))
+    info(
+        ctx, ("initialised and " if created else "") + ("started" if started else "already running")
+    )
 
 
 @server.command("stop")
@@ -301,7 +310,6 @@ def server_stop(ctx: click.Context, timeout: float) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
     cli.main(args=argv, prog_name="singularity-ops", obj={})
-
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -122,7 +122,9 @@ def _run(program: PgProgram, args: list[str], what: str, timeout: float) -> str:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise ClusterError(f"{what}: {program.name} did not finish within {timeout:.0f} s") from None
+        raise ClusterError(
+            f"{what}: {program.name} did not finish within {timeout:.0f} s"
+        ) from None
     except OSError as exc:
         raise ClusterError(f"{what}: cannot run {program.path}: {exc.strerror}") from exc
     if out.returncode != 0:
@@ -172,8 +174,14 @@ def init(local: LocalCluster, bindir: Path | None, timeout: float = 120) -> bool
         _run(
             initdb,
             [
-                "-D", str(local.data_dir), "-U", SUPERUSER, "--locale=C", "--encoding=UTF8",
-                "--auth=trust", "--no-instructions",
+                "-D",
+                str(local.data_dir),
+                "-U",
+                SUPERUSER,
+                "--locale=C",
+                "--encoding=UTF8",
+                "--auth=trust",
+                "--no-instructions",
             ],
             f"initdb of {local.data_dir}",
             timeout,
@@ -204,13 +212,23 @@ def start(local: LocalCluster, bindir: Path | None, timeout: float = 60) -> bool
         try:
             _run(
                 pg_ctl,
-                ["-D", str(local.data_dir), "-l", str(local.log_file), "-w", "-t", str(int(timeout)),
-                 "start"],
+                [
+                    "-D",
+                    str(local.data_dir),
+                    "-l",
+                    str(local.log_file),
+                    "-w",
+                    "-t",
+                    str(int(timeout)),
+                    "start",
+                ],
                 f"starting the local cluster in {local.data_dir}",
                 timeout + 10,
             )
         except ClusterError as exc:
-            raise ClusterError(f"{exc}\nlast lines of {local.log_file}:\n{_tail(local.log_file)}") from None
+            raise ClusterError(
+                f"{exc}\nlast lines of {local.log_file}:\n{_tail(local.log_file)}"
+            ) from None
         return True
 
 

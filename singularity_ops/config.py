@@ -158,7 +158,9 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of keys, got {type(data).__name__}"
+        )
     _validate(data, SCHEMA, path, "")
     return data
 
@@ -226,13 +228,24 @@ def _parse_url(url: str, source: str) -> dict[str, Any]:
     return params
 
 
-def local_socket_dir(project_root: Path, data_dir: Path) -> Path:
-    """A short socket directory: under the state directory when the path fits, else /tmp."""
+def local_socket_dir(data_dir: Path) -> Path:
+    """A short socket directory: beside the data directory when the path fits, else in /tmp."""
     preferred = data_dir.parent / "run"
     if len(str(preferred)) <= MAX_SOCKET_DIR:
         return preferred
     digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:10]
     return Path("/tmp") / f"singularity-ops-{digest}"
+
+
+def make_local_cluster(data_dir: Path, port: int, socket_dir: Path | None = None) -> LocalCluster:
+    """Describe a cluster in `data_dir`; its log sits beside it as <data_dir>.log."""
+    socket_dir = socket_dir or local_socket_dir(data_dir)
+    if len(str(socket_dir)) > MAX_SOCKET_DIR:
+        raise ConfigError(
+            f"{CONFIG_NAME}: postgres.local.socket_dir {socket_dir} is longer than "
+            f"{MAX_SOCKET_DIR} characters; unix socket paths that long do not work"
+        )
+    return LocalCluster(data_dir, port, socket_dir, data_dir.parent / f"{data_dir.name}.log")
 
 
 def load_settings(
@@ -291,7 +304,13 @@ def load_settings(
     user = pick("user", "PGUSER", "database.user")
     password = from_url.pop("password", None) or env.get("PGPASSWORD")
     url_dbname = from_url.pop("dbname", None)
-    name = dbname or url_dbname or env.get("PGDATABASE") or _get(data, "database.name") or "singularity"
+    name = (
+        dbname
+        or url_dbname
+        or env.get("PGDATABASE")
+        or _get(data, "database.name")
+        or "singularity"
+    )
 
     bindir_value = env.get("PG_BINDIR") or _get(data, "postgres.bindir")
     bindir = _resolve_path(project_root, bindir_value) if bindir_value else None
@@ -307,17 +326,8 @@ def load_settings(
             "PGPORT" if env.get("PGPORT") else "postgres.local.port",
         )
         socket_value = _get(data, "postgres.local.socket_dir")
-        socket_dir = (
-            _resolve_path(project_root, socket_value)
-            if socket_value
-            else local_socket_dir(project_root, data_dir)
-        )
-        if len(str(socket_dir)) > MAX_SOCKET_DIR:
-            raise ConfigError(
-                f"{CONFIG_NAME}: postgres.local.socket_dir {socket_dir} is longer than "
-                f"{MAX_SOCKET_DIR} characters; unix socket paths that long do not work"
-            )
-        local = LocalCluster(data_dir, local_port, socket_dir, data_dir.parent / "postgres.log")
+        socket_dir = _resolve_path(project_root, socket_value) if socket_value else None
+        local = make_local_cluster(data_dir, local_port, socket_dir)
         host, port, user = "127.0.0.1", local_port, user or "postgres"
 
     extensions = _get(data, "extensions")
@@ -335,7 +345,9 @@ def load_settings(
         password=password,
         url_params={k: str(v) for k, v in from_url.items()},
         maintenance_db=_get(data, "database.maintenance_db") or "postgres",
-        connect_timeout=_int_setting(_get(data, "database.connect_timeout") or 5, "connect_timeout"),
+        connect_timeout=_int_setting(
+            _get(data, "database.connect_timeout") or 5, "connect_timeout"
+        ),
         bindir=bindir,
         extensions=tuple(extensions) if extensions is not None else DEFAULT_EXTENSIONS,
         local=local,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -12,8 +13,20 @@ from . import cluster
 from .config import Settings
 from .errors import DatabaseUnavailable
 
-# SQLSTATEs worth waiting on: starting up / shutting down, too many connections.
-_TRANSIENT = {"57P03", "53300", "57P01"}
+# Connection failures carry no SQLSTATE in psycopg, so they are told apart by libpq's text.
+# Worth waiting on: no server yet, starting up or shutting down, too many clients.
+_TRANSIENT = (
+    "connection refused",
+    "could not connect",
+    "no such file or directory",
+    "is the server running",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "too many clients",
+    "timeout expired",
+    "server closed the connection unexpectedly",
+)
 
 
 @dataclass(frozen=True)
@@ -60,10 +73,10 @@ def _register_vector(conn: psycopg.Connection) -> None:
 def _explain(settings: Settings, dbname: str, exc: psycopg.Error) -> str:
     detail = settings.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
     where = f"{settings.url(dbname)}"
-    state = getattr(exc, "sqlstate", None)
-    if state == "3D000":
+    text = str(exc).lower()
+    if _database_missing(exc):
         hint = "run `singularity-ops ensure-db` to create it"
-    elif state in ("28P01", "28000"):
+    elif "authentication failed" in text or ("role" in text and "does not exist" in text):
         hint = "check the user and password (PGPASSWORD or ~/.pgpass; never put them in output)"
     elif settings.is_local:
         hint = "start the project-local cluster with `singularity-ops ensure-db`"
@@ -73,8 +86,13 @@ def _explain(settings: Settings, dbname: str, exc: psycopg.Error) -> str:
 
 
 def _is_transient(exc: psycopg.OperationalError) -> bool:
-    state = getattr(exc, "sqlstate", None)
-    return state is None or state in _TRANSIENT
+    text = str(exc).lower()
+    return any(pattern in text for pattern in _TRANSIENT)
+
+
+def _database_missing(exc: psycopg.Error) -> bool:
+    text = str(exc)
+    return "database" in text and "does not exist" in text and "role" not in text
 
 
 def wait_for_server(settings: Settings, timeout: float) -> psycopg.Connection:
@@ -88,18 +106,22 @@ def wait_for_server(settings: Settings, timeout: float) -> psycopg.Connection:
     last: psycopg.OperationalError | None = None
     while True:
         try:
-            conn = psycopg.connect(**settings.conninfo(maintenance[0]), autocommit=True)
-            return conn
+            params = settings.conninfo(maintenance[0])
+            # Never let one attempt against a silent host outlast the whole --timeout.
+            remaining = max(deadline - time.monotonic(), 0)
+            params["connect_timeout"] = max(2, min(settings.connect_timeout, math.ceil(remaining)))
+            return psycopg.connect(**params, autocommit=True)
         except psycopg.OperationalError as exc:
             last = exc
-            if getattr(exc, "sqlstate", None) == "3D000" and len(maintenance) > 1:
+            if _database_missing(exc) and len(maintenance) > 1:
                 maintenance.pop(0)  # no "postgres" database here: use template1
                 continue
             if not _is_transient(exc):
                 raise DatabaseUnavailable(_explain(settings, maintenance[0], exc)) from None
-        if time.monotonic() + delay > deadline:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             break
-        time.sleep(delay)
+        time.sleep(min(delay, remaining))
         delay = min(delay * 2, 1.0)
     assert last is not None
     message = _explain(settings, maintenance[0], last)
@@ -118,8 +140,11 @@ def create_database(conn: psycopg.Connection, dbname: str) -> bool:
         return False
     try:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-    except psycopg.errors.DuplicateDatabase:
-        return False  # another ensure-db created it a moment ago
+    except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+        # Another ensure-db created it a moment ago (the race surfaces as either error).
+        if database_exists(conn, dbname):
+            return False
+        raise
     except psycopg.errors.InsufficientPrivilege as exc:
         raise DatabaseUnavailable(
             f"database {dbname!r} does not exist and this user may not create it: "
@@ -128,7 +153,9 @@ def create_database(conn: psycopg.Connection, dbname: str) -> bool:
     return True
 
 
-def _ensure_timescaledb_preloaded(settings: Settings, conn: psycopg.Connection, timeout: float) -> bool:
+def _ensure_timescaledb_preloaded(
+    settings: Settings, conn: psycopg.Connection, timeout: float
+) -> bool:
     """On the local cluster, preload timescaledb when it is installed. True if a restart was done."""
     row = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),"

@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from .errors import PgBinaryError
@@ -86,7 +86,7 @@ def _is_executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _describe(name: str, path: str) -> PgProgram:
     try:
         out = subprocess.run(
@@ -113,4 +113,3 @@ def is_root_wrapper(program: PgProgram) -> bool:
     except OSError:
         return False
     return head.startswith(b"#!") and b"pgroot_exec.py" in head
-

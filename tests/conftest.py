@@ -1,0 +1,94 @@
+"""Test infrastructure: one real PostgreSQL 17 cluster (vector, timescaledb, postgis) for the session.
+
+The cluster is started through the toolkit's own cluster code in .singularity/test-pgdata
+(git-ignored, reused between runs), and pytest-postgresql's noproc fixtures give each test
+that needs state a fresh database on it. If the server cannot be started, the session fails:
+no database test is ever skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from pytest_postgresql import factories
+
+from singularity_ops import cluster
+from singularity_ops.config import LocalCluster, Settings, load_settings, make_local_cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_PORT = int(os.environ.get("SINGULARITY_TEST_PORT", "54339"))
+TEST_DATA = ROOT / ".singularity" / "test-pgdata"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_server() -> Iterator[LocalCluster]:
+    """Start the session's PostgreSQL 17, with timescaledb preloaded; stop it at the end."""
+    local = make_local_cluster(TEST_DATA, TEST_PORT)
+    settings = load_settings(
+        cwd=ROOT, env={"PGDATA": str(TEST_DATA), "PGPORT": str(TEST_PORT)}, config_file=None
+    )
+    assert settings.local == local, "test cluster settings must come from the toolkit's resolution"
+    from singularity_ops.db import ensure_db
+
+    try:
+        ensure_db(settings, timeout=60)
+    except Exception as exc:  # fail loudly: never skip database tests
+        pytest.exit(f"cannot start the test PostgreSQL 17 in {TEST_DATA}: {exc}", returncode=1)
+    yield local
+    cluster.stop(local, None)
+
+
+postgresql_noproc = factories.postgresql_noproc(
+    host="127.0.0.1", port=TEST_PORT, user="postgres", dbname="sops_test"
+)
+postgresql = factories.postgresql("postgresql_noproc")
+
+
+@pytest.fixture
+def db_settings(postgresql: psycopg.Connection) -> Settings:
+    """Settings that point the toolkit at this test's fresh, empty database."""
+    info = postgresql.info
+    return load_settings(
+        cwd=ROOT,
+        env={},
+        database_url=f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}",
+    )
+
+
+@pytest.fixture
+def server_settings(test_server: LocalCluster) -> Settings:
+    """Settings for the session server with a database name the test chooses later (--dbname)."""
+    return load_settings(
+        cwd=ROOT,
+        env={},
+        database_url=f"postgresql://postgres@127.0.0.1:{test_server.port}/postgres",
+    )
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: float = 120):
+    """Run the real console entry point in a subprocess (exit codes, stdout/stderr split)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL"))}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "singularity_ops", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )

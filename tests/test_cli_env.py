@@ -1,0 +1,66 @@
+"""`env`, the command surface and start-up cost."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT, run_cli
+
+
+def test_env_output_lets_psql_reach_the_database(db_settings):
+    exported = run_cli("--database-url", db_settings.url(), "env")
+    assert exported.returncode == 0, exported.stderr
+    script = exported.stdout + "\npsql -X -At -c 'select current_database()'\n"
+    out = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == db_settings.dbname
+    assert "export PGDATABASE=" in exported.stdout and "export PATH=" in exported.stdout
+
+
+def test_env_never_prints_the_password():
+    url = "postgresql://kb:hunter2@db.example:5433/kb"
+    result = run_cli("env", "--json", env={"DATABASE_URL": url})
+    data = json.loads(result.stdout)
+    assert data["DATABASE_URL"] == "postgresql://kb@db.example:5433/kb"
+    assert (data["PGHOST"], data["PGPORT"], data["PGUSER"]) == ("db.example", "5433", "kb")
+    assert "hunter2" not in result.stdout + result.stderr
+    assert "PGPASSWORD" not in data
+
+
+def test_usage_and_config_errors_exit_2(tmp_path):
+    assert run_cli("ensure-db", "--timeout", "soon").returncode == 2
+    assert run_cli("no-such-command").returncode == 2
+    (tmp_path / "singularity.yaml").write_text("databse:\n  name: x\n")
+    bad = run_cli("env", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "singularity.yaml: unknown key 'databse'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_every_command_has_help_with_an_example():
+    from singularity_ops.cli import cli
+
+    def walk(group, prefix):
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                yield from walk(command, [*prefix, name])
+            else:
+                yield [*prefix, name], command
+
+    for path, command in walk(cli, []):
+        assert "Example" in (command.help or ""), f"{' '.join(path)} --help lacks an example"
+
+
+def test_help_does_not_import_psycopg_or_heavy_modules():
+    code = (
+        "import sys\n"
+        "from singularity_ops.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('psycopg', 'torch', 'sentence_transformers') if m in sys.modules]\n"
+        "print('heavy:' + ','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "heavy:"

@@ -1,0 +1,143 @@
+"""Configuration resolution: flags > environment > singularity.yaml > defaults."""
+
+from pathlib import Path
+
+import pytest
+
+from singularity_ops.config import DEFAULT_LOCAL_PORT, connection_env, load_settings, redact
+from singularity_ops.errors import ConfigError
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "singularity.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_target_the_project_local_cluster(tmp_path):
+    s = load_settings(cwd=tmp_path, env={})
+    assert s.is_local
+    assert (s.host, s.port, s.user, s.dbname) == (
+        "127.0.0.1",
+        DEFAULT_LOCAL_PORT,
+        "postgres",
+        "singularity",
+    )
+    assert s.local.data_dir == tmp_path / ".singularity" / "pgdata"
+    assert s.environment == "dev"
+    assert s.extensions == ("vector", "timescaledb", "postgis")
+
+
+def test_yaml_is_found_from_a_subdirectory(tmp_path):
+    write_config(tmp_path, "database:\n  name: kb\n")
+    sub = tmp_path / "a" / "b"
+    sub.mkdir(parents=True)
+    s = load_settings(cwd=sub, env={})
+    assert s.dbname == "kb"
+    assert s.project_root == tmp_path
+
+
+def test_flags_beat_environment_beat_yaml(tmp_path):
+    write_config(tmp_path, "database:\n  url: postgresql://yamluser@yamlhost:1111/yamldb\n")
+    from_yaml = load_settings(cwd=tmp_path, env={})
+    assert (from_yaml.host, from_yaml.port, from_yaml.user, from_yaml.dbname) == (
+        "yamlhost",
+        1111,
+        "yamluser",
+        "yamldb",
+    )
+    from_env = load_settings(
+        cwd=tmp_path, env={"DATABASE_URL": "postgresql://envuser@envhost:2222/envdb"}
+    )
+    assert (from_env.host, from_env.dbname) == ("envhost", "envdb")
+    from_flag = load_settings(
+        cwd=tmp_path,
+        env={"DATABASE_URL": "postgresql://envuser@envhost:2222/envdb"},
+        database_url="postgresql://flaguser@flaghost:3333/flagdb",
+        dbname="other",
+    )
+    assert (from_flag.host, from_flag.port, from_flag.user, from_flag.dbname) == (
+        "flaghost",
+        3333,
+        "flaguser",
+        "other",
+    )
+    assert not from_flag.is_local
+
+
+def test_pghost_selects_an_external_server(tmp_path):
+    s = load_settings(cwd=tmp_path, env={"PGHOST": "db.internal", "PGPORT": "6000", "PGUSER": "kb"})
+    assert not s.is_local
+    assert (s.host, s.port, s.user) == ("db.internal", 6000, "kb")
+
+
+def test_pgdata_overrides_the_local_data_directory(tmp_path):
+    s = load_settings(cwd=tmp_path, env={"PGDATA": str(tmp_path / "elsewhere")})
+    assert s.local.data_dir == tmp_path / "elsewhere"
+
+
+def test_unknown_key_is_an_error_naming_key_and_file(tmp_path):
+    write_config(tmp_path, "database:\n  nme: kb\n")
+    with pytest.raises(ConfigError, match=r"singularity.yaml: unknown key 'database.nme'") as info:
+        load_settings(cwd=tmp_path, env={})
+    assert info.value.exit_code == 2
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    write_config(tmp_path, "postgres:\n  local:\n    port: big\n")
+    with pytest.raises(ConfigError, match=r"postgres.local.port must be an integer, got 'big'"):
+        load_settings(cwd=tmp_path, env={})
+
+
+def test_invalid_yaml_reports_line(tmp_path):
+    write_config(tmp_path, "database:\n  name: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"singularity.yaml:\d+:\d+: invalid YAML"):
+        load_settings(cwd=tmp_path, env={})
+
+
+def test_singularity_env_only_recorded_never_changes_database(tmp_path):
+    for name in ("dev", "test", "prod"):
+        s = load_settings(cwd=tmp_path, env={"SINGULARITY_ENV": name})
+        assert s.environment == name
+        assert s.dbname == "singularity"
+    with pytest.raises(ConfigError, match="SINGULARITY_ENV must be one of dev, test, prod"):
+        load_settings(cwd=tmp_path, env={"SINGULARITY_ENV": "staging"})
+
+
+def test_singularity_config_points_at_another_file(tmp_path):
+    other = tmp_path / "conf" / "x.yaml"
+    other.parent.mkdir()
+    other.write_text("database:\n  name: fromx\n")
+    assert load_settings(cwd=tmp_path, env={"SINGULARITY_CONFIG": str(other)}).dbname == "fromx"
+    with pytest.raises(ConfigError, match=r"SINGULARITY_CONFIG names .* which does not exist"):
+        load_settings(cwd=tmp_path, env={"SINGULARITY_CONFIG": str(tmp_path / "missing.yaml")})
+
+
+def test_non_postgres_url_is_a_usage_error(tmp_path):
+    with pytest.raises(ConfigError, match="DATABASE_URL must be a postgresql:// URL"):
+        load_settings(cwd=tmp_path, env={"DATABASE_URL": "mysql://x:secret@h/db"})
+
+
+def test_password_never_in_url_or_exports(tmp_path):
+    s = load_settings(
+        cwd=tmp_path, env={"DATABASE_URL": "postgresql://kb:s3cr%40t@h:5/db?sslmode=require"}
+    )
+    assert s.password == "s3cr@t"
+    assert "s3cr" not in s.url()
+    assert s.url() == "postgresql://kb@h:5/db?sslmode=require"
+    assert "s3cr" not in repr(s)
+    assert all("s3cr" not in v for v in connection_env(s).values())
+
+
+def test_redact_handles_urls_conninfo_and_literals():
+    assert redact("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+    assert redact("host=h password=pw user=u") == "host=h password=*** user=u"
+    assert redact("failed for pw here", "pw") == "failed for *** here"
+
+
+def test_long_project_paths_get_a_short_socket_directory(tmp_path):
+    deep = tmp_path / ("x" * 60) / ("y" * 60)
+    deep.mkdir(parents=True)
+    s = load_settings(cwd=deep, env={})
+    assert len(str(s.local.socket_dir)) <= 90
+    assert str(s.local.socket_dir).startswith("/tmp/singularity-ops-")

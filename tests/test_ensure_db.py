@@ -1,0 +1,159 @@
+"""ensure-db against the real PostgreSQL 17: missing, existing, stopped, unreachable, odd names."""
+
+import concurrent.futures
+import os
+import time
+
+import psycopg
+import pytest
+from conftest import free_port, run_cli
+
+from singularity_ops import cluster
+from singularity_ops.config import load_settings
+from singularity_ops.db import ensure_db
+from singularity_ops.errors import DatabaseUnavailable
+
+
+@pytest.fixture
+def own_cluster(tmp_path):
+    """Settings for a brand-new project-local cluster in tmp_path (not yet initialised)."""
+    settings = load_settings(
+        cwd=tmp_path, env={"PGDATA": str(tmp_path / "pgdata"), "PGPORT": str(free_port())}
+    )
+    yield settings
+    cluster.stop(settings.local, None)
+
+
+def databases(conn_settings) -> set[str]:
+    with psycopg.connect(**conn_settings.conninfo("postgres")) as conn:
+        return {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+
+
+def drop_database(conn_settings, name: str) -> None:
+    with psycopg.connect(**conn_settings.conninfo("postgres"), autocommit=True) as conn:
+        conn.execute(
+            psycopg.sql.SQL("DROP DATABASE IF EXISTS {}").format(psycopg.sql.Identifier(name))
+        )
+
+
+def test_creates_a_missing_database_then_is_a_no_op(server_settings):
+    name = f"sops_missing_{os.getpid()}"
+    settings = load_settings(env={}, database_url=server_settings.url(), dbname=name)
+    try:
+        first = ensure_db(settings, timeout=10)
+        assert first.created and name in databases(server_settings)
+        second = ensure_db(settings, timeout=10)
+        assert not second.created
+        assert second.server_version.startswith("17.")
+    finally:
+        drop_database(server_settings, name)
+
+
+def test_name_that_needs_quoting_is_created_exactly(server_settings):
+    name = '"we;ird"-name'
+    try:
+        result = run_cli("--database-url", server_settings.url(), "--dbname", name, "ensure-db")
+        assert result.returncode == 0, result.stderr
+        assert name in databases(server_settings)
+        again = run_cli(
+            "--database-url", server_settings.url(), "--dbname", name, "ensure-db", "--json"
+        )
+        assert again.returncode == 0 and '"created": false' in again.stdout
+    finally:
+        drop_database(server_settings, name)
+
+
+def test_concurrent_runs_all_succeed_and_create_once(server_settings):
+    name = f"sops_race_{os.getpid()}"
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            results = list(
+                pool.map(
+                    lambda _: run_cli(
+                        "--database-url",
+                        server_settings.url(),
+                        "--dbname",
+                        name,
+                        "ensure-db",
+                        "--json",
+                    ),
+                    range(4),
+                )
+            )
+        assert [r.returncode for r in results] == [0, 0, 0, 0], [r.stderr for r in results]
+        assert sum('"created": true' in r.stdout for r in results) == 1
+    finally:
+        drop_database(server_settings, name)
+
+
+def test_initialises_and_starts_a_missing_local_cluster_with_timescaledb_preloaded(own_cluster):
+    result = ensure_db(own_cluster, timeout=60)
+    assert result.cluster_initialized and result.cluster_started and result.created
+    assert result.preload_configured
+    with psycopg.connect(**own_cluster.conninfo()) as conn:
+        assert "timescaledb" in conn.execute("SHOW shared_preload_libraries").fetchone()[0]
+        assert conn.execute("SHOW listen_addresses").fetchone()[0] == "127.0.0.1"
+    again = ensure_db(own_cluster, timeout=10)
+    assert not (again.cluster_initialized or again.cluster_started or again.created)
+
+
+def test_starts_a_stopped_local_cluster_even_with_a_stale_pid_file(own_cluster):
+    ensure_db(own_cluster, timeout=60)
+    assert cluster.stop(own_cluster.local, None)
+    assert not cluster.status(own_cluster.local).running
+    # A crash leaves postmaster.pid behind; the pid may be dead or reused by another process.
+    for stale_pid in (2**22 + 12345, os.getpid()):
+        pid_file = own_cluster.local.data_dir / "postmaster.pid"
+        pid_file.write_text(f"{stale_pid}\n{own_cluster.local.data_dir}\n")
+        result = ensure_db(own_cluster, timeout=60)
+        assert result.cluster_started and not result.cluster_initialized
+        assert cluster.status(own_cluster.local).running
+        cluster.stop(own_cluster.local, None)
+
+
+def test_server_status_and_stop_through_the_cli(own_cluster, tmp_path):
+    env = {"PGDATA": str(own_cluster.local.data_dir), "PGPORT": str(own_cluster.port)}
+    stopped = run_cli("server", "status", env=env, cwd=tmp_path)
+    assert stopped.returncode == 3 and "not initialised" in stopped.stdout
+    assert run_cli("ensure-db", env=env, cwd=tmp_path).returncode == 0
+    running = run_cli("server", "status", "--json", env=env, cwd=tmp_path)
+    assert running.returncode == 0 and '"running": true' in running.stdout
+    assert run_cli("server", "stop", env=env, cwd=tmp_path).stdout.strip() == "stopped"
+    assert run_cli("server", "stop", env=env, cwd=tmp_path).stdout.strip() == "not running"
+
+
+def test_unreachable_server_times_out_with_a_clear_message():
+    port = free_port()
+    settings = load_settings(env={"DATABASE_URL": f"postgresql://kb:hunter2@127.0.0.1:{port}/kb"})
+    started = time.monotonic()
+    with pytest.raises(DatabaseUnavailable) as info:
+        ensure_db(settings, timeout=1.5)
+    assert 1.0 <= time.monotonic() - started < 10
+    message = str(info.value)
+    assert "gave up after 1.5 s" in message and f"127.0.0.1:{port}" in message
+    assert "hunter2" not in message
+
+
+def test_unreachable_server_through_the_cli_exits_1_without_the_password():
+    port = free_port()
+    result = run_cli(
+        "ensure-db",
+        "--timeout",
+        "1",
+        env={"DATABASE_URL": f"postgresql://kb:hunter2@127.0.0.1:{port}/kb"},
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("singularity-ops: error: gave up after 1 s")
+    assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
+
+
+def test_authentication_errors_fail_at_once_instead_of_waiting(server_settings):
+    url = f"postgresql://sops_no_such_role:hunter2@127.0.0.1:{server_settings.port}/postgres"
+    started = time.monotonic()
+    result = run_cli("ensure-db", "--timeout", "30", env={"DATABASE_URL": url})
+    assert time.monotonic() - started < 15, "waiting cannot fix a missing role"
+    assert result.returncode == 1
+    assert 'role "sops_no_such_role" does not exist' in result.stderr
+    assert "check the user and password" in result.stderr
+    assert "hunter2" not in result.stdout + result.stderr

@@ -1,0 +1,42 @@
+"""scripts/provision-postgres: idempotent when provisioned, clear and quick where it cannot work."""
+
+import subprocess
+import time
+
+from conftest import ROOT
+
+SCRIPT = ROOT / "scripts" / "provision-postgres"
+
+
+def test_second_run_only_checks_and_prints_a_bindir_with_postgres_17():
+    started = time.monotonic()
+    out = subprocess.run([SCRIPT], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert time.monotonic() - started < 10
+    bindir = out.stdout.strip()
+    version = subprocess.run([f"{bindir}/postgres", "--version"], capture_output=True, text=True)
+    assert " 17." in version.stdout
+
+
+def test_without_root_it_fails_at_once_with_the_alternatives(tmp_path):
+    home = tmp_path / "pg-home"
+    out = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "nobody",
+            "--",
+            "env",
+            f"SINGULARITY_PG_HOME={home}",
+            "PATH=/usr/bin:/bin",
+            "bash",
+            str(SCRIPT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 1
+    assert "provisioning needs root" in out.stderr
+    assert "DATABASE_URL" in out.stderr
+    assert out.stdout == ""
