@@ -7,6 +7,7 @@ that need them so that `--help` and light commands start fast.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import traceback
@@ -31,6 +32,11 @@ class _Group(click.Group):
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except BrokenPipeError:
+            # The reader went away (`| head`): stop quietly, as tools killed by SIGPIPE do.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(141)
         except KeyboardInterrupt:
             click.echo("singularity-ops: interrupted", err=True)
             ctx.exit(130)
