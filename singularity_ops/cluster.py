@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pwd
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -202,6 +203,7 @@ def start(local: LocalCluster, bindir: Path | None, timeout: float = 60) -> bool
         if stale.exists():
             # Its process is gone (or the pid now belongs to something else): a crash or reboot.
             stale.unlink()
+        _check_port_free(local)
         pg_ctl = _server_program("pg_ctl", bindir)
         local.socket_dir.mkdir(parents=True, exist_ok=True)
         _chown_for(pg_ctl, local.socket_dir)
@@ -230,6 +232,19 @@ def start(local: LocalCluster, bindir: Path | None, timeout: float = 60) -> bool
                 f"{exc}\nlast lines of {local.log_file}:\n{_tail(local.log_file)}"
             ) from None
         return True
+
+
+def _check_port_free(local: LocalCluster) -> None:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        in_use = probe.connect_ex(("127.0.0.1", local.port)) == 0
+    if in_use:
+        raise ClusterError(
+            f"cannot start the local cluster in {local.data_dir}: port {local.port} on 127.0.0.1 "
+            "is already taken (another checkout's cluster or another server). Stop that one "
+            "(`singularity-ops server stop` in its checkout), or choose another port with "
+            "PGPORT or postgres.local.port in singularity.yaml"
+        )
 
 
 def stop(local: LocalCluster, bindir: Path | None, timeout: float = 60) -> bool:
