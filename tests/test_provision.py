@@ -1,7 +1,10 @@
 """scripts/provision-postgres: idempotent when provisioned, clear and quick where it cannot work."""
 
+import shutil
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 from conftest import ROOT
 
@@ -18,25 +21,32 @@ def test_second_run_only_checks_and_prints_a_bindir_with_postgres_17():
     assert " 17." in version.stdout
 
 
-def test_without_root_it_fails_at_once_with_the_alternatives(tmp_path):
-    home = tmp_path / "pg-home"
-    out = subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "nobody",
-            "--",
-            "env",
-            f"SINGULARITY_PG_HOME={home}",
-            "PATH=/usr/bin:/bin",
-            "bash",
-            str(SCRIPT),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert out.returncode == 1
+def test_without_root_it_fails_at_once_with_the_alternatives():
+    # A copy in a directory `nobody` can read: the checkout may sit under a 0700 mktemp dir.
+    shared = Path(tempfile.mkdtemp(prefix="sops-provision-"))
+    try:
+        shared.chmod(0o755)
+        script = shared / "provision-postgres"
+        shutil.copy(SCRIPT, script)
+        out = subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "nobody",
+                "--",
+                "env",
+                f"SINGULARITY_PG_HOME={shared}/home",
+                "PATH=/usr/bin:/bin",
+                "bash",
+                str(script),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        shutil.rmtree(shared)
+    assert out.returncode == 1, out.stderr
     assert "provisioning needs root" in out.stderr
     assert "DATABASE_URL" in out.stderr
     assert out.stdout == ""
