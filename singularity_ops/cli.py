@@ -12,6 +12,7 @@ import shlex
 import sys
 import traceback
 from dataclasses import asdict, is_dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,8 @@ def _to_jsonable(value: Any) -> Any:
         return [_to_jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
     return value
 
 
@@ -230,6 +233,99 @@ def env_cmd(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"export {key}={shlex.quote(value)}")
     if bindir is not None:
         click.echo(f'export PATH={shlex.quote(str(bindir))}:"$PATH"')
+
+
+@cli.group("migrate", invoke_without_command=True)
+@click.option("--dry-run", is_flag=True, help="List what would run; run nothing.")
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=60,
+    show_default=True,
+    help="Seconds to wait for another migrate to finish.",
+)
+@json_option
+@click.pass_context
+def migrate_cmd(ctx: click.Context, dry_run: bool, lock_timeout: float, as_json: bool) -> None:
+    """Apply pending SQL migrations from sql/migrations, in order, exactly once each.
+
+    Refuses to run if an applied file was edited, renamed or removed. Concurrent runs wait
+    for each other (advisory lock, --lock-timeout). Subcommands: status, new.
+
+    \b
+    Example:
+      singularity-ops migrate --dry-run && singularity-ops migrate
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from .db import connect
+    from .migrate import migrate
+
+    settings = settings_of(ctx)
+    with connect(settings, autocommit=True) as conn:
+        result = migrate(conn, settings.migrations_dir, dry_run=dry_run, lock_timeout=lock_timeout)
+    if as_json:
+        emit_json(result)
+        return
+    if not result.applied:
+        info(ctx, f"nothing to do: {result.already_applied} migrations applied, none pending")
+        return
+    verb = "would apply" if dry_run else "applied"
+    for name in result.applied:
+        info(ctx, f"{verb} {name}")
+    info(ctx, f"{verb} {len(result.applied)} migration(s) in {result.seconds:.2f} s")
+
+
+@migrate_cmd.command("status")
+@click.option(
+    "--exit-code", is_flag=True, help="Exit 3 when migrations are pending (for CI gates)."
+)
+@json_option
+@click.pass_context
+def migrate_status_cmd(ctx: click.Context, exit_code: bool, as_json: bool) -> None:
+    """List applied and pending migrations.
+
+    \b
+    Example:
+      singularity-ops migrate status --exit-code || echo "run singularity-ops migrate"
+    """
+    from .db import connect
+    from .migrate import status
+
+    settings = settings_of(ctx)
+    with connect(settings, autocommit=True) as conn:
+        states = status(conn, settings.migrations_dir)
+    pending = [s for s in states if not s.applied]
+    if as_json:
+        emit_json(
+            {"migrations": states, "pending": len(pending), "applied": len(states) - len(pending)}
+        )
+    else:
+        for st in states:
+            when = (
+                f"applied {st.applied_at:%Y-%m-%d %H:%M:%S%z} ({st.execution_ms} ms)"
+                if st.applied
+                else "pending"
+            )
+            click.echo(f"{st.version:04d}_{st.name}  {when}")
+        click.echo(f"{len(states) - len(pending)} applied, {len(pending)} pending")
+    if exit_code and pending:
+        ctx.exit(3)
+
+
+@migrate_cmd.command("new")
+@click.argument("description")
+@click.pass_context
+def migrate_new_cmd(ctx: click.Context, description: str) -> None:
+    """Create the next numbered, empty migration file and print its path.
+
+    \b
+    Example:
+      singularity-ops migrate new "index artifacts by source path"
+    """
+    from .migrate import new_migration
+
+    click.echo(new_migration(settings_of(ctx).migrations_dir, description))
 
 
 @cli.group("server")

@@ -37,6 +37,9 @@ SCHEMA: dict[str, Any] = {
         "maintenance_db": str,
         "connect_timeout": int,
     },
+    "migrations": {
+        "dir": str,
+    },
     "postgres": {
         "bindir": str,
         "local": {
@@ -76,6 +79,7 @@ class Settings:
     bindir: Path | None = None
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     local: LocalCluster | None = None
+    migrations_dir: Path = Path("sql/migrations")
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -351,6 +355,9 @@ def load_settings(
         bindir=bindir,
         extensions=tuple(extensions) if extensions is not None else DEFAULT_EXTENSIONS,
         local=local,
+        migrations_dir=_resolve_path(
+            project_root, _get(data, "migrations.dir") or "sql/migrations"
+        ),
         raw=data,
     )
 

@@ -92,3 +92,38 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, tim
         timeout=timeout,
         check=False,
     )
+
+
+MIGRATIONS = ROOT / "sql" / "migrations"
+
+
+@pytest.fixture
+def ext_settings(db_settings: Settings) -> Settings:
+    """A fresh database with vector, timescaledb and postgis created."""
+    from singularity_ops.db import connect
+    from singularity_ops.extensions import create_extensions
+
+    with connect(db_settings, autocommit=True) as conn:
+        create_extensions(conn, ["vector", "timescaledb", "postgis"])
+    return db_settings
+
+
+@pytest.fixture
+def kb_settings(ext_settings: Settings) -> Settings:
+    """A fresh database with the extensions and every migration applied."""
+    from singularity_ops.db import connect
+    from singularity_ops.migrate import migrate
+
+    with connect(ext_settings, autocommit=True) as conn:
+        migrate(conn, MIGRATIONS)
+    return ext_settings
+
+
+def write_cli_config(directory: Path, settings: Settings, **sections: dict) -> Path:
+    """A singularity.yaml in `directory` pointing the CLI at `settings`' database."""
+    import yaml
+
+    data = {"database": {"url": settings.url()}, "migrations": {"dir": str(MIGRATIONS)}, **sections}
+    path = directory / "singularity.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path

@@ -1,0 +1,427 @@
+"""Versioned SQL migrations: plain files in sql/migrations, applied in order, exactly once each.
+
+- Files are named NNNN_description.sql; the number is the version.
+- schema_migrations records version, name, checksum (sha256 of the file with CRLF read as LF),
+  applied_at and execution time.
+- An applied file whose checksum changed, that is missing, or that was renamed stops the run
+  before anything is applied.
+- A session-level advisory lock, taken with a bounded wait on an autocommit connection,
+  serialises concurrent runs; the loser waits, then finds nothing left to do.
+- Each migration runs in its own transaction together with its schema_migrations row. A file
+  whose first line is `-- singularity-ops: no-transaction` runs statement by statement
+  outside a transaction (for CREATE INDEX CONCURRENTLY and the like).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import psycopg
+
+from .errors import ConfigError, SingularityOpsError
+
+NO_TRANSACTION_MARKER = "-- singularity-ops: no-transaction"
+FILE_PATTERN = re.compile(r"^(?P<version>\d+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_\-]*)\.sql$")
+# pg_advisory_lock key: the first 8 bytes of sha256("singularity-ops:migrate"), signed.
+LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"singularity-ops:migrate").digest()[:8], "big", signed=True
+)
+TABLE = "schema_migrations"
+
+
+class MigrationError(SingularityOpsError):
+    """A migration file or the recorded history is wrong, or a migration failed."""
+
+
+class LockTimeout(SingularityOpsError):
+    """Another migrate held the lock for longer than --lock-timeout."""
+
+
+@dataclass(frozen=True)
+class MigrationFile:
+    """One file in the migrations directory."""
+
+    version: int
+    name: str
+    path: Path
+    checksum: str
+    transactional: bool
+
+    @property
+    def filename(self) -> str:
+        return self.path.name
+
+    def text(self) -> str:
+        return _normalized_text(self.path)
+
+
+@dataclass(frozen=True)
+class AppliedMigration:
+    """A row of schema_migrations."""
+
+    version: int
+    name: str
+    checksum: str
+    applied_at: datetime
+    execution_ms: int
+
+
+@dataclass(frozen=True)
+class MigrationState:
+    """One migration in the status view."""
+
+    version: int
+    name: str
+    applied: bool
+    applied_at: datetime | None
+    execution_ms: int | None
+
+
+@dataclass(frozen=True)
+class MigrateResult:
+    """What `migrate` did (or, with dry_run, would do)."""
+
+    applied: list[str]
+    pending_before: int
+    already_applied: int
+    dry_run: bool
+    seconds: float
+
+
+def _normalized_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise MigrationError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MigrationError(
+            f"{path}: not valid UTF-8 (byte {exc.start}); save it as UTF-8"
+        ) from None
+    return text.replace("\r\n", "\n")
+
+
+def discover(directory: Path) -> list[MigrationFile]:
+    """The migration files in version order; errors for bad names and duplicate versions."""
+    if not directory.is_dir():
+        raise ConfigError(
+            f"migrations directory {directory} does not exist; set migrations.dir in "
+            "singularity.yaml or run from the project root"
+        )
+    found: dict[int, MigrationFile] = {}
+    for path in sorted(directory.iterdir()):
+        if path.suffix != ".sql" or not path.is_file():
+            continue
+        match = FILE_PATTERN.match(path.name)
+        if not match:
+            raise MigrationError(
+                f"{path}: migration files must be named NNNN_description.sql "
+                "(digits, underscore, letters/digits/_/-); rename it"
+            )
+        text = _normalized_text(path)
+        version = int(match["version"])
+        if version in found:
+            raise MigrationError(
+                f"{found[version].path} and {path} both have version {version}; "
+                "renumber one of them (`singularity-ops migrate new` picks the next number)"
+            )
+        first_line = text.split("\n", 1)[0].strip()
+        found[version] = MigrationFile(
+            version=version,
+            name=match["name"],
+            path=path,
+            checksum=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            transactional=first_line != NO_TRANSACTION_MARKER,
+        )
+    return [found[v] for v in sorted(found)]
+
+
+def _ensure_table(conn: psycopg.Connection) -> None:
+    conn.execute(
+        f"""
+        CREATE TABLE IF NOT EXISTS {TABLE} (
+            version bigint PRIMARY KEY,
+            name text NOT NULL,
+            checksum text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now(),
+            execution_ms integer NOT NULL
+        )
+        """
+    )
+
+
+def applied_migrations(conn: psycopg.Connection) -> dict[int, AppliedMigration]:
+    """schema_migrations as a dict by version; empty when the table does not exist yet."""
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,)).fetchone()
+    if not exists or not exists[0]:
+        return {}
+    rows = conn.execute(
+        f"SELECT version, name, checksum, applied_at, execution_ms FROM {TABLE} ORDER BY version"
+    ).fetchall()
+    return {row[0]: AppliedMigration(*row) for row in rows}
+
+
+def verify_history(files: list[MigrationFile], applied: dict[int, AppliedMigration]) -> None:
+    """Refuse edited, renamed or missing applied migrations, naming the file."""
+    by_version = {f.version: f for f in files}
+    problems = []
+    for version, row in sorted(applied.items()):
+        current = by_version.get(version)
+        if current is None:
+            problems.append(
+                f"applied migration {version:04d}_{row.name}.sql is missing from the migrations "
+                "directory; restore it from version control (applied history must not change)"
+            )
+        elif current.name != row.name:
+            problems.append(
+                f"{current.path}: version {version} was applied as {row.name!r} but the file is "
+                f"now named {current.name!r}; rename it back"
+            )
+        elif current.checksum != row.checksum:
+            problems.append(
+                f"{current.path}: changed after it was applied (checksum {row.checksum[:12]} "
+                f"recorded, {current.checksum[:12]} now); revert the edit and put the change "
+                "in a new migration (`singularity-ops migrate new`)"
+            )
+    if problems:
+        raise MigrationError("\n".join(problems))
+
+
+def status(conn: psycopg.Connection, directory: Path) -> list[MigrationState]:
+    """Applied and pending migrations, verified against the files."""
+    files = discover(directory)
+    applied = applied_migrations(conn)
+    verify_history(files, applied)
+    return [
+        MigrationState(
+            version=f.version,
+            name=f.name,
+            applied=f.version in applied,
+            applied_at=applied[f.version].applied_at if f.version in applied else None,
+            execution_ms=applied[f.version].execution_ms if f.version in applied else None,
+        )
+        for f in files
+    ]
+
+
+@contextmanager
+def advisory_lock(conn: psycopg.Connection, timeout: float) -> Iterator[None]:
+    """Hold the migrate lock for the session, waiting at most `timeout` seconds for it."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+        if row and row[0]:
+            break
+        if time.monotonic() >= deadline:
+            raise LockTimeout(
+                f"another migrate has held the migration lock for more than {timeout:g} s "
+                f"(--lock-timeout){_lock_holder(conn)}; wait for it or raise --lock-timeout"
+            )
+        time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
+        delay = min(delay * 2, 0.5)
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+
+
+def _lock_holder(conn: psycopg.Connection) -> str:
+    row = conn.execute(
+        """
+        SELECT a.pid, coalesce(nullif(a.application_name, ''), '?'), a.client_addr, a.backend_start
+        FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+        WHERE l.locktype = 'advisory' AND l.granted
+          AND ((l.classid::bigint << 32) | l.objid::bigint) = %s
+        LIMIT 1
+        """,
+        (LOCK_KEY,),
+    ).fetchone()
+    if not row:
+        return ""
+    pid, app, addr, since = row
+    return (
+        f" (held by backend pid {pid}, {app}, {addr or 'local socket'}, connected {since:%H:%M:%S})"
+    )
+
+
+def _position(text: str, statement_start: int, error_position: str | None) -> str:
+    """line:column in the file of the error, from PostgreSQL's 1-based character position."""
+    if not error_position:
+        return ""
+    offset = statement_start + int(error_position) - 1
+    line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return f":{line}:{column}"
+
+
+def _failure(migration: MigrationFile, text: str, start: int, exc: psycopg.Error) -> MigrationError:
+    diag = exc.diag
+    where = _position(text, start, diag.statement_position)
+    message = diag.message_primary or str(exc).strip()
+    extra = f" ({diag.message_detail})" if diag.message_detail else ""
+    hint = f"; hint: {diag.message_hint}" if diag.message_hint else ""
+    note = (
+        "nothing from this migration was kept"
+        if migration.transactional
+        else "this no-transaction migration may have applied earlier statements; check before re-running"
+    )
+    return MigrationError(f"{migration.path}{where}: {message}{extra}{hint} ({note})")
+
+
+def split_statements(text: str) -> list[tuple[int, str]]:
+    """Split SQL into statements at top-level semicolons: (offset, statement) pairs.
+
+    Understands quotes, dollar quoting, and -- and /* */ comments; used only for
+    no-transaction migrations, which must send one statement at a time.
+    """
+    statements: list[tuple[int, str]] = []
+    i, start, n = 0, 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "-" and text.startswith("--", i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j + 1
+        elif c == "/" and text.startswith("/*", i):
+            depth, i = 1, i + 2
+            while i < n and depth:
+                if text.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif text.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        elif c in "'\"":
+            j = i + 1
+            while j < n:
+                if text[j] == c:
+                    if j + 1 < n and text[j + 1] == c:
+                        j += 2
+                        continue
+                    break
+                j += 1
+            i = j + 1
+        elif c == "$":
+            m = re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$", text[i:])
+            if m:
+                end = text.find(m.group(0), i + len(m.group(0)))
+                i = n if end < 0 else end + len(m.group(0))
+            else:
+                i += 1
+        elif c == ";":
+            statements.append((start, text[start : i + 1]))
+            i += 1
+            start = i
+        else:
+            i += 1
+    if text[start:].strip():
+        statements.append((start, text[start:]))
+    return [(off, stmt) for off, stmt in statements if _has_code(stmt)]
+
+
+def _has_code(statement: str) -> bool:
+    stripped = re.sub(r"--[^\n]*|/\*.*?\*/", "", statement, flags=re.S)
+    return bool(stripped.strip(" \t\n;"))
+
+
+def _apply_one(conn: psycopg.Connection, migration: MigrationFile) -> int:
+    text = migration.text()
+    started = time.monotonic()
+    if migration.transactional:
+        try:
+            with conn.transaction():
+                conn.execute(text)  # no parameters: simple protocol, many statements allowed
+                _record(conn, migration, started)
+        except psycopg.Error as exc:
+            raise _failure(migration, text, 0, exc) from None
+    else:
+        for offset, statement in split_statements(text):
+            try:
+                conn.execute(statement)
+            except psycopg.Error as exc:
+                raise _failure(migration, text, offset, exc) from None
+        with conn.transaction():
+            _record(conn, migration, started)
+    return int((time.monotonic() - started) * 1000)
+
+
+def _record(conn: psycopg.Connection, migration: MigrationFile, started: float) -> None:
+    conn.execute(
+        f"INSERT INTO {TABLE} (version, name, checksum, execution_ms) VALUES (%s, %s, %s, %s)",
+        (
+            migration.version,
+            migration.name,
+            migration.checksum,
+            int((time.monotonic() - started) * 1000),
+        ),
+    )
+
+
+def migrate(
+    conn: psycopg.Connection, directory: Path, *, dry_run: bool = False, lock_timeout: float = 60
+) -> MigrateResult:
+    """Apply pending migrations in order. `conn` must be in autocommit mode (it holds the lock).
+
+    With dry_run, report what would run and change nothing (not even schema_migrations).
+    """
+    if not conn.autocommit:
+        raise ValueError(
+            "migrate() needs an autocommit connection: each migration is its own transaction"
+        )
+    started = time.monotonic()
+    files = discover(directory)
+    if dry_run:
+        applied = applied_migrations(conn)
+        verify_history(files, applied)
+        pending = [f for f in files if f.version not in applied]
+        return MigrateResult(
+            [f.filename for f in pending],
+            len(pending),
+            len(applied),
+            True,
+            time.monotonic() - started,
+        )
+
+    # Fast path for the common CI case: everything applied, no lock needed.
+    applied = applied_migrations(conn)
+    verify_history(files, applied)
+    if applied and all(f.version in applied for f in files):
+        return MigrateResult([], 0, len(applied), False, time.monotonic() - started)
+
+    with advisory_lock(conn, lock_timeout):
+        _ensure_table(conn)
+        applied = applied_migrations(conn)  # re-read: another process may have just finished
+        verify_history(files, applied)
+        pending = [f for f in files if f.version not in applied]
+        done = []
+        for migration in pending:
+            _apply_one(conn, migration)
+            done.append(migration.filename)
+    return MigrateResult(done, len(pending), len(applied), False, time.monotonic() - started)
+
+
+def new_migration(directory: Path, description: str) -> Path:
+    """Create the next numbered, empty migration file with a readable name."""
+    slug = re.sub(r"[^a-z0-9]+", "_", description.lower()).strip("_")
+    if not slug:
+        raise ConfigError(f"migration description {description!r} has no letters or digits")
+    directory.mkdir(parents=True, exist_ok=True)
+    existing = discover(directory)
+    version = (existing[-1].version + 1) if existing else 1
+    path = directory / f"{version:04d}_{slug}.sql"
+    with open(path, "x", encoding="utf-8") as fh:
+        fh.write(
+            f"-- {description}\n"
+            "-- Runs in one transaction with its schema_migrations row. For statements that cannot\n"
+            f"-- run in a transaction, make the first line exactly: {NO_TRANSACTION_MARKER}\n\n"
+        )
+    return path

@@ -1,0 +1,249 @@
+"""migrate against the real PostgreSQL 17: ordering, history checks, transactions, concurrency."""
+
+import concurrent.futures
+import shutil
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import MIGRATIONS, run_cli, write_cli_config
+
+from singularity_ops.db import connect
+from singularity_ops.migrate import (
+    LOCK_KEY,
+    LockTimeout,
+    MigrationError,
+    applied_migrations,
+    discover,
+    migrate,
+    new_migration,
+    split_statements,
+    status,
+)
+
+
+@pytest.fixture
+def migrations(tmp_path) -> Path:
+    """A private copy of the project's migrations that a test may extend or edit."""
+    target = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, target)
+    return target
+
+
+def add(directory: Path, filename: str, text: str) -> Path:
+    path = directory / filename
+    path.write_text(text)
+    return path
+
+
+def tables(settings) -> set[str]:
+    with psycopg.connect(**settings.conninfo()) as conn:
+        rows = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def run_migrate(settings, directory, **kwargs):
+    with connect(settings, autocommit=True) as conn:
+        return migrate(conn, directory, **kwargs)
+
+
+def test_applies_everything_in_order_then_is_a_no_op(ext_settings, migrations):
+    first = run_migrate(ext_settings, migrations)
+    assert first.applied == [f.filename for f in discover(migrations)]
+    assert {"knowledge_artifacts", "artifact_usage", "schema_migrations"} <= tables(ext_settings)
+    with psycopg.connect(**ext_settings.conninfo()) as conn:
+        applied = applied_migrations(conn)
+    assert sorted(applied) == [f.version for f in discover(migrations)]
+    row = applied[1]
+    assert row.name == "knowledge_artifacts" and len(row.checksum) == 64 and row.execution_ms >= 0
+    second = run_migrate(ext_settings, migrations)
+    assert second.applied == [] and second.already_applied == len(applied)
+
+
+def test_cli_no_op_says_so(kb_settings, tmp_path):
+    config = write_cli_config(tmp_path, kb_settings)
+    out = run_cli("--config", str(config), "migrate", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("nothing to do")
+
+
+def test_edited_applied_file_is_refused_before_anything_runs(ext_settings, migrations):
+    run_migrate(ext_settings, migrations)
+    first = migrations / "0001_knowledge_artifacts.sql"
+    first.write_text(first.read_text() + "\n-- an innocent-looking edit\n")
+    add(migrations, "0099_new_table.sql", "CREATE TABLE should_not_exist (x int);")
+    with pytest.raises(
+        MigrationError, match=r"0001_knowledge_artifacts.sql: changed after it was applied"
+    ):
+        run_migrate(ext_settings, migrations)
+    assert "should_not_exist" not in tables(ext_settings)
+
+
+def test_line_ending_only_change_is_not_an_edit(ext_settings, migrations):
+    run_migrate(ext_settings, migrations)
+    first = migrations / "0001_knowledge_artifacts.sql"
+    first.write_bytes(first.read_bytes().replace(b"\n", b"\r\n"))
+    assert run_migrate(ext_settings, migrations).applied == []
+
+
+def test_missing_and_renamed_applied_files_are_refused(ext_settings, migrations):
+    run_migrate(ext_settings, migrations)
+    (migrations / "0002_artifact_usage.sql").rename(migrations / "0002_usage_events.sql")
+    with pytest.raises(
+        MigrationError, match=r"0002_usage_events.sql: version 2 was applied as 'artifact_usage'"
+    ):
+        run_migrate(ext_settings, migrations)
+    (migrations / "0002_usage_events.sql").unlink()
+    with pytest.raises(
+        MigrationError, match=r"applied migration 0002_artifact_usage.sql is missing"
+    ):
+        run_migrate(ext_settings, migrations)
+
+
+def test_duplicate_versions_and_bad_names_are_errors_naming_the_files(migrations):
+    add(migrations, "0002_other.sql", "SELECT 1;")
+    with pytest.raises(
+        MigrationError, match=r"0002_artifact_usage.sql and .*0002_other.sql both have version 2"
+    ):
+        discover(migrations)
+    (migrations / "0002_other.sql").unlink()
+    add(migrations, "add_things.sql", "SELECT 1;")
+    with pytest.raises(
+        MigrationError, match=r"add_things.sql: migration files must be named NNNN_description.sql"
+    ):
+        discover(migrations)
+
+
+def test_failing_migration_leaves_no_trace_and_names_file_and_position(
+    kb_settings, migrations, tmp_path
+):
+    add(
+        migrations,
+        "0003_half_way.sql",
+        "CREATE TABLE half_way (id int);\nINSERT INTO half_way VALUES (1);\nSELEC broken;\n",
+    )
+    add(migrations, "0004_after.sql", "CREATE TABLE after_failure (id int);")
+    config = write_cli_config(tmp_path, kb_settings, migrations={"dir": str(migrations)})
+    out = run_cli("--config", str(config), "migrate", cwd=tmp_path)
+    assert out.returncode == 1
+    assert '0003_half_way.sql:3:1: syntax error at or near "SELEC"' in out.stderr
+    assert "nothing from this migration was kept" in out.stderr
+    assert not {"half_way", "after_failure"} & tables(kb_settings)
+    with psycopg.connect(**kb_settings.conninfo()) as conn:
+        assert 3 not in applied_migrations(conn)
+
+
+def test_no_transaction_marker_allows_create_index_concurrently(kb_settings, migrations):
+    index = "CREATE INDEX CONCURRENTLY ka_source_path ON knowledge_artifacts (source_path);\n"
+    add(migrations, "0003_in_transaction.sql", index)
+    with pytest.raises(MigrationError, match="cannot run inside a transaction block"):
+        run_migrate(kb_settings, migrations)
+    (migrations / "0003_in_transaction.sql").unlink()
+    add(
+        migrations,
+        "0003_concurrent_index.sql",
+        "-- singularity-ops: no-transaction\n-- a comment; with a semicolon\n"
+        + index
+        + "CREATE INDEX CONCURRENTLY ka_updated ON knowledge_artifacts (updated_at);\n",
+    )
+    assert run_migrate(kb_settings, migrations).applied == ["0003_concurrent_index.sql"]
+    with psycopg.connect(**kb_settings.conninfo()) as conn:
+        names = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes").fetchall()}
+    assert {"ka_source_path", "ka_updated"} <= names
+
+
+def test_eight_concurrent_processes_apply_each_migration_once(ext_settings, migrations, tmp_path):
+    # A slow migration that counts its own runs makes the processes overlap for real.
+    add(
+        migrations,
+        "0003_slow_counter.sql",
+        "CREATE TABLE run_counter (n int);\nSELECT pg_sleep(1);\nINSERT INTO run_counter VALUES (1);\n",
+    )
+    config = write_cli_config(tmp_path, ext_settings, migrations={"dir": str(migrations)})
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(
+            pool.map(
+                lambda _: run_cli("--config", str(config), "migrate", "--json", cwd=tmp_path),
+                range(8),
+            )
+        )
+    assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results]
+    with psycopg.connect(**ext_settings.conninfo()) as conn:
+        assert conn.execute("SELECT count(*) FROM run_counter").fetchone()[0] == 1
+        counts = conn.execute(
+            "SELECT count(*), count(DISTINCT version) FROM schema_migrations"
+        ).fetchone()
+    assert counts == (3, 3)
+    assert sum('"0003_slow_counter.sql"' in r.stdout for r in results) == 1
+
+
+def test_lock_timeout_names_the_holder(kb_settings, migrations):
+    add(migrations, "0003_pending.sql", "CREATE TABLE pending_one (x int);")
+    params = {**kb_settings.conninfo(), "application_name": "holder-app"}
+    with psycopg.connect(**params, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        with pytest.raises(
+            LockTimeout,
+            match=r"more than 0.5 s \(--lock-timeout\) \(held by backend pid \d+, holder-app",
+        ):
+            run_migrate(kb_settings, migrations, lock_timeout=0.5)
+    assert "pending_one" not in tables(kb_settings)
+
+
+def test_dry_run_writes_nothing(ext_settings, migrations):
+    result = run_migrate(ext_settings, migrations, dry_run=True)
+    assert result.dry_run and result.applied == [f.filename for f in discover(migrations)]
+    assert tables(ext_settings) & {"schema_migrations", "knowledge_artifacts"} == set()
+
+
+def test_status_exit_codes_and_json(ext_settings, migrations, tmp_path):
+    config = write_cli_config(tmp_path, ext_settings, migrations={"dir": str(migrations)})
+    pending = run_cli("--config", str(config), "migrate", "status", "--exit-code", cwd=tmp_path)
+    assert pending.returncode == 3 and "0 applied, 2 pending" in pending.stdout
+    assert run_cli("--config", str(config), "migrate", "status", cwd=tmp_path).returncode == 0
+    assert run_cli("--config", str(config), "migrate", cwd=tmp_path).returncode == 0
+    done = run_cli(
+        "--config", str(config), "migrate", "status", "--exit-code", "--json", cwd=tmp_path
+    )
+    assert done.returncode == 0
+    assert '"pending": 0' in done.stdout and '"applied": 2' in done.stdout
+    with psycopg.connect(**ext_settings.conninfo()) as conn:
+        assert [s.applied for s in status(conn, migrations)] == [True, True]
+
+
+def test_new_creates_the_next_numbered_file(migrations):
+    path = new_migration(migrations, "Index artifacts by source path!")
+    assert path.name == "0003_index_artifacts_by_source_path.sql"
+    assert discover(migrations)[-1].path == path
+    assert new_migration(migrations, "second").name == "0004_second.sql"
+
+
+def test_split_statements_respects_quotes_comments_and_dollar_quotes():
+    text = (
+        "-- leading; comment\nSELECT ';' AS a;\n/* block; */ SELECT $x$ ; $x$;\n"
+        'DO $$ BEGIN PERFORM 1; END $$;\nSELECT "we;ird" FROM t\n'
+    )
+    statements = [s.strip() for _, s in split_statements(text)]
+    assert statements == [
+        "-- leading; comment\nSELECT ';' AS a;",
+        "/* block; */ SELECT $x$ ; $x$;",
+        "DO $$ BEGIN PERFORM 1; END $$;",
+        'SELECT "we;ird" FROM t',
+    ]
+
+
+def test_percent_signs_in_migrations_are_sent_as_written(kb_settings, migrations):
+    add(migrations, "0003_percent.sql", "CREATE TABLE pct AS SELECT '100%s done'::text AS label;")
+    run_migrate(kb_settings, migrations)
+    with psycopg.connect(**kb_settings.conninfo()) as conn:
+        assert conn.execute("SELECT label FROM pct").fetchone()[0] == "100%s done"
+
+
+def test_migration_without_extensions_says_to_run_create_extensions(db_settings, migrations):
+    with pytest.raises(
+        MigrationError,
+        match=r"0001_knowledge_artifacts.sql: the vector extension is not installed.*create-extensions",
+    ):
+        run_migrate(db_settings, migrations)
