@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -27,6 +28,12 @@ _TRANSIENT = (
     "timeout expired",
     "server closed the connection unexpectedly",
 )
+
+
+def lock_key(name: str) -> int:
+    """A stable pg_advisory_lock key for one of the toolkit's operations."""
+    digest = hashlib.sha256(f"singularity-ops:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 @dataclass(frozen=True)

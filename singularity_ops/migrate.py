@@ -25,14 +25,12 @@ from pathlib import Path
 
 import psycopg
 
+from .db import lock_key
 from .errors import ConfigError, SingularityOpsError
 
 NO_TRANSACTION_MARKER = "-- singularity-ops: no-transaction"
 FILE_PATTERN = re.compile(r"^(?P<version>\d+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_\-]*)\.sql$")
-# pg_advisory_lock key: the first 8 bytes of sha256("singularity-ops:migrate"), signed.
-LOCK_KEY = int.from_bytes(
-    hashlib.sha256(b"singularity-ops:migrate").digest()[:8], "big", signed=True
-)
+LOCK_KEY = lock_key("migrate")
 TABLE = "schema_migrations"
 
 

@@ -22,6 +22,9 @@ from singularity_ops.migrate import (
 )
 
 
+SHIPPED = len(discover(MIGRATIONS))
+
+
 @pytest.fixture
 def migrations(tmp_path) -> Path:
     """A private copy of the project's migrations that a test may extend or edit."""
@@ -121,34 +124,34 @@ def test_failing_migration_leaves_no_trace_and_names_file_and_position(
 ):
     add(
         migrations,
-        "0003_half_way.sql",
+        "0101_half_way.sql",
         "CREATE TABLE half_way (id int);\nINSERT INTO half_way VALUES (1);\nSELEC broken;\n",
     )
-    add(migrations, "0004_after.sql", "CREATE TABLE after_failure (id int);")
+    add(migrations, "0102_after.sql", "CREATE TABLE after_failure (id int);")
     config = write_cli_config(tmp_path, kb_settings, migrations={"dir": str(migrations)})
     out = run_cli("--config", str(config), "migrate", cwd=tmp_path)
     assert out.returncode == 1
-    assert '0003_half_way.sql:3:1: syntax error at or near "SELEC"' in out.stderr
+    assert '0101_half_way.sql:3:1: syntax error at or near "SELEC"' in out.stderr
     assert "nothing from this migration was kept" in out.stderr
     assert not {"half_way", "after_failure"} & tables(kb_settings)
     with psycopg.connect(**kb_settings.conninfo()) as conn:
-        assert 3 not in applied_migrations(conn)
+        assert 101 not in applied_migrations(conn)
 
 
 def test_no_transaction_marker_allows_create_index_concurrently(kb_settings, migrations):
     index = "CREATE INDEX CONCURRENTLY ka_source_path ON knowledge_artifacts (source_path);\n"
-    add(migrations, "0003_in_transaction.sql", index)
+    add(migrations, "0101_in_transaction.sql", index)
     with pytest.raises(MigrationError, match="cannot run inside a transaction block"):
         run_migrate(kb_settings, migrations)
-    (migrations / "0003_in_transaction.sql").unlink()
+    (migrations / "0101_in_transaction.sql").unlink()
     add(
         migrations,
-        "0003_concurrent_index.sql",
+        "0101_concurrent_index.sql",
         "-- singularity-ops: no-transaction\n-- a comment; with a semicolon\n"
         + index
         + "CREATE INDEX CONCURRENTLY ka_updated ON knowledge_artifacts (updated_at);\n",
     )
-    assert run_migrate(kb_settings, migrations).applied == ["0003_concurrent_index.sql"]
+    assert run_migrate(kb_settings, migrations).applied == ["0101_concurrent_index.sql"]
     with psycopg.connect(**kb_settings.conninfo()) as conn:
         names = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes").fetchall()}
     assert {"ka_source_path", "ka_updated"} <= names
@@ -158,7 +161,7 @@ def test_eight_concurrent_processes_apply_each_migration_once(ext_settings, migr
     # A slow migration that counts its own runs makes the processes overlap for real.
     add(
         migrations,
-        "0003_slow_counter.sql",
+        "0101_slow_counter.sql",
         "CREATE TABLE run_counter (n int);\nSELECT pg_sleep(1);\nINSERT INTO run_counter VALUES (1);\n",
     )
     config = write_cli_config(tmp_path, ext_settings, migrations={"dir": str(migrations)})
@@ -175,12 +178,12 @@ def test_eight_concurrent_processes_apply_each_migration_once(ext_settings, migr
         counts = conn.execute(
             "SELECT count(*), count(DISTINCT version) FROM schema_migrations"
         ).fetchone()
-    assert counts == (3, 3)
-    assert sum('"0003_slow_counter.sql"' in r.stdout for r in results) == 1
+    assert counts == (SHIPPED + 1, SHIPPED + 1)
+    assert sum('"0101_slow_counter.sql"' in r.stdout for r in results) == 1
 
 
 def test_lock_timeout_names_the_holder(kb_settings, migrations):
-    add(migrations, "0003_pending.sql", "CREATE TABLE pending_one (x int);")
+    add(migrations, "0101_pending.sql", "CREATE TABLE pending_one (x int);")
     params = {**kb_settings.conninfo(), "application_name": "holder-app"}
     with psycopg.connect(**params, autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
@@ -201,23 +204,23 @@ def test_dry_run_writes_nothing(ext_settings, migrations):
 def test_status_exit_codes_and_json(ext_settings, migrations, tmp_path):
     config = write_cli_config(tmp_path, ext_settings, migrations={"dir": str(migrations)})
     pending = run_cli("--config", str(config), "migrate", "status", "--exit-code", cwd=tmp_path)
-    assert pending.returncode == 3 and "0 applied, 2 pending" in pending.stdout
+    assert pending.returncode == 3 and f"0 applied, {SHIPPED} pending" in pending.stdout
     assert run_cli("--config", str(config), "migrate", "status", cwd=tmp_path).returncode == 0
     assert run_cli("--config", str(config), "migrate", cwd=tmp_path).returncode == 0
     done = run_cli(
         "--config", str(config), "migrate", "status", "--exit-code", "--json", cwd=tmp_path
     )
     assert done.returncode == 0
-    assert '"pending": 0' in done.stdout and '"applied": 2' in done.stdout
+    assert '"pending": 0' in done.stdout and f'"applied": {SHIPPED}' in done.stdout
     with psycopg.connect(**ext_settings.conninfo()) as conn:
-        assert [s.applied for s in status(conn, migrations)] == [True, True]
+        assert [s.applied for s in status(conn, migrations)] == [True] * SHIPPED
 
 
 def test_new_creates_the_next_numbered_file(migrations):
     path = new_migration(migrations, "Index artifacts by source path!")
-    assert path.name == "0003_index_artifacts_by_source_path.sql"
+    assert path.name == f"{SHIPPED + 1:04d}_index_artifacts_by_source_path.sql"
     assert discover(migrations)[-1].path == path
-    assert new_migration(migrations, "second").name == "0004_second.sql"
+    assert new_migration(migrations, "second").name == f"{SHIPPED + 2:04d}_second.sql"
 
 
 def test_split_statements_respects_quotes_comments_and_dollar_quotes():
@@ -235,7 +238,7 @@ def test_split_statements_respects_quotes_comments_and_dollar_quotes():
 
 
 def test_percent_signs_in_migrations_are_sent_as_written(kb_settings, migrations):
-    add(migrations, "0003_percent.sql", "CREATE TABLE pct AS SELECT '100%s done'::text AS label;")
+    add(migrations, "0101_percent.sql", "CREATE TABLE pct AS SELECT '100%s done'::text AS label;")
     run_migrate(kb_settings, migrations)
     with psycopg.connect(**kb_settings.conninfo()) as conn:
         assert conn.execute("SELECT label FROM pct").fetchone()[0] == "100%s done"

@@ -1,0 +1,277 @@
+"""Reading templates_data/: which files are artifacts, their identity, and what is wrong with them.
+
+No database here: `validate` and `import` share this module, so a file that validates imports.
+
+Identity rule (documented in the README):
+- artifact_type: an explicit top-level "artifact_type" string wins; else the first folder under
+  the import root (under learned/ for learned files), renamed by `import.type_map`.
+- artifact_id: top-level "id", else "metadata.id", else the path below the type folder without
+  ".json" (so languages/elixir/best_practices and languages/go/best_practices stay distinct).
+- version: top-level "version", else "metadata.version", else "1.0.0".
+Two files that resolve to the same (type, id, version) are an error naming both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_VERSION = "1.0.0"
+DEFAULT_MAX_FILE_BYTES = 1024 * 1024
+LEARNED_DIR = "learned"
+SCHEMA_FILE_SUFFIX = "schema.json"
+NON_ARTIFACT_NAMES = {"manifest.json"}
+NON_ARTIFACT_METADATA_TYPES = {"schema", "manifest"}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A valid artifact file, ready to import."""
+
+    artifact_type: str
+    artifact_id: str
+    version: str
+    content_raw: str
+    content_hash: str
+    source_path: str  # relative to the import root, with forward slashes
+    source: str  # 'git' or 'learned'
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.artifact_type, self.artifact_id, self.version)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a file cannot be imported. `location` is path[:line:column]."""
+
+    location: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message}"
+
+
+@dataclass
+class Scan:
+    """The result of reading a tree: artifacts, problems, and what was skipped as non-artifact."""
+
+    root: Path
+    artifacts: list[Artifact] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # non-artifact files, relative paths
+    scopes: list[str] = field(default_factory=list)  # relative folders/files that were scanned
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class _Invalid(Exception):
+    def __init__(self, message: str, line: int | None = None, column: int | None = None) -> None:
+        super().__init__(message)
+        self.message, self.line, self.column = message, line, column
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (PostgreSQL rejects it too)")
+
+
+def _parse(raw: bytes) -> tuple[str, Any]:
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise _Invalid("starts with a UTF-8 byte order mark; save the file without a BOM")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise _Invalid(
+            f"invalid UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8", line, column
+        ) from None
+    if "\x00" in text:
+        raise _Invalid("contains a NUL character, which PostgreSQL text cannot store")
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise _Invalid(f"invalid JSON: {exc.msg}", exc.lineno, exc.colno) from None
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    if "\\u0000" in text:
+        raise _Invalid("contains \\u0000, which PostgreSQL jsonb cannot store")
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Invalid(
+            "contains an unpaired UTF-16 surrogate escape (\\udXXX), which jsonb rejects"
+        ) from None
+    return text, data
+
+
+def is_non_artifact(name: str, data: Any) -> bool:
+    """Schema and manifest documents: JSON that lives beside artifacts but is not one."""
+    lowered = name.lower()
+    if lowered.endswith(SCHEMA_FILE_SUFFIX) or lowered in NON_ARTIFACT_NAMES:
+        return True
+    if not isinstance(data, dict):
+        return False
+    if data.get("_metadata_type") in NON_ARTIFACT_METADATA_TYPES:
+        return True
+    schema = data.get("$schema")
+    # A JSON Schema definition document, not an artifact that names its schema.
+    return isinstance(schema, str) and "json-schema.org" in schema and "properties" in data
+
+
+def _string_field(data: Mapping[str, Any], key: str, what: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise _Invalid(f"{what} must be a string, got {json.dumps(value)[:60]}")
+    text = str(value).strip()
+    if not text:
+        raise _Invalid(f"{what} must not be empty")
+    return text
+
+
+def resolve_identity(
+    data: Mapping[str, Any], relative: Path, type_map: Mapping[str, str]
+) -> tuple[str, str, str, str]:
+    """(artifact_type, artifact_id, version, source) for a parsed file at `relative` under the root."""
+    parts = relative.parts
+    source = "git"
+    if parts and parts[0] == LEARNED_DIR:
+        parts, source = parts[1:], "learned"
+    metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+
+    explicit_type = _string_field(data, "artifact_type", '"artifact_type"')
+    if explicit_type:
+        artifact_type = explicit_type
+    elif len(parts) >= 2:
+        artifact_type = type_map.get(parts[0], parts[0])
+    else:
+        raise _Invalid(
+            'is not inside a type folder and has no "artifact_type"; move it into a folder '
+            "(its name becomes the type) or add the field"
+        )
+    below = parts[1:] if len(parts) >= 2 else parts
+    derived_id = Path(*below).with_suffix("").as_posix()
+    artifact_id = (
+        _string_field(data, "id", '"id"')
+        or _string_field(metadata, "id", '"metadata.id"')
+        or derived_id
+    )
+    version = (
+        _string_field(data, "version", '"version"')
+        or _string_field(metadata, "version", '"metadata.version"')
+        or DEFAULT_VERSION
+    )
+    return artifact_type, artifact_id, version, source
+
+
+def _walk(path: Path) -> Iterator[Path]:
+    if path.is_file():
+        yield path
+        return
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield Path(dirpath) / name
+
+
+def scan(
+    root: Path,
+    paths: Iterable[Path] = (),
+    *,
+    type_map: Mapping[str, str] | None = None,
+    include_learned: bool = False,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+) -> Scan:
+    """Read every JSON file under `paths` (default: all of `root`) and resolve identities."""
+    root = root.resolve()
+    type_map = type_map or {}
+    if not root.is_dir():
+        raise FileNotFoundError(root)
+    targets = [p.resolve() for p in paths] or [root]
+    result = Scan(root=root)
+    for target in targets:
+        if target != root and root not in target.parents:
+            result.problems.append(Problem(str(target), f"is outside the import root {root}"))
+            continue
+        if not target.exists():
+            result.problems.append(Problem(str(target), "does not exist"))
+            continue
+        result.scopes.append(target.relative_to(root).as_posix() if target != root else "")
+
+    by_key: dict[tuple[str, str, str], list[Artifact]] = {}
+    for scope in result.scopes:
+        start = root / scope if scope else root
+        for path in _walk(start):
+            relative = path.relative_to(root)
+            rel = relative.as_posix()
+            if (
+                relative.parts[0] == LEARNED_DIR
+                and not include_learned
+                and not (scope and scope.split("/")[0] == LEARNED_DIR)
+            ):
+                continue
+            if path.suffix.lower() != ".json":
+                result.skipped.append(rel)
+                continue
+            try:
+                size = path.stat().st_size
+                if size > max_file_bytes:
+                    raise _Invalid(
+                        f"is {size} bytes, over the limit of {max_file_bytes} "
+                        "(import.max_file_bytes in singularity.yaml)"
+                    )
+                raw = path.read_bytes()
+                text, data = _parse(raw)
+                if is_non_artifact(path.name, data):
+                    result.skipped.append(rel)
+                    continue
+                if not isinstance(data, dict):
+                    raise _Invalid(
+                        f"is a JSON {type(data).__name__}, but an artifact must be a JSON object"
+                    )
+                artifact_type, artifact_id, version, source = resolve_identity(
+                    data, relative, type_map
+                )
+            except _Invalid as exc:
+                where = rel if exc.line is None else f"{rel}:{exc.line}:{exc.column}"
+                result.problems.append(Problem(where, exc.message))
+                continue
+            except OSError as exc:
+                result.problems.append(Problem(rel, f"cannot read: {exc.strerror}"))
+                continue
+            artifact = Artifact(
+                artifact_type=artifact_type,
+                artifact_id=artifact_id,
+                version=version,
+                content_raw=text,
+                content_hash=hashlib.sha256(raw).hexdigest(),
+                source_path=rel,
+                source=source,
+            )
+            by_key.setdefault(artifact.key, []).append(artifact)
+
+    for (artifact_type, artifact_id, version), group in by_key.items():
+        if len(group) == 1:
+            result.artifacts.append(group[0])
+            continue
+        # Never pick a winner: every claimant is reported and none is imported.
+        for artifact in group:
+            others = ", ".join(a.source_path for a in group if a is not artifact)
+            result.problems.append(
+                Problem(
+                    artifact.source_path,
+                    f"resolves to the same artifact as {others} (type {artifact_type!r}, "
+                    f"id {artifact_id!r}, version {version!r}); give one of them another id or version",
+                )
+            )
+    return result

@@ -1,0 +1,194 @@
+"""import: upsert the artifacts of templates_data/ into knowledge_artifacts in one transaction.
+
+Unchanged files (same content hash and source path) are not written at all. Changed files
+update content but keep the learning metrics; their embedding becomes stale because
+content_hash no longer equals embedded_hash. Rows go through COPY into a staging table and one
+INSERT ... ON CONFLICT merge, never one round trip per file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+
+from .corpus import Artifact, Problem, Scan
+from .db import lock_key
+from .errors import SingularityOpsError
+
+IMPORT_LOCK_KEY = lock_key("import")
+
+
+class InvalidArtifacts(SingularityOpsError):
+    """Strict import refused because files are invalid; nothing was written."""
+
+
+@dataclass
+class ImportResult:
+    """Counts of what import did (or, with dry_run, would do)."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: int = 0  # non-artifact files (schemas, manifests, non-JSON)
+    invalid: int = 0
+    pruned: int = 0
+    orphaned: int = 0  # rows from git whose file is gone, not pruned (no --prune)
+    dry_run: bool = False
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+
+
+def _in_scope(source_path: str | None, scopes: list[str]) -> bool:
+    if source_path is None:
+        return False
+    for scope in scopes:
+        if scope == "" or source_path == scope or source_path.startswith(scope.rstrip("/") + "/"):
+            return True
+    return False
+
+
+def import_artifacts(
+    conn: psycopg.Connection,
+    scan: Scan,
+    *,
+    skip_invalid: bool = False,
+    dry_run: bool = False,
+    prune: bool = False,
+    include_learned: bool = False,
+    lock_timeout: float = 60,
+) -> ImportResult:
+    """Upsert `scan.artifacts`. Strict unless skip_invalid: any problem means nothing is written."""
+    started = time.monotonic()
+    result = ImportResult(
+        skipped=len(scan.skipped),
+        invalid=len(scan.problems),
+        dry_run=dry_run,
+        problems=[str(p) for p in scan.problems],
+    )
+    if scan.problems and not skip_invalid:
+        raise InvalidArtifacts(
+            f"{len(scan.problems)} invalid file(s) under {scan.root}; nothing was imported "
+            "(fix them, or pass --skip-invalid to import the rest):\n"
+            + "\n".join(f"  {p}" for p in scan.problems)
+        )
+    with contextlib.suppress(psycopg.Rollback):  # a dry run leaves through the rollback
+        _write(
+            conn,
+            scan,
+            result,
+            dry_run=dry_run,
+            prune=prune,
+            include_learned=include_learned,
+            lock_timeout=lock_timeout,
+        )
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _write(
+    conn: psycopg.Connection,
+    scan: Scan,
+    result: ImportResult,
+    *,
+    dry_run: bool,
+    prune: bool,
+    include_learned: bool,
+    lock_timeout: float,
+) -> None:
+    with conn.transaction():
+        conn.execute(
+            "SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout * 1000)}ms",)
+        )
+        try:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (IMPORT_LOCK_KEY,))
+        except psycopg.errors.LockNotAvailable:
+            raise SingularityOpsError(
+                f"another import has been running for more than {lock_timeout:g} s; try again later"
+            ) from None
+        existing = {
+            (t, i, v): (pk, h, path, source)
+            for pk, t, i, v, h, path, source in conn.execute(
+                "SELECT id, artifact_type, artifact_id, version, content_hash, source_path, source "
+                "FROM knowledge_artifacts"
+            )
+        }
+        to_write: list[Artifact] = []
+        for artifact in scan.artifacts:
+            current = existing.get(artifact.key)
+            if current is None:
+                result.inserted += 1
+                to_write.append(artifact)
+            elif current[1:] != (artifact.content_hash, artifact.source_path, artifact.source):
+                result.updated += 1
+                to_write.append(artifact)
+            else:
+                result.unchanged += 1
+
+        seen = {a.key for a in scan.artifacts}
+        invalid_paths = {_problem_path(p) for p in scan.problems}
+        orphans = [
+            (pk, key, path)
+            for key, (pk, _hash, path, source) in existing.items()
+            if key not in seen
+            and (source == "git" or (source == "learned" and include_learned))
+            and path not in invalid_paths  # a broken file is not a deleted file
+            and _in_scope(path, scan.scopes)
+        ]
+        orphan_labels = sorted(f"{t}/{i}@{v} ({path})" for _pk, (t, i, v), path in orphans)
+        if prune:
+            result.pruned = len(orphans)
+        else:
+            result.orphaned = len(orphans)
+        result.orphans = orphan_labels
+
+        if not dry_run:
+            if to_write:
+                _merge(conn, to_write)
+            if prune and orphans:
+                conn.execute(
+                    "DELETE FROM knowledge_artifacts WHERE id = ANY(%s)",
+                    ([pk for pk, _k, _p in orphans],),
+                )
+        else:
+            # A dry run writes nothing: leave through the rollback path on purpose.
+            raise psycopg.Rollback()
+
+
+def _problem_path(problem: Problem) -> str:
+    location = problem.location
+    # strip :line:column
+    parts = location.rsplit(":", 2)
+    if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+        return parts[0]
+    return location
+
+
+def _merge(conn: psycopg.Connection, artifacts: list[Artifact]) -> None:
+    conn.execute(
+        "CREATE TEMP TABLE import_staging (artifact_type text, artifact_id text, version text,"
+        " content_raw text, source_path text, source text) ON COMMIT DROP"
+    )
+    with conn.cursor().copy(
+        "COPY import_staging (artifact_type, artifact_id, version, content_raw, source_path, source) FROM STDIN"
+    ) as copy:
+        for a in artifacts:
+            copy.write_row(
+                (a.artifact_type, a.artifact_id, a.version, a.content_raw, a.source_path, a.source)
+            )
+    conn.execute(
+        """
+        INSERT INTO knowledge_artifacts
+            (artifact_type, artifact_id, version, content_raw, content, source_path, source)
+        SELECT artifact_type, artifact_id, version, content_raw, content_raw::jsonb, source_path, source
+        FROM import_staging
+        ON CONFLICT (artifact_type, artifact_id, version) DO UPDATE SET
+            content_raw = EXCLUDED.content_raw,
+            content = EXCLUDED.content,
+            source_path = EXCLUDED.source_path,
+            source = EXCLUDED.source
+        """
+    )
