@@ -205,6 +205,266 @@ def create_extensions_cmd(ctx: click.Context, names: tuple[str, ...], as_json: b
         info(ctx, f"{r.name} {r.version}{' (created)' if r.created else ''}")
 
 
+def _scan(ctx: click.Context, paths: tuple[Path, ...], include_learned: bool):
+    """Scan templates_data (or PATHs inside it), with a progress bar on a terminal."""
+    from . import corpus
+
+    settings = settings_of(ctx)
+    root = settings.templates_dir
+    if not root.is_dir():
+        from .errors import ConfigError
+
+        raise ConfigError(
+            f"import root {root} does not exist; create it or set import.root in singularity.yaml"
+        )
+    kwargs = dict(
+        type_map=settings.type_map,
+        include_learned=include_learned,
+        max_file_bytes=settings.max_file_bytes,
+    )
+    return corpus.scan(root, [p.resolve() for p in paths], **kwargs)
+
+
+paths_argument = click.argument(
+    "paths", nargs=-1, type=click.Path(exists=True, path_type=Path), metavar="[PATH]..."
+)
+learned_option = click.option(
+    "--include-learned",
+    is_flag=True,
+    help="Also read templates_data/learned/ (excluded by default).",
+)
+
+
+@cli.command("validate")
+@paths_argument
+@learned_option
+@json_option
+@click.pass_context
+def validate_cmd(ctx: click.Context, paths, include_learned: bool, as_json: bool) -> None:
+    """Check artifact files without touching the database. Exit 1 if any is invalid.
+
+    Reports JSON syntax errors as file:line:column, invalid UTF-8, non-object JSON, oversized
+    files, bad identity fields and two files that resolve to the same artifact.
+
+    \b
+    Example:
+      singularity-ops validate templates_data/patterns
+    """
+    result = _scan(ctx, paths, include_learned)
+    if as_json:
+        emit_json(
+            {
+                "valid": len(result.artifacts),
+                "invalid": len(result.problems),
+                "skipped": len(result.skipped),
+                "problems": [str(p) for p in result.problems],
+            }
+        )
+    else:
+        for problem in result.problems:
+            click.echo(str(problem), err=True)
+        info(
+            ctx,
+            f"{len(result.artifacts)} valid, {len(result.problems)} invalid, "
+            f"{len(result.skipped)} non-artifact files skipped",
+        )
+    if result.problems:
+        ctx.exit(1)
+
+
+@cli.command("import")
+@paths_argument
+@click.option(
+    "--skip-invalid", is_flag=True, help="Import the valid files; report the rest (exit 1)."
+)
+@click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
+@click.option("--prune", is_flag=True, help="Delete rows from git whose file is gone.")
+@learned_option
+@json_option
+@click.pass_context
+def import_cmd(
+    ctx, paths, skip_invalid: bool, dry_run: bool, prune: bool, include_learned: bool, as_json: bool
+):
+    """Upsert artifacts from templates_data/ (or PATHs inside it) into knowledge_artifacts.
+
+    Strict by default: if any file is invalid, nothing is written. Unchanged files are not
+    written; changed files keep their usage metrics; one transaction per run.
+
+    \b
+    Example:
+      singularity-ops import --dry-run && singularity-ops import
+    """
+    from .db import connect
+    from .importer import import_artifacts
+
+    scan = _scan(ctx, paths, include_learned)
+    settings = settings_of(ctx)
+    with connect(settings, autocommit=True) as conn:
+        result = import_artifacts(
+            conn,
+            scan,
+            skip_invalid=skip_invalid,
+            dry_run=dry_run,
+            prune=prune,
+            include_learned=include_learned,
+        )
+    if as_json:
+        emit_json(result)
+    else:
+        for problem in result.problems:
+            click.echo(f"skipped invalid: {problem}", err=True)
+        for orphan in result.orphans:
+            verb = (
+                "would prune"
+                if dry_run and prune
+                else ("pruned" if prune else "file gone (use --prune)")
+            )
+            click.echo(f"{verb}: {orphan}", err=True)
+        prefix = "dry run: " if dry_run else ""
+        info(
+            ctx,
+            f"{prefix}{result.inserted} inserted, {result.updated} updated, {result.unchanged} unchanged, "
+            f"{result.skipped} skipped, {result.invalid} invalid, {result.pruned} pruned "
+            f"({result.seconds:.2f} s)",
+        )
+    if result.invalid:
+        ctx.exit(1)
+
+
+@cli.command("record-usage")
+@click.argument("artifact_type")
+@click.argument("artifact_id")
+@click.option("--success/--failure", required=True, help="Whether this use succeeded.")
+@click.option("--version", "version", default="latest", show_default=True, help="Artifact version.")
+@click.option("--duration-ms", type=click.IntRange(min=0), help="How long the use took.")
+@json_option
+@click.pass_context
+def record_usage_cmd(
+    ctx, artifact_type: str, artifact_id: str, success: bool, version: str, duration_ms, as_json
+):
+    """Record one use of an artifact and update its counters (one transaction).
+
+    \b
+    Example:
+      singularity-ops record-usage pattern nats_consumer --success --duration-ms 120
+    """
+    from .artifacts import record_usage
+    from .db import connect
+
+    settings = settings_of(ctx)
+    with connect(settings, autocommit=True) as conn:
+        result = record_usage(
+            conn,
+            artifact_type,
+            artifact_id,
+            success=success,
+            version=version,
+            duration_ms=duration_ms,
+            environment=settings.environment,
+        )
+    if as_json:
+        emit_json(result)
+        return
+    info(
+        ctx,
+        f"{result.artifact_type}/{result.artifact_id}@{result.version}: {result.usage_count} uses, "
+        f"{result.success_count} successes ({result.success_rate:.0%})",
+    )
+
+
+@cli.command("export")
+@click.option("--min-usage", type=int, help="Minimum uses (default: export.min_usage, 10).")
+@click.option("--min-success-rate", type=float, help="Minimum success rate 0..1 (default 0.90).")
+@click.option(
+    "--type", "types", multiple=True, metavar="TYPE", help="Only this artifact type (repeatable)."
+)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@json_option
+@click.pass_context
+def export_cmd(ctx, min_usage, min_success_rate, types, out, as_json: bool) -> None:
+    """Write proven artifacts to templates_data/learned/<type>/<id>.json for review.
+
+    Deterministic: a second run with no change in the database changes no file.
+
+    \b
+    Example:
+      singularity-ops export --min-usage 20 --min-success-rate 0.95 --type pattern
+    """
+    from .db import connect
+    from .export import export_proven
+
+    settings = settings_of(ctx)
+    with connect(settings, autocommit=True) as conn:
+        result = export_proven(
+            conn,
+            out or settings.export_dir,
+            min_usage=settings.export_min_usage if min_usage is None else min_usage,
+            min_success_rate=settings.export_min_success_rate
+            if min_success_rate is None
+            else min_success_rate,
+            types=types,
+        )
+    if as_json:
+        emit_json(result)
+        return
+    for name in result.written:
+        info(ctx, f"wrote {result.out_dir / name}")
+    info(
+        ctx,
+        f"{result.qualifying} proven artifact(s): {len(result.written)} written, "
+        f"{len(result.unchanged)} unchanged in {result.out_dir}",
+    )
+
+
+@cli.command("status")
+@json_option
+@click.pass_context
+def status_cmd(ctx: click.Context, as_json: bool) -> None:
+    """One screen: server, extensions, migrations, artifacts, embeddings, learning.
+
+    \b
+    Example:
+      singularity-ops status --json | jq .knowledge.embeddings
+    """
+    from .db import connect
+    from .status import collect_status
+
+    settings = settings_of(ctx)
+    with connect(settings, autocommit=True) as conn:
+        report = collect_status(conn, settings)
+    if as_json:
+        emit_json(report)
+        return
+    echo = click.echo
+    echo(
+        f"database     {report.target} (PostgreSQL {report.server_version}, env {report.environment})"
+    )
+    exts = ", ".join(f"{k} {v}" for k, v in report.extensions.items() if k != "plpgsql") or "none"
+    echo(f"extensions   {exts}")
+    pending = (
+        f", {len(report.migrations_pending)} pending"
+        if report.migrations_pending
+        else ", none pending"
+    )
+    echo(f"migrations   {report.migrations_applied} applied{pending}")
+    k = report.knowledge
+    if k is None:
+        echo("artifacts    schema not migrated: run `singularity-ops migrate`")
+        return
+    by_type = ", ".join(f"{t.artifact_type} {t.artifacts}" for t in k.by_type)
+    echo(f"artifacts    {k.total}" + (f" ({by_type})" if by_type else ""))
+    e = k.embeddings
+    echo(f"embeddings   {e.present} current, {e.stale} stale, {e.missing} missing")
+    echo(f"usage        {k.usage_events} recorded uses")
+    for title, rows in (("most used", k.top_used), ("best rate", k.best_success_rate)):
+        for i, r in enumerate(rows):
+            rate = "-" if r.success_rate is None else f"{r.success_rate:.0%}"
+            label = title if i == 0 else ""
+            echo(
+                f"{label:<12} {r.artifact_type}/{r.artifact_id}@{r.version}  {r.usage_count} uses, {rate}"
+            )
+
+
 @cli.command("env")
 @json_option
 @click.pass_context

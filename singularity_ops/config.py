@@ -40,6 +40,16 @@ SCHEMA: dict[str, Any] = {
     "migrations": {
         "dir": str,
     },
+    "import": {
+        "root": str,
+        "type_map": dict,
+        "max_file_bytes": int,
+    },
+    "export": {
+        "out": str,
+        "min_usage": int,
+        "min_success_rate": (int, float),
+    },
     "postgres": {
         "bindir": str,
         "local": {
@@ -80,6 +90,12 @@ class Settings:
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     local: LocalCluster | None = None
     migrations_dir: Path = Path("sql/migrations")
+    templates_dir: Path = Path("templates_data")
+    type_map: Mapping[str, str] = field(default_factory=dict)
+    max_file_bytes: int = 1024 * 1024
+    export_dir: Path = Path("templates_data/learned")
+    export_min_usage: int = 10
+    export_min_success_rate: float = 0.90
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -169,7 +185,14 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", bool: "true or false"}
+_TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    list: "a list",
+    bool: "true or false",
+    dict: "a mapping",
+    (int, float): "a number",
+}
 
 
 def _validate(data: Mapping[str, Any], schema: Mapping[str, Any], path: Path, prefix: str) -> None:
@@ -186,12 +209,16 @@ def _validate(data: Mapping[str, Any], schema: Mapping[str, Any], path: Path, pr
                 raise ConfigError(f"{path.name}: {dotted} must be a mapping, got {value!r}")
             _validate(value, expected, path, dotted + ".")
         elif value is not None and (
-            not isinstance(value, expected) or (expected is int and isinstance(value, bool))
+            not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))
         ):
             raise ConfigError(
-                f"{path.name}: {dotted} must be {_TYPE_NAMES.get(expected, expected.__name__)}, "
+                f"{path.name}: {dotted} must be {_TYPE_NAMES.get(expected, str(expected))}, "
                 f"got {value!r}"
             )
+        elif isinstance(value, dict) and not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise ConfigError(f"{path.name}: {dotted} must map names to names (strings)")
 
 
 def _get(data: Mapping[str, Any], dotted: str) -> Any:
@@ -358,6 +385,14 @@ def load_settings(
         migrations_dir=_resolve_path(
             project_root, _get(data, "migrations.dir") or "sql/migrations"
         ),
+        templates_dir=_resolve_path(project_root, _get(data, "import.root") or "templates_data"),
+        type_map=dict(_get(data, "import.type_map") or {}),
+        max_file_bytes=_get(data, "import.max_file_bytes") or 1024 * 1024,
+        export_dir=_resolve_path(
+            project_root, _get(data, "export.out") or "templates_data/learned"
+        ),
+        export_min_usage=_get(data, "export.min_usage") or 10,
+        export_min_success_rate=float(_get(data, "export.min_success_rate") or 0.90),
         raw=data,
     )
 

@@ -1,0 +1,253 @@
+"""The Python API over knowledge_artifacts: get, query, record usage, statistics.
+
+Every function takes a psycopg connection and works inside the caller's transaction when
+one is open (so tests and other code can roll back), or in its own when the connection is
+in autocommit mode.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import class_row
+
+from .errors import SingularityOpsError
+
+LATEST = "latest"
+# "latest" is the highest version by numeric parts (1.10.0 > 1.9.0), then by text.
+_LATEST_ORDER = "knowledge_version_key(version) DESC, version DESC"
+
+_COLUMNS = """
+    id::text AS pk, artifact_type, artifact_id, version, content, content_hash, source_path, source,
+    language, tags, usage_count, success_count, success_rate, last_used_at, embedding_model,
+    (embedding IS NOT NULL AND embedded_hash = content_hash) AS embedded, created_at, updated_at
+"""
+
+
+class ArtifactNotFound(SingularityOpsError):
+    """No artifact with that type, id (and version)."""
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    """One row of knowledge_artifacts, without the raw text and the vector."""
+
+    pk: str
+    artifact_type: str
+    artifact_id: str
+    version: str
+    content: dict[str, Any]
+    content_hash: str
+    source_path: str | None
+    source: str
+    language: str | None
+    tags: list[str]
+    usage_count: int
+    success_count: int
+    success_rate: float | None
+    last_used_at: datetime | None
+    embedding_model: str | None
+    embedded: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class UsageResult:
+    """The counters of an artifact after record-usage."""
+
+    artifact_type: str
+    artifact_id: str
+    version: str
+    success: bool
+    usage_count: int
+    success_count: int
+    success_rate: float
+    used_at: datetime
+
+
+def get_artifact(
+    conn: psycopg.Connection, artifact_type: str, artifact_id: str, version: str = LATEST
+) -> ArtifactRecord:
+    """One artifact by type and id; `version` defaults to the latest by version ordering."""
+    query = (
+        f"SELECT {_COLUMNS} FROM knowledge_artifacts WHERE artifact_type = %s AND artifact_id = %s"
+    )
+    params: list[Any] = [artifact_type, artifact_id]
+    if version != LATEST:
+        query += " AND version = %s"
+        params.append(version)
+    query += f" ORDER BY {_LATEST_ORDER} LIMIT 1"
+    row = conn.cursor(row_factory=class_row(ArtifactRecord)).execute(query, params).fetchone()
+    if row is None:
+        what = f"{artifact_type}/{artifact_id}" + (
+            "" if version == LATEST else f" version {version}"
+        )
+        raise ArtifactNotFound(
+            f"no artifact {what}; list them with `singularity-ops status` or import it first"
+        )
+    return row
+
+
+def query_artifacts(
+    conn: psycopg.Connection,
+    *,
+    contains: Mapping[str, Any] | None = None,
+    types: Sequence[str] = (),
+    language: str | None = None,
+    tags: Sequence[str] = (),
+    latest_only: bool = True,
+    limit: int | None = 100,
+) -> list[ArtifactRecord]:
+    """Artifacts matching JSONB containment and filters (tags: all must be present)."""
+    where, params = ["TRUE"], []
+    if contains:
+        where.append("content @> %s::jsonb")
+        params.append(json.dumps(contains))
+    if types:
+        where.append("artifact_type = ANY(%s)")
+        params.append(list(types))
+    if language:
+        where.append("language = %s")
+        params.append(language)
+    if tags:
+        where.append("tags @> %s::text[]")
+        params.append(list(tags))
+    base = f"SELECT {_COLUMNS} FROM knowledge_artifacts WHERE {' AND '.join(where)}"
+    if latest_only:
+        base = (
+            f"SELECT DISTINCT ON (artifact_type, artifact_id) * FROM ({base}) q "
+            f"ORDER BY artifact_type, artifact_id, knowledge_version_key(version) DESC, version DESC"
+        )
+    query = f"SELECT * FROM ({base}) r ORDER BY artifact_type, artifact_id, version"
+    if limit is not None:
+        query += " LIMIT %s"
+        params.append(limit)
+    return conn.cursor(row_factory=class_row(ArtifactRecord)).execute(query, params).fetchall()
+
+
+def record_usage(
+    conn: psycopg.Connection,
+    artifact_type: str,
+    artifact_id: str,
+    *,
+    success: bool,
+    version: str = LATEST,
+    duration_ms: int | None = None,
+    environment: str = "dev",
+    metadata: Mapping[str, Any] | None = None,
+) -> UsageResult:
+    """Record one use in artifact_usage and update the counters, in one transaction."""
+    if duration_ms is not None and duration_ms < 0:
+        raise SingularityOpsError(f"duration must be zero or more milliseconds, got {duration_ms}")
+    with conn.transaction():
+        version_clause = "" if version == LATEST else "AND version = %s"
+        params: list[Any] = [artifact_type, artifact_id] + ([] if version == LATEST else [version])
+        row = conn.execute(
+            f"SELECT id, version FROM knowledge_artifacts WHERE artifact_type = %s AND artifact_id = %s "
+            f"{version_clause} ORDER BY {_LATEST_ORDER} LIMIT 1 FOR UPDATE",
+            params,
+        ).fetchone()
+        if row is None:
+            what = f"{artifact_type}/{artifact_id}" + (
+                "" if version == LATEST else f" version {version}"
+            )
+            raise ArtifactNotFound(
+                f"no artifact {what} to record usage for (artifacts are looked up by type and id); "
+                "check the spelling or import it first"
+            )
+        pk, found_version = row
+        used_at = conn.execute(
+            "INSERT INTO artifact_usage (artifact_pk, success, environment, duration_ms, metadata)"
+            " VALUES (%s, %s, %s, %s, %s::jsonb) RETURNING used_at",
+            (pk, success, environment, duration_ms, json.dumps(dict(metadata or {}))),
+        ).fetchone()[0]  # type: ignore[index]
+        counts = conn.execute(
+            "UPDATE knowledge_artifacts SET usage_count = usage_count + 1,"
+            " success_count = success_count + %s::int, last_used_at = %s"
+            " WHERE id = %s RETURNING usage_count, success_count, success_rate",
+            (success, used_at, pk),
+        ).fetchone()
+    assert counts is not None
+    return UsageResult(
+        artifact_type, artifact_id, found_version, success, counts[0], counts[1], counts[2], used_at
+    )
+
+
+@dataclass(frozen=True)
+class TypeCount:
+    artifact_type: str
+    artifacts: int
+
+
+@dataclass(frozen=True)
+class EmbeddingCounts:
+    present: int
+    stale: int
+    missing: int
+
+
+@dataclass(frozen=True)
+class Ranked:
+    artifact_type: str
+    artifact_id: str
+    version: str
+    usage_count: int
+    success_rate: float | None
+
+
+@dataclass(frozen=True)
+class KnowledgeStats:
+    """Counts for `status`."""
+
+    total: int
+    by_type: list[TypeCount]
+    embeddings: EmbeddingCounts
+    usage_events: int
+    top_used: list[Ranked]
+    best_success_rate: list[Ranked]
+
+
+def stats(conn: psycopg.Connection, *, top: int = 5, min_usage_for_rate: int = 1) -> KnowledgeStats:
+    """Artifacts by type, embedding freshness, most used and most successful artifacts."""
+    by_type = [
+        TypeCount(*r)
+        for r in conn.execute(
+            "SELECT artifact_type, count(*) FROM knowledge_artifacts GROUP BY 1 ORDER BY 1"
+        )
+    ]
+    present, stale, missing = conn.execute(
+        "SELECT count(*) FILTER (WHERE embedding IS NOT NULL AND embedded_hash = content_hash),"
+        " count(*) FILTER (WHERE embedding IS NOT NULL AND embedded_hash IS DISTINCT FROM content_hash),"
+        " count(*) FILTER (WHERE embedding IS NULL) FROM knowledge_artifacts"
+    ).fetchone()  # type: ignore[misc]
+    usage_events = conn.execute("SELECT count(*) FROM artifact_usage").fetchone()[0]  # type: ignore[index]
+    ranked = "SELECT artifact_type, artifact_id, version, usage_count, success_rate FROM knowledge_artifacts"
+    top_used = [
+        Ranked(*r)
+        for r in conn.execute(
+            f"{ranked} WHERE usage_count > 0 ORDER BY usage_count DESC, artifact_type, artifact_id LIMIT %s",
+            (top,),
+        )
+    ]
+    best = [
+        Ranked(*r)
+        for r in conn.execute(
+            f"{ranked} WHERE usage_count >= %s ORDER BY success_rate DESC, usage_count DESC,"
+            " artifact_type, artifact_id LIMIT %s",
+            (min_usage_for_rate, top),
+        )
+    ]
+    return KnowledgeStats(
+        total=sum(t.artifacts for t in by_type),
+        by_type=by_type,
+        embeddings=EmbeddingCounts(present, stale, missing),
+        usage_events=usage_events,
+        top_used=top_used,
+        best_success_rate=best,
+    )
