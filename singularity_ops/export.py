@@ -169,7 +169,6 @@ def export_proven(
             "success_rate": round(rate, 4),
             "last_used_at": last_used.isoformat() if last_used else None,
             "exported_from": source_path,
-            "thresholds": {"min_usage": min_usage, "min_success_rate": min_success_rate},
         }
         data = render(content_raw, artifact_type, artifact_id, version, metrics)
         label = relative.as_posix()

@@ -75,16 +75,22 @@ def import_artifacts(
             "(fix them, or pass --skip-invalid to import the rest):\n"
             + "\n".join(f"  {p}" for p in scan.problems)
         )
-    with contextlib.suppress(psycopg.Rollback):  # a dry run leaves through the rollback
-        _write(
-            conn,
-            scan,
-            result,
-            dry_run=dry_run,
-            prune=prune,
-            include_learned=include_learned,
-            lock_timeout=lock_timeout,
-        )
+    try:
+        with contextlib.suppress(psycopg.Rollback):  # a dry run leaves through the rollback
+            _write(
+                conn,
+                scan,
+                result,
+                dry_run=dry_run,
+                prune=prune,
+                include_learned=include_learned,
+                lock_timeout=lock_timeout,
+            )
+    except psycopg.Error as exc:
+        detail = exc.diag.message_primary or str(exc)
+        raise SingularityOpsError(
+            f"import failed and was rolled back, nothing was written: {detail}"
+        ) from None
     result.seconds = time.monotonic() - started
     return result
 

@@ -21,7 +21,6 @@ from singularity_ops.migrate import (
     status,
 )
 
-
 SHIPPED = len(discover(MIGRATIONS))
 
 

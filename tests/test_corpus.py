@@ -1,0 +1,133 @@
+"""Reading templates_data: identity rules and every kind of bad file (no database)."""
+
+from pathlib import Path
+
+from corpus_fixtures import messy_tree, write
+
+from singularity_ops.corpus import scan
+
+
+def keys(result):
+    return {(a.artifact_type, a.artifact_id, a.version): a.source_path for a in result.artifacts}
+
+
+def test_identity_rule_covers_every_shape(tmp_path):
+    result = scan(messy_tree(tmp_path))
+    assert result.ok, result.problems
+    assert keys(result) == {
+        ("patterns", "nats_consumer", "2.0.0"): "patterns/with_id.json",
+        ("patterns", "circuit_breaker", "1.1.0"): "patterns/with_metadata_id.json",
+        ("patterns", "neither", "1.0.0"): "patterns/neither.json",
+        (
+            "code",
+            "languages/elixir/best_practices",
+            "1.0.0",
+        ): "code/languages/elixir/best_practices.json",
+        ("code", "languages/go/best_practices", "1.0.0"): "code/languages/go/best_practices.json",
+        (
+            "code",
+            "languages/rust/best_practices",
+            "1.0.0",
+        ): "code/languages/rust/best_practices.json",
+        (
+            "code",
+            "languages/python/best_practices",
+            "1.0.0",
+        ): "code/languages/python/best_practices.json",
+        ("snippet", "explicit", "1.0.0"): "code/explicit.json",
+        ("code", "numeric", "3"): "code/numeric_version.json",
+        ("prompts", "summarize", "1.0.0"): "prompts/summarize.json",
+    }
+    assert sorted(result.skipped) == sorted(
+        [
+            "prompts/header.hbs",
+            "prompts/hook.lua",
+            "prompts/README.md",
+            "prompts/ci.yml",
+            "prompts/prompt.schema.json",
+            "prompts/definition.json",
+            "prompts/meta.json",
+            "prompts/manifest.json",
+        ]
+    )
+
+
+def test_type_map_renames_folders_but_explicit_type_wins(tmp_path):
+    result = scan(messy_tree(tmp_path), type_map={"patterns": "pattern", "code": "code_generation"})
+    types = {a.artifact_type for a in result.artifacts}
+    assert types == {"pattern", "code_generation", "snippet", "prompts"}
+
+
+def test_learned_is_excluded_unless_asked_for(tmp_path):
+    root = messy_tree(tmp_path)
+    assert all(a.source == "git" for a in scan(root).artifacts)
+    with_learned = scan(root, include_learned=True)
+    learned = [a for a in with_learned.artifacts if a.source == "learned"]
+    assert [(a.artifact_type, a.artifact_id) for a in learned] == [("patterns", "proven")]
+
+
+def test_content_raw_is_the_file_text_exactly(tmp_path):
+    text = '{"id":"x",   "b":  [1,2],\n "a": "ü"}'
+    write(tmp_path, "t/x.json", text)
+    [artifact] = scan(tmp_path).artifacts
+    assert artifact.content_raw == text
+    import hashlib
+
+    assert artifact.content_hash == hashlib.sha256(text.encode()).hexdigest()
+
+
+def problems(root: Path, **kwargs) -> list[str]:
+    return [str(p) for p in scan(root, **kwargs).problems]
+
+
+def test_syntax_error_reports_file_line_and_column(tmp_path):
+    write(tmp_path, "t/broken.json", '{\n  "id": "x",\n  "name": oops\n}')
+    assert problems(tmp_path) == ["t/broken.json:3:11: invalid JSON: Expecting value"]
+
+
+def test_bad_files_each_get_a_clear_problem(tmp_path):
+    write(tmp_path, "t/array.json", [1, 2])
+    write(tmp_path, "t/latin1.json", b'{"name": "caf\xe9"}')
+    write(tmp_path, "t/bom.json", b'\xef\xbb\xbf{"id": "bom"}')
+    write(tmp_path, "t/nan.json", '{"x": NaN}')
+    write(tmp_path, "t/nul.json", '{"x": "a\\u0000b"}')
+    write(tmp_path, "t/surrogate.json", '{"x": "\\ud800"}')
+    write(tmp_path, "t/bad_id.json", {"id": ["not", "a", "string"]})
+    write(tmp_path, "t/empty_version.json", {"id": "v", "version": " "})
+    write(tmp_path, "t/big.json", {"id": "big", "blob": "x" * 2000})
+    write(tmp_path, "top_level.json", {"id": "nowhere"})
+    found = "\n".join(problems(tmp_path, max_file_bytes=1000))
+    assert "t/array.json: is a JSON list, but an artifact must be a JSON object" in found
+    assert "t/latin1.json:1:14: invalid UTF-8 (byte 0xe9)" in found
+    assert "t/bom.json: starts with a UTF-8 byte order mark" in found
+    assert "t/nan.json: NaN is not valid JSON" in found
+    assert "t/nul.json: contains \\u0000" in found
+    assert "t/surrogate.json: contains an unpaired UTF-16 surrogate" in found
+    assert 't/bad_id.json: "id" must be a string' in found
+    assert 't/empty_version.json: "version" must not be empty' in found
+    assert "t/big.json: is " in found and "over the limit of 1000 (import.max_file_bytes" in found
+    assert "top_level.json: is not inside a type folder" in found
+
+
+def test_two_files_claiming_one_identity_are_both_reported_and_neither_kept(tmp_path):
+    write(tmp_path, "t/a.json", {"id": "same"})
+    write(tmp_path, "t/sub/b.json", {"id": "same"})
+    result = scan(tmp_path)
+    assert result.artifacts == []
+    assert sorted(str(p) for p in result.problems) == [
+        "t/a.json: resolves to the same artifact as t/sub/b.json (type 't', id 'same', version '1.0.0'); give one of them another id or version",
+        "t/sub/b.json: resolves to the same artifact as t/a.json (type 't', id 'same', version '1.0.0'); give one of them another id or version",
+    ]
+
+
+def test_same_id_with_different_versions_is_fine(tmp_path):
+    write(tmp_path, "t/a.json", {"id": "same", "version": "1.0.0"})
+    write(tmp_path, "t/b.json", {"id": "same", "version": "1.1.0"})
+    assert len(scan(tmp_path).artifacts) == 2
+
+
+def test_paths_outside_the_root_are_refused(tmp_path):
+    root = tmp_path / "root"
+    write(root, "t/a.json", {"id": "a"})
+    outside = write(tmp_path, "elsewhere/x.json", {"id": "x"})
+    assert problems(root, paths=[outside]) == [f"{outside}: is outside the import root {root}"]

@@ -1,0 +1,129 @@
+"""export of proven patterns: thresholds, deterministic bytes, path safety, the round trip."""
+
+import json
+import os
+
+import psycopg
+import pytest
+from conftest import run_cli, write_cli_config
+from corpus_fixtures import write
+
+from singularity_ops.artifacts import record_usage
+from singularity_ops.corpus import scan
+from singularity_ops.db import connect
+from singularity_ops.export import export_proven, safe_relative_path
+from singularity_ops.importer import import_artifacts
+
+
+def use(conn, artifact_type, artifact_id, successes, failures):
+    for ok in [True] * successes + [False] * failures:
+        record_usage(conn, artifact_type, artifact_id, success=ok)
+
+
+@pytest.fixture
+def learned_db(kb_settings, tmp_path):
+    root = tmp_path / "td"
+    write(root, "patterns/proven.json", '{"name": "Proven", "zeta": 1, "alpha": [1, 2]}\n')
+    write(root, "patterns/flaky.json", {"id": "flaky"})
+    write(root, "patterns/rare.json", {"id": "rare"})
+    with connect(kb_settings, autocommit=True) as conn:
+        import_artifacts(conn, scan(root))
+        use(conn, "patterns", "proven", 10, 0)
+        use(conn, "patterns", "flaky", 8, 4)
+        use(conn, "patterns", "rare", 3, 0)
+    return kb_settings, root
+
+
+def test_exports_only_artifacts_meeting_both_thresholds(learned_db, tmp_path):
+    settings, _root = learned_db
+    out = tmp_path / "learned"
+    with connect(settings) as conn:
+        result = export_proven(conn, out, min_usage=10, min_success_rate=0.9)
+    assert result.written == ["patterns/proven.json"]
+    document = json.loads((out / "patterns/proven.json").read_text())
+    assert list(document) == [
+        "name",
+        "zeta",
+        "alpha",
+        "artifact_type",
+        "id",
+        "version",
+        "_learning",
+    ]
+    assert (
+        document["_learning"]["usage_count"] == 10 and document["_learning"]["success_rate"] == 1.0
+    )
+    with connect(settings) as conn:
+        looser = export_proven(conn, out, min_usage=3, min_success_rate=0.6)
+    assert sorted(looser.written) == ["patterns/flaky.json", "patterns/rare.json"]
+    assert looser.unchanged == ["patterns/proven.json"]
+
+
+def test_second_export_changes_no_byte_and_no_mtime(learned_db, tmp_path):
+    settings, _root = learned_db
+    config = write_cli_config(tmp_path, settings, export={"out": str(tmp_path / "learned")})
+    first = run_cli("--config", str(config), "export", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    target = tmp_path / "learned/patterns/proven.json"
+    before = (target.read_bytes(), os.stat(target).st_mtime_ns)
+    second = run_cli("--config", str(config), "export", "--json", cwd=tmp_path)
+    assert json.loads(second.stdout)["written"] == []
+    assert (target.read_bytes(), os.stat(target).st_mtime_ns) == before
+    assert oct(target.stat().st_mode & 0o777) == "0o644"
+
+
+@pytest.mark.parametrize(
+    "artifact_id",
+    [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "a/../../b",
+        "..",
+        "c:\\windows\\x",
+        ".hidden/x",
+        "nul\x00byte",
+    ],
+)
+def test_hostile_ids_never_leave_the_output_directory(artifact_id, tmp_path):
+    relative = safe_relative_path("patterns", artifact_id)
+    resolved = (tmp_path / relative).resolve()
+    assert tmp_path in resolved.parents
+    assert ".." not in relative.parts and not relative.is_absolute()
+
+
+def test_plain_nested_ids_become_folders_and_long_names_are_shortened():
+    assert (
+        safe_relative_path("code", "languages/go/best_practices").as_posix()
+        == "code/languages/go/best_practices.json"
+    )
+    long_name = safe_relative_path("t", "x" * 400)
+    assert len(long_name.name.encode()) <= 210
+
+
+def test_hostile_id_in_the_database_is_written_inside_out(kb_settings, tmp_path):
+    with psycopg.connect(**kb_settings.conninfo(), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO knowledge_artifacts (artifact_type, artifact_id, content_raw, content, usage_count, success_count)"
+            " VALUES ('../up', '../../escape', '{}', '{}', 20, 20)"
+        )
+    with connect(kb_settings) as conn:
+        result = export_proven(conn, tmp_path / "out")
+    [written] = result.written
+    assert (tmp_path / "out" / written).is_file()
+    assert not (tmp_path / "escape.json").exists()
+
+
+def test_round_trip_export_promote_import_keeps_identity_and_metrics(learned_db, tmp_path):
+    settings, root = learned_db
+    with connect(settings) as conn:
+        export_proven(conn, root / "learned")
+    # A reviewer promotes the file: it replaces the curated one, under another name even.
+    (root / "patterns/proven.json").unlink()
+    (root / "learned/patterns/proven.json").rename(root / "patterns/proven_reviewed.json")
+    with connect(settings, autocommit=True) as conn:
+        result = import_artifacts(conn, scan(root), prune=True)
+        assert (result.inserted, result.updated, result.pruned) == (0, 1, 0)
+        row = conn.execute(
+            "SELECT count(*), max(usage_count), max(source_path) FROM knowledge_artifacts WHERE artifact_id = 'proven'"
+        ).fetchone()
+    assert row == (1, 10, "patterns/proven_reviewed.json")

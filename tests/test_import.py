@@ -1,0 +1,182 @@
+"""import against the real database: strictness, no-op re-import, metrics kept, prune, atomicity."""
+
+import json
+
+import psycopg
+import pytest
+from conftest import run_cli, write_cli_config
+from corpus_fixtures import messy_tree, write
+
+from singularity_ops.artifacts import record_usage
+from singularity_ops.corpus import scan
+from singularity_ops.db import connect
+from singularity_ops.importer import InvalidArtifacts, import_artifacts
+
+
+def do_import(settings, root, **kwargs):
+    include_learned = kwargs.pop("include_learned", False)
+    with connect(settings, autocommit=True) as conn:
+        return import_artifacts(
+            conn,
+            scan(root, include_learned=include_learned),
+            include_learned=include_learned,
+            **kwargs,
+        )
+
+
+def rows(settings):
+    with psycopg.connect(**settings.conninfo()) as conn:
+        return {
+            (t, i, v): (raw, h, path, source, uses)
+            for t, i, v, raw, h, path, source, uses in conn.execute(
+                "SELECT artifact_type, artifact_id, version, content_raw, content_hash, source_path,"
+                " source, usage_count FROM knowledge_artifacts"
+            )
+        }
+
+
+def table_fingerprint(settings):
+    with psycopg.connect(**settings.conninfo()) as conn:
+        return conn.execute(
+            "SELECT md5(coalesce(string_agg(k::text, '|' ORDER BY k.id), '')) FROM knowledge_artifacts k"
+        ).fetchone()[0]
+
+
+def test_imports_the_messy_tree_then_reimport_is_a_no_op(kb_settings, tmp_path):
+    root = messy_tree(tmp_path / "td")
+    first = do_import(kb_settings, root)
+    assert (first.inserted, first.updated, first.unchanged, first.skipped, first.invalid) == (
+        10,
+        0,
+        0,
+        8,
+        0,
+    )
+    stored = rows(kb_settings)
+    assert (
+        stored[("patterns", "nats_consumer", "2.0.0")][0]
+        == (root / "patterns/with_id.json").read_text()
+    )
+    before = table_fingerprint(kb_settings)
+    second = do_import(kb_settings, root)
+    assert (second.inserted, second.updated, second.unchanged) == (0, 0, 10)
+    assert table_fingerprint(kb_settings) == before, (
+        "an unchanged tree must not write (updated_at included)"
+    )
+
+
+def test_strict_import_writes_nothing_when_any_file_is_invalid(kb_settings, tmp_path):
+    root = messy_tree(tmp_path / "td")
+    write(root, "patterns/broken.json", '{"id": "broken",}')
+    write(root, "patterns/dupe_a.json", {"id": "dupe"})
+    write(root, "patterns/dupe_b.json", {"id": "dupe"})
+    with pytest.raises(InvalidArtifacts) as info:
+        do_import(kb_settings, root)
+    message = str(info.value)
+    assert "3 invalid file(s)" in message and "nothing was imported" in message
+    assert "patterns/broken.json:1:17: invalid JSON" in message
+    assert "patterns/dupe_a.json: resolves to the same artifact as patterns/dupe_b.json" in message
+    assert rows(kb_settings) == {}
+
+
+def test_skip_invalid_imports_the_rest_and_exits_1(kb_settings, tmp_path):
+    root = messy_tree(tmp_path / "td")
+    write(root, "patterns/broken.json", "{not json")
+    config = write_cli_config(tmp_path, kb_settings, **{"import": {"root": str(root)}})
+    out = run_cli("--config", str(config), "import", "--skip-invalid", "--json", cwd=tmp_path)
+    assert out.returncode == 1, "the exit code still says something was skipped"
+    result = json.loads(out.stdout)
+    assert (result["inserted"], result["invalid"]) == (10, 1)
+    assert result["problems"][0].startswith("patterns/broken.json:1:2: invalid JSON")
+    assert len(rows(kb_settings)) == 10
+    strict = run_cli("--config", str(config), "import", cwd=tmp_path)
+    assert strict.returncode == 1 and "patterns/broken.json:1:2" in strict.stderr
+
+
+def test_dry_run_reports_and_writes_nothing(kb_settings, tmp_path):
+    root = messy_tree(tmp_path / "td")
+    config = write_cli_config(tmp_path, kb_settings, **{"import": {"root": str(root)}})
+    out = run_cli("--config", str(config), "import", "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(
+        "dry run: 10 inserted, 0 updated, 0 unchanged, 8 skipped, 0 invalid"
+    )
+    assert rows(kb_settings) == {}
+
+
+def test_changed_file_keeps_metrics_and_marks_the_embedding_stale(kb_settings, tmp_path):
+    root = messy_tree(tmp_path / "td")
+    do_import(kb_settings, root)
+    with connect(kb_settings, autocommit=True) as conn:
+        for ok in (True, True, False):
+            record_usage(conn, "patterns", "nats_consumer", success=ok)
+        conn.execute(
+            "UPDATE knowledge_artifacts SET embedding = '[1,2,3]', embedding_model = 'm',"
+            " embedded_hash = content_hash WHERE artifact_id = 'nats_consumer'"
+        )
+    write(
+        root,
+        "patterns/with_id.json",
+        {"id": "nats_consumer", "version": "2.0.0", "name": "changed"},
+    )
+    result = do_import(kb_settings, root)
+    assert (result.inserted, result.updated, result.unchanged) == (0, 1, 9)
+    with psycopg.connect(**kb_settings.conninfo()) as conn:
+        uses, successes, stale, name = conn.execute(
+            "SELECT usage_count, success_count, embedded_hash <> content_hash, content->>'name'"
+            " FROM knowledge_artifacts WHERE artifact_id = 'nats_consumer'"
+        ).fetchone()
+    assert (uses, successes, stale, name) == (3, 2, True, "changed")
+
+
+def test_prune_removes_rows_whose_file_is_gone_and_only_in_scope(kb_settings, tmp_path):
+    root = messy_tree(tmp_path / "td")
+    do_import(kb_settings, root)
+    (root / "patterns/neither.json").unlink()
+    (root / "code/explicit.json").unlink()
+    reported = do_import(kb_settings, root)
+    assert reported.orphaned == 2 and reported.pruned == 0
+    assert ("patterns", "neither", "1.0.0") in rows(kb_settings)
+    # Importing one folder only prunes inside that folder.
+    with connect(kb_settings, autocommit=True) as conn:
+        partial = import_artifacts(conn, scan(root, [root / "patterns"]), prune=True)
+    assert partial.pruned == 1
+    assert ("snippet", "explicit", "1.0.0") in rows(kb_settings)
+    everything = do_import(kb_settings, root, prune=True)
+    assert everything.pruned == 1
+    assert ("snippet", "explicit", "1.0.0") not in rows(kb_settings)
+
+
+def test_a_broken_file_is_not_pruned_as_if_deleted(kb_settings, tmp_path):
+    root = messy_tree(tmp_path / "td")
+    do_import(kb_settings, root)
+    write(root, "patterns/neither.json", "{oops")
+    result = do_import(kb_settings, root, prune=True, skip_invalid=True)
+    assert result.pruned == 0 and result.invalid == 1
+    assert ("patterns", "neither", "1.0.0") in rows(kb_settings)
+
+
+def test_failure_during_the_merge_rolls_back_everything(kb_settings, tmp_path):
+    root = messy_tree(tmp_path / "td")
+    with psycopg.connect(**kb_settings.conninfo(), autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.artifact_id = 'summarize' THEN RAISE EXCEPTION 'poisoned row'; END IF; RETURN NEW; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER poison BEFORE INSERT ON knowledge_artifacts FOR EACH ROW EXECUTE FUNCTION poison()"
+        )
+    config = write_cli_config(tmp_path, kb_settings, **{"import": {"root": str(root)}})
+    out = run_cli("--config", str(config), "import", cwd=tmp_path)
+    assert out.returncode == 1
+    assert "import failed and was rolled back, nothing was written: poisoned row" in out.stderr
+    assert rows(kb_settings) == {}
+
+
+def test_learned_files_are_imported_only_when_asked(kb_settings, tmp_path):
+    root = messy_tree(tmp_path / "td")
+    assert ("patterns", "proven", "1.0.0") not in rows(kb_settings) | {}
+    do_import(kb_settings, root)
+    assert ("patterns", "proven", "1.0.0") not in rows(kb_settings)
+    do_import(kb_settings, root, include_learned=True)
+    assert rows(kb_settings)[("patterns", "proven", "1.0.0")][3] == "learned"
