@@ -222,7 +222,22 @@ def _scan(ctx: click.Context, paths: tuple[Path, ...], include_learned: bool):
         include_learned=include_learned,
         max_file_bytes=settings.max_file_bytes,
     )
-    return corpus.scan(root, [p.resolve() for p in paths], **kwargs)
+    targets = [p.resolve() for p in paths]
+    if not sys.stderr.isatty():
+        return corpus.scan(root, targets, **kwargs)
+    total = corpus.count_files(root, targets)
+    if total < 1000:  # small trees finish before a bar is worth drawing
+        return corpus.scan(root, targets, **kwargs)
+    with click.progressbar(length=total, label="reading", file=sys.stderr) as bar:
+        done = [0]
+
+        def advance(seen: int) -> None:
+            bar.update(seen - done[0])
+            done[0] = seen
+
+        result = corpus.scan(root, targets, progress=advance, **kwargs)
+        bar.update(total - done[0])
+    return result
 
 
 paths_argument = click.argument(

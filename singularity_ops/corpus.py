@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ LEARNED_DIR = "learned"
 SCHEMA_FILE_SUFFIX = "schema.json"
 NON_ARTIFACT_NAMES = {"manifest.json"}
 NON_ARTIFACT_METADATA_TYPES = {"schema", "manifest"}
+_SURROGATE_ESCAPE = re.compile(r"\\[uU][dD][89a-fA-F]")
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,8 @@ def _parse(raw: bytes) -> tuple[str, Any]:
     if "\\u0000" in text:
         raise _Invalid("contains \\u0000, which PostgreSQL jsonb cannot store")
     try:
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
+        if _SURROGATE_ESCAPE.search(text):  # rare: only then pay for a full re-encode
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         raise _Invalid(
             "contains an unpaired UTF-16 surrogate escape (\\udXXX), which jsonb rejects"
@@ -139,10 +142,13 @@ def _string_field(data: Mapping[str, Any], key: str, what: str) -> str | None:
 
 
 def resolve_identity(
-    data: Mapping[str, Any], relative: Path, type_map: Mapping[str, str]
+    data: Mapping[str, Any], relative: str, type_map: Mapping[str, str]
 ) -> tuple[str, str, str, str]:
-    """(artifact_type, artifact_id, version, source) for a parsed file at `relative` under the root."""
-    parts = relative.parts
+    """(artifact_type, artifact_id, version, source) for a parsed file at `relative` under the root.
+
+    `relative` uses forward slashes, like source_path.
+    """
+    parts = tuple(relative.split("/"))
     source = "git"
     if parts and parts[0] == LEARNED_DIR:
         parts, source = parts[1:], "learned"
@@ -159,7 +165,7 @@ def resolve_identity(
             "(its name becomes the type) or add the field"
         )
     below = parts[1:] if len(parts) >= 2 else parts
-    derived_id = Path(*below).with_suffix("").as_posix()
+    derived_id = "/".join(below).removesuffix(".json").removesuffix(".JSON")
     artifact_id = (
         _string_field(data, "id", '"id"')
         or _string_field(metadata, "id", '"metadata.id"')
@@ -173,15 +179,22 @@ def resolve_identity(
     return artifact_type, artifact_id, version, source
 
 
-def _walk(path: Path) -> Iterator[Path]:
-    if path.is_file():
-        yield path
+def _walk(root: str, scope: str) -> Iterator[tuple[str, str]]:
+    """(absolute path, path relative to root with /) of every visible file under root/scope.
+
+    Plain strings rather than pathlib: this loop runs once per file of 100,000-file trees.
+    """
+    start = os.path.join(root, scope) if scope else root
+    if os.path.isfile(start):
+        yield start, scope
         return
-    for dirpath, dirnames, filenames in os.walk(path):
+    prefix = len(root) + 1
+    for dirpath, dirnames, filenames in os.walk(start):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = dirpath[prefix:].replace(os.sep, "/")
         for name in sorted(filenames):
             if not name.startswith("."):
-                yield Path(dirpath) / name
+                yield os.path.join(dirpath, name), f"{rel_dir}/{name}" if rel_dir else name
 
 
 def scan(
@@ -191,8 +204,12 @@ def scan(
     type_map: Mapping[str, str] | None = None,
     include_learned: bool = False,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    progress: Callable[[int], None] | None = None,
 ) -> Scan:
-    """Read every JSON file under `paths` (default: all of `root`) and resolve identities."""
+    """Read every JSON file under `paths` (default: all of `root`) and resolve identities.
+
+    `progress`, if given, is called with the number of files seen so far, every 100 files.
+    """
     root = root.resolve()
     type_map = type_map or {}
     if not root.is_dir():
@@ -209,39 +226,41 @@ def scan(
         result.scopes.append(target.relative_to(root).as_posix() if target != root else "")
 
     by_key: dict[tuple[str, str, str], list[Artifact]] = {}
+    root_str = str(root)
+    seen_files = 0
     for scope in result.scopes:
-        start = root / scope if scope else root
-        for path in _walk(start):
-            relative = path.relative_to(root)
-            rel = relative.as_posix()
+        for path, rel in _walk(root_str, scope):
+            seen_files += 1
+            if progress is not None and seen_files % 100 == 0:
+                progress(seen_files)
+            name = rel.rsplit("/", 1)[-1]
             if (
-                relative.parts[0] == LEARNED_DIR
+                rel.split("/", 1)[0] == LEARNED_DIR
                 and not include_learned
                 and not (scope and scope.split("/")[0] == LEARNED_DIR)
             ):
                 continue
-            if path.suffix.lower() != ".json":
+            if not name.lower().endswith(".json"):
                 result.skipped.append(rel)
                 continue
             try:
-                size = path.stat().st_size
+                size = os.stat(path).st_size
                 if size > max_file_bytes:
                     raise _Invalid(
                         f"is {size} bytes, over the limit of {max_file_bytes} "
                         "(import.max_file_bytes in singularity.yaml)"
                     )
-                raw = path.read_bytes()
+                with open(path, "rb") as fh:
+                    raw = fh.read()
                 text, data = _parse(raw)
-                if is_non_artifact(path.name, data):
+                if is_non_artifact(name, data):
                     result.skipped.append(rel)
                     continue
                 if not isinstance(data, dict):
                     raise _Invalid(
                         f"is a JSON {type(data).__name__}, but an artifact must be a JSON object"
                     )
-                artifact_type, artifact_id, version, source = resolve_identity(
-                    data, relative, type_map
-                )
+                artifact_type, artifact_id, version, source = resolve_identity(data, rel, type_map)
             except _Invalid as exc:
                 where = rel if exc.line is None else f"{rel}:{exc.line}:{exc.column}"
                 result.problems.append(Problem(where, exc.message))
@@ -275,3 +294,13 @@ def scan(
                 )
             )
     return result
+
+
+def count_files(root: Path, paths: Iterable[Path] = ()) -> int:
+    """How many files a scan of `paths` would visit (for a progress bar's length)."""
+    root_str = str(root.resolve())
+    total = 0
+    for target in [p.resolve() for p in paths] or [root.resolve()]:
+        scope = "" if str(target) == root_str else str(target)[len(root_str) + 1 :]
+        total += sum(1 for _ in _walk(root_str, scope))
+    return total
