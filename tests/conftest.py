@@ -46,10 +46,24 @@ def test_server() -> Iterator[LocalCluster]:
 
     try:
         ensure_db(settings, timeout=60)
+        _disable_timescaledb_schedulers(settings, local)
     except Exception as exc:  # fail loudly: never skip database tests
         pytest.exit(f"cannot start the test PostgreSQL 17 in {TEST_DATA}: {exc}", returncode=1)
     yield local
     cluster.stop(local, None)
+
+
+def _disable_timescaledb_schedulers(settings: Settings, local: LocalCluster) -> None:
+    """The test server creates every test database from a template. TimescaleDB starts a
+    scheduler in each new database, and while it is connected the template cannot be copied
+    ("source database is being accessed by other users", timescale/timescaledb#4048). The
+    tests use no background jobs, so the session's server runs without schedulers."""
+    with psycopg.connect(**settings.conninfo("postgres"), autocommit=True) as conn:
+        current = conn.execute("SHOW timescaledb.max_background_workers").fetchone()[0]
+        if current == "0":
+            return
+        conn.execute("ALTER SYSTEM SET timescaledb.max_background_workers = 0")
+    cluster.restart(local, None)
 
 
 postgresql_noproc = factories.postgresql_noproc(
