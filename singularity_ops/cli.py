@@ -346,6 +346,123 @@ def import_cmd(
         ctx.exit(1)
 
 
+@cli.command("embed")
+@click.option(
+    "--rebuild", is_flag=True, help="Re-embed every artifact (needed after a model change)."
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Texts per batch (default: embedding.batch_size).",
+)
+@json_option
+@click.pass_context
+def embed_cmd(ctx: click.Context, rebuild: bool, batch_size: int | None, as_json: bool) -> None:
+    """Compute embeddings for artifacts that have none or whose content changed.
+
+    Batches are committed as they finish: an interrupted run keeps them and the next run
+    continues. With nothing to do, no model is loaded.
+
+    \b
+    Example:
+      singularity-ops embed && singularity-ops search "NATS consumer with error handling"
+    """
+    from .db import connect
+    from .embed import embed, pending_count
+    from .providers import make_provider
+
+    settings = settings_of(ctx)
+    config = settings.embedding
+    with connect(settings, autocommit=True) as conn:
+        if not rebuild and pending_count(conn, config) == 0:
+            provider = None  # nothing to do: skip loading the model (seconds of torch import)
+        else:
+            provider = make_provider(config)
+        bar = None
+        if provider is not None and sys.stderr.isatty():
+            bar = click.progressbar(length=1, label="embedding", file=sys.stderr)
+
+        def advance(done: int, total: int) -> None:
+            if bar is not None:
+                bar.length = total
+                bar.update(done - bar.pos)
+
+        try:
+            result = embed(
+                conn, provider, config, rebuild=rebuild, batch_size=batch_size, progress=advance
+            )
+        finally:
+            if bar is not None:
+                bar.render_finish()
+    if as_json:
+        emit_json(result)
+        return
+    if result.embedded == 0:
+        info(ctx, f"nothing to do: {result.up_to_date} artifacts up to date ({result.model})")
+        return
+    info(
+        ctx,
+        f"{result.embedded} embedded, {result.up_to_date} up to date, {result.failed} failed "
+        f"({result.model}, {result.seconds:.1f} s)",
+    )
+
+
+@cli.command("search")
+@click.argument("query")
+@click.option(
+    "--type", "types", multiple=True, metavar="TYPE", help="Only this artifact type (repeatable)."
+)
+@click.option("--language", metavar="LANG", help="Only this language.")
+@click.option(
+    "--tag", "tags", multiple=True, metavar="TAG", help="Must have this tag (repeatable)."
+)
+@click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--min-similarity", type=click.FloatRange(-1, 1), default=0.0, show_default=True)
+@json_option
+@click.pass_context
+def search_cmd(
+    ctx, query: str, types, language, tags, top_k: int, min_similarity: float, as_json: bool
+):
+    """Semantic search: the artifacts nearest to QUERY, with their cosine similarity.
+
+    \b
+    Example:
+      singularity-ops search "retry with backoff" --language python --top-k 5 --json
+    """
+    from .db import connect
+    from .errors import ConfigError
+    from .providers import make_provider
+    from .search import search
+
+    if not query.strip():
+        raise ConfigError("the search query is empty; say what you are looking for")
+    settings = settings_of(ctx)
+    provider = make_provider(settings.embedding)
+    with connect(settings, autocommit=True) as conn:
+        hits = search(
+            conn,
+            provider,
+            settings.embedding,
+            query,
+            types=types,
+            language=language,
+            tags=tags,
+            top_k=top_k,
+            min_similarity=min_similarity,
+        )
+    if as_json:
+        emit_json(hits)
+        return
+    if not hits:
+        click.echo("no results (is everything embedded? try `singularity-ops embed`)", err=True)
+        return
+    for hit in hits:
+        label = f"{hit.artifact_type}/{hit.artifact_id}@{hit.version}"
+        extra = f"  {hit.name}" if hit.name else ""
+        stale = "  (stale embedding)" if hit.stale else ""
+        click.echo(f"{hit.similarity:.3f}  {label}{extra}{stale}")
+
+
 @cli.command("record-usage")
 @click.argument("artifact_type")
 @click.argument("artifact_id")

@@ -45,6 +45,16 @@ SCHEMA: dict[str, Any] = {
         "type_map": dict,
         "max_file_bytes": int,
     },
+    "embedding": {
+        "provider": str,
+        "model": str,
+        "dimensions": int,
+        "batch_size": int,
+        "base_url": str,
+        "api_key_env": str,
+        "timeout": (int, float),
+        "max_retries": int,
+    },
     "export": {
         "out": str,
         "min_usage": int,
@@ -96,6 +106,7 @@ class Settings:
     export_dir: Path = Path("templates_data/learned")
     export_min_usage: int = 10
     export_min_success_rate: float = 0.90
+    embedding: Any = None  # providers.EmbeddingConfig; Any keeps this module free of imports
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -393,7 +404,35 @@ def load_settings(
         ),
         export_min_usage=_get(data, "export.min_usage") or 10,
         export_min_success_rate=float(_get(data, "export.min_success_rate") or 0.90),
+        embedding=_embedding_config(data),
         raw=data,
+    )
+
+
+def _embedding_config(data: Mapping[str, Any]):
+    from .providers import DEFAULT_DIMENSIONS, DEFAULT_MODELS, EmbeddingConfig
+
+    provider = _get(data, "embedding.provider") or "local"
+    if provider not in DEFAULT_MODELS:
+        raise ConfigError(
+            f"{CONFIG_NAME}: embedding.provider must be one of {', '.join(DEFAULT_MODELS)}, got {provider!r}"
+        )
+    for key in ("dimensions", "batch_size", "max_retries"):
+        value = _get(data, f"embedding.{key}")
+        if value is not None and value < (0 if key == "max_retries" else 1):
+            raise ConfigError(f"{CONFIG_NAME}: embedding.{key} must be positive, got {value}")
+    defaults = EmbeddingConfig()
+    return EmbeddingConfig(
+        provider=provider,
+        model=_get(data, "embedding.model") or DEFAULT_MODELS[provider],
+        dimensions=_get(data, "embedding.dimensions") or DEFAULT_DIMENSIONS[provider],
+        batch_size=_get(data, "embedding.batch_size") or defaults.batch_size,
+        base_url=_get(data, "embedding.base_url") or defaults.base_url,
+        api_key_env=_get(data, "embedding.api_key_env") or defaults.api_key_env,
+        timeout=float(_get(data, "embedding.timeout") or defaults.timeout),
+        max_retries=_get(data, "embedding.max_retries")
+        if _get(data, "embedding.max_retries") is not None
+        else defaults.max_retries,
     )
 
 

@@ -1,0 +1,239 @@
+"""embed: compute embeddings for artifacts that have none or whose content changed.
+
+Mechanism: knowledge_artifacts.embedding is an untyped `vector`; each row records the model
+(`embedding_model`, see providers.model_key) and the content hash it was computed from
+(`embedded_hash`). Every model gets its own HNSW index on `(embedding::vector(N))`
+restricted to its rows (`WHERE embedding_model = '<key>'`), as pgvector documents for
+mixed dimensions, so vectors of different models are never compared.
+
+Work is done in batches, each committed on its own: a provider failing mid-run keeps the
+batches already done and the next run continues with the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from pgvector import Vector
+from psycopg import sql
+
+from .db import lock_key
+from .errors import SingularityOpsError
+from .providers import EmbeddingConfig, Provider, ProviderError, model_key
+
+# Bump when embedding_text() changes: that is a model change for staleness purposes.
+TEXT_VERSION = "t1"
+EXCERPT_CHARS = 1200
+EMBED_LOCK_KEY = lock_key("embed")
+_DESCRIPTIVE_KEYS = ("name", "title", "description", "summary")
+_IDENTITY_KEYS = ("id", "version", "artifact_type", "metadata", "tags", "language", "_learning")
+
+
+class ModelMismatch(SingularityOpsError):
+    """Rows are embedded with another model and --rebuild was not given."""
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """What embed did."""
+
+    model: str
+    embedded: int
+    up_to_date: int
+    failed: int
+    index: str
+    index_created: bool
+    seconds: float
+
+
+def _flatten(value: Any, out: list[str], budget: list[int], prefix: str = "") -> None:
+    """Readable 'key: value' lines from JSON, until the character budget is spent."""
+    if budget[0] <= 0:
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _flatten(
+                item,
+                out,
+                budget,
+                f"{prefix}{key}: " if not isinstance(item, Mapping | list) else f"{key}. ",
+            )
+    elif isinstance(value, list):
+        for item in value:
+            _flatten(item, out, budget, prefix)
+    elif value is not None:
+        line = f"{prefix}{value}".strip()
+        out.append(line[: budget[0]])
+        budget[0] -= len(line) + 1
+
+
+def embedding_text(artifact_type: str, artifact_id: str, content: Mapping[str, Any]) -> str:
+    """The one function from artifact to the text that is embedded.
+
+    Type, name (or id), description, language, tags, then a bounded excerpt of the rest of
+    the content as 'key: value' lines. Never empty: type and id are always there.
+    """
+    metadata = content.get("metadata") if isinstance(content.get("metadata"), Mapping) else {}
+
+    def field(key: str) -> Any:
+        return content.get(key) if content.get(key) not in (None, "") else metadata.get(key)
+
+    name = field("name") or field("title") or artifact_id.replace("_", " ")
+    lines = [f"{artifact_type.replace('_', ' ')}: {name}"]
+    for key in ("description", "summary"):
+        if field(key):
+            lines.append(str(field(key)))
+    if field("language"):
+        lines.append(f"language: {field('language')}")
+    tags = field("tags")
+    if isinstance(tags, list) and tags:
+        lines.append("tags: " + ", ".join(str(t) for t in tags))
+    rest = {k: v for k, v in content.items() if k not in _DESCRIPTIVE_KEYS + _IDENTITY_KEYS}
+    excerpt: list[str] = []
+    _flatten(rest, excerpt, [EXCERPT_CHARS])
+    lines.extend(excerpt)
+    return "\n".join(lines)
+
+
+def index_name(key: str) -> str:
+    """The HNSW index of one model (names stay under PostgreSQL's 63 bytes)."""
+    return "knowledge_artifacts_embedding_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def ensure_index(conn: psycopg.Connection, key: str, dimensions: int) -> bool:
+    """Create the model's HNSW cosine index if missing. True when it was created."""
+    name = index_name(key)
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]  # type: ignore[index]
+    if exists:
+        return False
+    with conn.transaction():
+        conn.execute(
+            sql.SQL(
+                "CREATE INDEX IF NOT EXISTS {name} ON knowledge_artifacts USING hnsw "
+                "((embedding::vector({dims})) vector_cosine_ops) WHERE embedding_model = {key}"
+            ).format(name=sql.Identifier(name), dims=sql.Literal(dimensions), key=sql.Literal(key))
+        )
+    return True
+
+
+def _lock(conn: psycopg.Connection) -> None:
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (EMBED_LOCK_KEY,)).fetchone()
+    if not row or not row[0]:
+        raise SingularityOpsError(
+            "another embed is running on this database; wait for it to finish (its batches are committed as it goes)"
+        )
+
+
+def _stale_condition() -> str:
+    return (
+        "(embedding IS NULL OR embedding_model IS DISTINCT FROM %(key)s"
+        " OR embedded_hash IS DISTINCT FROM content_hash)"
+    )
+
+
+def pending_count(conn: psycopg.Connection, config: EmbeddingConfig) -> int:
+    """How many artifacts embed would work on (0 means: do not even load the model)."""
+    key = model_key(config, TEXT_VERSION)
+    row = conn.execute(
+        f"SELECT count(*) FROM knowledge_artifacts WHERE {_stale_condition()}", {"key": key}
+    ).fetchone()
+    return row[0] if row else 0
+
+
+def embed(
+    conn: psycopg.Connection,
+    provider: Provider | None,
+    config: EmbeddingConfig,
+    *,
+    rebuild: bool = False,
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EmbedResult:
+    """Embed artifacts that have no embedding, a stale one, or (with rebuild) all of them.
+
+    `conn` must be in autocommit mode: every batch is its own transaction.
+    """
+    if not conn.autocommit:
+        raise ValueError("embed() needs an autocommit connection: each batch commits on its own")
+    started = time.monotonic()
+    key = model_key(config, TEXT_VERSION)
+    batch_size = batch_size or config.batch_size
+    _lock(conn)
+    try:
+        other = conn.execute(
+            "SELECT embedding_model, count(*) FROM knowledge_artifacts"
+            " WHERE embedding_model IS NOT NULL AND embedding_model <> %s GROUP BY 1 ORDER BY 2 DESC",
+            (key,),
+        ).fetchall()
+        if other and not rebuild:
+            found = ", ".join(f"{n} with {m}" for m, n in other)
+            raise ModelMismatch(
+                f"artifacts are embedded with another model ({found}) but singularity.yaml now asks "
+                f"for {key}; run `singularity-ops embed --rebuild` to re-embed everything with it"
+            )
+        todo = [
+            row[0]
+            for row in conn.execute(
+                f"SELECT id FROM knowledge_artifacts WHERE %(rebuild)s OR {_stale_condition()}"
+                " ORDER BY artifact_type, artifact_id, version",
+                {"rebuild": rebuild, "key": key},
+            )
+        ]
+        total = conn.execute("SELECT count(*) FROM knowledge_artifacts").fetchone()[0]  # type: ignore[index]
+        had_index = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", (index_name(key),)
+        ).fetchone()[0]  # type: ignore[index]
+        if todo and provider is None:
+            raise ValueError("embed() was given no provider but has work to do")
+        embedded = 0
+        for start in range(0, len(todo), batch_size):
+            embedded += _embed_batch(conn, provider, key, todo[start : start + batch_size])  # type: ignore[arg-type]
+            if progress:
+                progress(min(start + batch_size, len(todo)), len(todo))
+        # Built after a bulk load (faster than growing it row by row), kept up to date after that.
+        created = ensure_index(conn, key, config.dimensions)
+    finally:
+        if not conn.closed:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (EMBED_LOCK_KEY,))
+    return EmbedResult(
+        model=key,
+        embedded=embedded,
+        up_to_date=total - len(todo),
+        failed=len(todo) - embedded,
+        index=index_name(key),
+        index_created=created and not had_index,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _embed_batch(conn: psycopg.Connection, provider: Provider, key: str, ids: list) -> int:
+    rows = conn.execute(
+        "SELECT id, artifact_type, artifact_id, content, content_hash FROM knowledge_artifacts"
+        " WHERE id = ANY(%s) ORDER BY artifact_type, artifact_id, version",
+        (ids,),
+    ).fetchall()
+    texts = [embedding_text(t, i, content) for _pk, t, i, content, _h in rows]
+    try:
+        vectors = provider.embed(texts)
+    except ProviderError:
+        raise
+    except Exception as exc:  # a model library failing is still the provider failing
+        raise ProviderError(
+            f"the {provider.name} embedding model failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    with conn.transaction(), conn.cursor() as cur:
+        # Only rows whose content did not change while we were embedding are updated.
+        cur.executemany(
+            "UPDATE knowledge_artifacts SET embedding = %s, embedding_model = %s,"
+            " embedded_hash = %s, embedded_at = now() WHERE id = %s AND content_hash = %s",
+            [
+                (Vector(vec), key, content_hash, pk, content_hash)
+                for (pk, _t, _i, _c, content_hash), vec in zip(rows, vectors, strict=True)
+            ],
+        )
+    return len(rows)
