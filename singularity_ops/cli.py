@@ -417,7 +417,11 @@ def embed_cmd(ctx: click.Context, rebuild: bool, batch_size: int | None, as_json
     "--tag", "tags", multiple=True, metavar="TAG", help="Must have this tag (repeatable)."
 )
 @click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--min-similarity", type=click.FloatRange(-1, 1), default=0.0, show_default=True)
+@click.option(
+    "--min-similarity",
+    type=click.FloatRange(-1, 1),
+    help="Drop results less similar than this (-1..1).",
+)
 @json_option
 @click.pass_context
 def search_cmd(

@@ -85,12 +85,12 @@ def search_vector(
     language: str | None = None,
     tags: Sequence[str] = (),
     top_k: int = 10,
-    min_similarity: float = 0.0,
+    min_similarity: float | None = None,
 ) -> list[SearchHit]:
     """The nearest artifacts to an already-embedded query (the database part of search)."""
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
-    if not -1 <= min_similarity <= 1:
+    if min_similarity is not None and not -1 <= min_similarity <= 1:
         raise ConfigError(f"--min-similarity must be between -1 and 1, got {min_similarity}")
     key = model_key(config, TEXT_VERSION)
     statement = search_sql(
@@ -102,7 +102,9 @@ def search_vector(
         "types": list(types),
         "language": language,
         "tags": list(tags),
-        "max_distance": 1 - min_similarity,
+        "max_distance": 2.0
+        if min_similarity is None
+        else 1 - min_similarity,  # cosine distance <= 2
     }
     with conn.transaction():
         # Enough candidates for top_k, and keep scanning the index while filters reject rows.
