@@ -467,6 +467,110 @@ def search_cmd(
         click.echo(f"{hit.similarity:.3f}  {label}{extra}{stale}")
 
 
+@cli.command("backup")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["custom", "plain", "directory"]),
+    help="Dump format (default: backup.format, custom).",
+)
+@click.option(
+    "--knowledge-only", is_flag=True, help="Dump only knowledge_artifacts (knowledge_*.dump)."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Backup directory (default: backup.dir, backups/).",
+)
+@click.option(
+    "--keep",
+    type=click.IntRange(min=1),
+    help="Keep the newest N good backups of this series (default: backup.keep).",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Parallel jobs (directory format).",
+)
+@click.option(
+    "--verify", is_flag=True, help="Re-read the dump: checksum, and pg_restore --list for archives."
+)
+@json_option
+@click.pass_context
+def backup_cmd(
+    ctx, fmt, knowledge_only: bool, out, keep, jobs: int, verify: bool, as_json: bool
+) -> None:
+    """pg_dump the database into backups/ with a manifest; quiet on success (for cron).
+
+    Exit 0 on success, 1 on any failure, 75 when another backup holds the directory lock.
+
+    \b
+    Example (crontab):
+      17 3 * * *  cd /srv/singularity && .venv/bin/singularity-ops backup --keep 14 --verify
+    """
+    from .backup import backup
+
+    settings = settings_of(ctx)
+    result = backup(
+        settings,
+        out or settings.backup_dir,
+        fmt=fmt or settings.backup_format,
+        knowledge_only=knowledge_only,
+        keep=keep or settings.backup_keep,
+        jobs=jobs,
+        verify=verify,
+    )
+    if as_json:
+        emit_json(result)
+    elif sys.stdout.isatty() and not ctx.obj.get("quiet"):
+        deleted = f", deleted {len(result.deleted)} old" if result.deleted else ""
+        click.echo(f"{result.path} ({result.bytes} bytes, {result.seconds:.1f} s{deleted})")
+
+
+@cli.command("restore")
+@click.argument("file", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--latest", is_flag=True, help="Restore the newest good backup in the backup directory."
+)
+@click.option(
+    "--target-db", metavar="NAME", help="Restore into this database (default: the configured one)."
+)
+@click.option(
+    "--force", is_flag=True, help="Replace a non-empty target (swapped in only when complete)."
+)
+@json_option
+@click.pass_context
+def restore_cmd(ctx, file, latest: bool, target_db, force: bool, as_json: bool) -> None:
+    """Restore a backup after verifying it; report row counts per table.
+
+    \b
+    Example:
+      singularity-ops restore --latest --target-db singularity_check
+    """
+    from .errors import ConfigError
+    from .restore import latest_backup, restore
+
+    if bool(file) == latest:
+        raise ConfigError("give either a backup FILE or --latest")
+    settings = settings_of(ctx)
+    dump = file or latest_backup(settings.backup_dir, settings.dbname)
+    result = restore(settings, dump, target_db=target_db, force=force)
+    for warning in result.warnings:
+        click.echo(f"singularity-ops: warning: {warning}", err=True)
+    if as_json:
+        emit_json(result)
+        return
+    info(
+        ctx,
+        f"restored {result.file.name} into {result.target} in {result.seconds:.1f} s"
+        + (" (replaced)" if result.replaced else ""),
+    )
+    for table, rows in sorted(result.tables.items()):
+        info(ctx, f"  {table}: {rows} rows")
+
+
 @cli.command("record-usage")
 @click.argument("artifact_type")
 @click.argument("artifact_id")

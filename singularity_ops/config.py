@@ -55,6 +55,11 @@ SCHEMA: dict[str, Any] = {
         "timeout": (int, float),
         "max_retries": int,
     },
+    "backup": {
+        "dir": str,
+        "keep": int,
+        "format": str,
+    },
     "export": {
         "out": str,
         "min_usage": int,
@@ -106,6 +111,9 @@ class Settings:
     export_dir: Path = Path("templates_data/learned")
     export_min_usage: int = 10
     export_min_success_rate: float = 0.90
+    backup_dir: Path = Path("backups")
+    backup_keep: int | None = None
+    backup_format: str = "custom"
     embedding: Any = None  # providers.EmbeddingConfig; Any keeps this module free of imports
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
@@ -405,8 +413,21 @@ def load_settings(
         export_min_usage=_get(data, "export.min_usage") or 10,
         export_min_success_rate=float(_get(data, "export.min_success_rate") or 0.90),
         embedding=_embedding_config(data),
+        backup_dir=_resolve_path(project_root, _get(data, "backup.dir") or "backups"),
+        backup_keep=_get(data, "backup.keep"),
+        backup_format=_backup_format(_get(data, "backup.format")),
         raw=data,
     )
+
+
+def _backup_format(value: str | None) -> str:
+    if value is None:
+        return "custom"
+    if value not in ("custom", "plain", "directory"):
+        raise ConfigError(
+            f"{CONFIG_NAME}: backup.format must be custom, plain or directory, got {value!r}"
+        )
+    return value
 
 
 def _embedding_config(data: Mapping[str, Any]):

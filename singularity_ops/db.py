@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -61,8 +62,31 @@ def connect(
         conn = psycopg.connect(**settings.conninfo(dbname), autocommit=autocommit)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(_explain(settings, dbname or settings.dbname, exc)) from None
+    try:
+        check_local_identity(settings, conn)
+    except BaseException:
+        conn.close()
+        raise
     _register_vector(conn)
     return conn
+
+
+def check_local_identity(settings: Settings, conn: psycopg.Connection) -> None:
+    """For the project-local cluster, make sure the server on its port is really ours.
+
+    Another checkout's cluster on the same port would otherwise be used without a word.
+    """
+    if settings.local is None:
+        return
+    served = conn.execute("SHOW data_directory").fetchone()[0]  # type: ignore[index]
+    if not conn.autocommit:
+        conn.rollback()
+    if os.path.realpath(served) != os.path.realpath(settings.local.data_dir):
+        raise DatabaseUnavailable(
+            f"127.0.0.1:{settings.port} is served by the cluster in {served}, not this project's "
+            f"{settings.local.data_dir}; stop that one (`singularity-ops server stop` in its "
+            "checkout) or give this project another port (PGPORT or postgres.local.port)"
+        )
 
 
 def _register_vector(conn: psycopg.Connection) -> None:
@@ -117,7 +141,13 @@ def wait_for_server(settings: Settings, timeout: float) -> psycopg.Connection:
             # Never let one attempt against a silent host outlast the whole --timeout.
             remaining = max(deadline - time.monotonic(), 0)
             params["connect_timeout"] = max(2, min(settings.connect_timeout, math.ceil(remaining)))
-            return psycopg.connect(**params, autocommit=True)
+            conn = psycopg.connect(**params, autocommit=True)
+            try:
+                check_local_identity(settings, conn)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
         except psycopg.OperationalError as exc:
             last = exc
             if _database_missing(exc) and len(maintenance) > 1:
