@@ -162,9 +162,12 @@ def test_authentication_errors_fail_at_once_instead_of_waiting(server_settings):
 def test_commands_refuse_another_projects_cluster_on_the_same_port(own_cluster, tmp_path):
     ensure_db(own_cluster, timeout=60)
     impostor = load_settings(
-        cwd=tmp_path, env={"PGDATA": str(tmp_path / "other-pgdata"), "PGPORT": str(own_cluster.port)}
+        cwd=tmp_path,
+        env={"PGDATA": str(tmp_path / "other-pgdata"), "PGPORT": str(own_cluster.port)},
     )
     from singularity_ops.db import connect
 
-    with pytest.raises(DatabaseUnavailable, match=r"is served by the cluster in .*pgdata, not this project's"):
+    with pytest.raises(
+        DatabaseUnavailable, match=r"is served by the cluster in .*pgdata, not this project's"
+    ):
         connect(impostor, "postgres")

@@ -1,0 +1,289 @@
+"""backup and restore against the real PostgreSQL 17: vectors, a multi-chunk hypertable, postgis."""
+
+import fcntl
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import run_cli, write_cli_config
+
+from singularity_ops.backup import EXIT_LOCKED, LOCK_FILE, BackupError, backup, good_backups
+from singularity_ops.errors import PgBinaryError
+from singularity_ops.restore import RestoreError, restore
+
+TABLES = ("knowledge_artifacts", "artifact_usage", "places")
+
+
+@pytest.fixture
+def full_db(kb_settings):
+    """Artifacts with vectors, usage across ~9 weekly chunks, and a postgis table."""
+    with psycopg.connect(**kb_settings.conninfo(), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO knowledge_artifacts (artifact_type, artifact_id, content_raw, content, embedding,"
+            " embedding_model, embedded_hash, usage_count, success_count)"
+            " SELECT 'pattern', 'p' || g, format('{\"n\": %s, \"tags\": [\"t%s\"]}', g, g % 5),"
+            '  format(\'{"n": %s, "tags": ["t%s"]}\', g, g % 5)::jsonb,'
+            "  (SELECT array_agg(round(random()::numeric, 6))::real[]::vector FROM generate_series(1, 8) WHERE g > 0),"
+            "  'fake:8', 'h', 0, 0 FROM generate_series(1, 200) g"
+        )
+        conn.execute(
+            "INSERT INTO artifact_usage (used_at, artifact_pk, success, environment, duration_ms, metadata)"
+            " SELECT now() - (g || ' hours')::interval, a.id, g % 3 <> 0, 'test', g, jsonb_build_object('g', g)"
+            " FROM generate_series(1, 1500) g JOIN LATERAL (SELECT id FROM knowledge_artifacts"
+            "  ORDER BY artifact_id OFFSET g % 200 LIMIT 1) a ON true"
+        )
+        conn.execute(
+            "CREATE TABLE places (id serial PRIMARY KEY, name text, geom geometry(Point, 4326))"
+        )
+        conn.execute(
+            "INSERT INTO places (name, geom) SELECT 'place ' || g,"
+            " ST_SetSRID(ST_MakePoint(g * 0.37 - 50, g * 0.11 - 20), 4326) FROM generate_series(1, 100) g"
+        )
+        chunks = conn.execute("SELECT count(*) FROM show_chunks('artifact_usage')").fetchone()[0]
+    assert chunks >= 8
+    return kb_settings
+
+
+def checksums(settings, dbname=None, tables=TABLES):
+    """A content checksum per table (every column, every row, in a fixed order)."""
+    result = {}
+    with psycopg.connect(**settings.conninfo(dbname)) as conn:
+        for table in tables:
+            exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
+            if exists:
+                result[table] = conn.execute(
+                    psycopg.sql.SQL(
+                        "SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {} t"
+                    ).format(psycopg.sql.Identifier(table))
+                ).fetchone()
+    return result
+
+
+def drop(settings, name):
+    with psycopg.connect(**settings.conninfo("postgres"), autocommit=True) as conn:
+        conn.execute(
+            psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                psycopg.sql.Identifier(name)
+            )
+        )
+
+
+@pytest.fixture
+def target(full_db):
+    name = f"{full_db.dbname}_restored"
+    yield name
+    drop(full_db, name)
+
+
+def test_custom_backup_restores_every_row_vector_and_geometry(full_db, target, tmp_path):
+    result = backup(full_db, tmp_path / "b", verify=True)
+    assert result.path.name.startswith(f"{full_db.dbname}_") and result.path.suffix == ".dump"
+    assert oct(result.path.stat().st_mode & 0o777) == "0o600"
+    manifest = json.loads(result.manifest.read_text())
+    assert manifest["sha256"] == result.sha256 and manifest["bytes"] == result.bytes
+    assert {"vector", "timescaledb", "postgis"} <= set(manifest["extensions"])
+    assert manifest["pg_dump_version"].startswith("17.") and manifest["server_version"].startswith(
+        "17."
+    )
+    assert {
+        k: v
+        for k, v in next(
+            t for t in manifest["tables"] if t["table"] == "public.artifact_usage"
+        ).items()
+        if k != "bytes"
+    } == {"table": "public.artifact_usage", "rows": 1500}
+    restored = restore(full_db, result.path, target_db=target)
+    assert restored.tables["public.artifact_usage"] == 1500
+    assert checksums(full_db, target) == checksums(full_db)
+    with psycopg.connect(**full_db.conninfo(target)) as conn:
+        assert conn.execute("SELECT count(*) FROM show_chunks('artifact_usage')").fetchone()[0] >= 8
+        assert (
+            conn.execute("SELECT ST_AsText(geom) FROM places WHERE id = 1").fetchone()[0]
+            == "POINT(-49.63 -19.89)"
+        )
+
+
+@pytest.mark.parametrize("fmt", ["plain", "directory"])
+def test_plain_and_directory_formats_round_trip(full_db, target, tmp_path, fmt):
+    result = backup(
+        full_db, tmp_path / "b", fmt=fmt, jobs=2 if fmt == "directory" else 1, verify=True
+    )
+    assert result.path.suffix == {"plain": ".sql", "directory": ".dir"}[fmt]
+    restore(full_db, result.path, target_db=target)
+    assert checksums(full_db, target) == checksums(full_db)
+
+
+def test_knowledge_only_dumps_just_the_artifacts(full_db, target, tmp_path):
+    result = backup(full_db, tmp_path / "b", knowledge_only=True)
+    assert result.path.name.startswith("knowledge_")
+    assert [t["table"] for t in json.loads(result.manifest.read_text())["tables"]] == [
+        "public.knowledge_artifacts"
+    ]
+    restore(full_db, result.path, target_db=target)
+    ours = checksums(full_db, target)
+    assert ours["knowledge_artifacts"] == checksums(full_db)["knowledge_artifacts"]
+    assert ours["artifact_usage"][0] == 0 and "places" not in ours
+
+
+def test_overlapping_run_exits_at_once_with_its_own_code(full_db, tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    config = write_cli_config(tmp_path, full_db, backup={"dir": str(out)})
+    with open(out / LOCK_FILE, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242\n")
+        held.flush()
+        started = time.monotonic()
+        result = run_cli("--config", str(config), "backup", cwd=tmp_path)
+    assert time.monotonic() - started < 20
+    assert result.returncode == EXIT_LOCKED
+    assert "another backup is running" in result.stderr
+    assert [p.name for p in out.iterdir()] == [LOCK_FILE]
+
+
+def test_quiet_on_success_and_json_has_the_keys(full_db, tmp_path):
+    config = write_cli_config(tmp_path, full_db, backup={"dir": str(tmp_path / "b")})
+    quiet = run_cli("--config", str(config), "backup", cwd=tmp_path)
+    assert (quiet.returncode, quiet.stdout) == (0, "")
+    loud = run_cli("--config", str(config), "backup", "--json", cwd=tmp_path)
+    assert {"path", "bytes", "sha256", "seconds"} <= set(json.loads(loud.stdout))
+
+
+def _kill_pg_dump_when_it_starts(stop: threading.Event, killed: list) -> None:
+    while not stop.is_set() and not killed:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"pg_dump" in cmdline and b"--snapshot=" in cmdline:
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+                return
+        time.sleep(0.002)
+
+
+def test_killed_pg_dump_leaves_no_final_file_and_retention_deletes_nothing(full_db, tmp_path):
+    out = tmp_path / "b"
+    first = backup(full_db, out)
+    stop, killed = threading.Event(), []
+    watcher = threading.Thread(target=_kill_pg_dump_when_it_starts, args=(stop, killed))
+    watcher.start()
+    try:
+        with pytest.raises(BackupError, match="pg_dump failed"):
+            backup(full_db, out, keep=1)
+    finally:
+        stop.set()
+        watcher.join()
+    assert killed, "the watcher must have killed pg_dump"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [LOCK_FILE, first.path.name, first.manifest.name]
+    ), "no partial file and no final name from the failed run; the old backup is still there"
+
+
+def test_retention_keeps_the_newest_and_never_touches_foreign_files(full_db, tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    foreign = [
+        out / f"{full_db.dbname}_20200101T000000Z.dump",  # our naming, no manifest
+        out / "notes.txt",
+        out / f"{full_db.dbname}_20200102T000000Z.dump",
+    ]
+    for path in foreign:
+        path.write_text("not ours")
+    (out / f"{full_db.dbname}_20200102T000000Z.dump.manifest.json").write_text(
+        json.dumps({"tool": "pg_back"})
+    )
+    made = [backup(full_db, out, keep=2) for _ in range(3)]
+    assert made[2].deleted == [made[0].path.name]
+    assert good_backups(out, full_db.dbname) == [made[1].path, made[2].path]
+    assert all(path.exists() for path in foreign)
+    with pytest.raises(BackupError, match="--keep must be at least 1"):
+        backup(full_db, out, keep=0)
+
+
+def test_truncated_and_bit_flipped_dumps_are_refused_before_anything(full_db, target, tmp_path):
+    result = backup(full_db, tmp_path / "b")
+    original = result.path.read_bytes()
+    result.path.write_bytes(original[: len(original) // 2])
+    with pytest.raises(BackupError, match=r"does not match its manifest .* truncated or corrupted"):
+        restore(full_db, result.path, target_db=target)
+    flipped = bytearray(original)
+    flipped[len(flipped) // 3] ^= 0x01
+    result.path.write_bytes(bytes(flipped))
+    with pytest.raises(BackupError, match="truncated or corrupted"):
+        restore(full_db, result.path, target_db=target)
+    with psycopg.connect(**full_db.conninfo("postgres")) as conn:
+        names = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+    assert target not in names and not any("__restoring_" in n for n in names)
+
+
+def test_non_empty_target_needs_force_and_force_replaces_it_whole(full_db, tmp_path):
+    result = backup(full_db, tmp_path / "b")
+    with pytest.raises(RestoreError, match=r"is not empty .* --force"):
+        restore(full_db, result.path)
+    with psycopg.connect(**full_db.conninfo(), autocommit=True) as conn:
+        conn.execute("DELETE FROM places WHERE id <= 50")
+    replaced = restore(full_db, result.path, force=True)
+    assert replaced.replaced and replaced.tables["public.places"] == 100
+    assert checksums(full_db)["places"][0] == 100
+
+
+def test_failed_restore_leaves_the_target_exactly_as_it_was(full_db, tmp_path):
+    result = backup(full_db, tmp_path / "b")
+    manifest_path = result.manifest
+    manifest = json.loads(manifest_path.read_text())
+    manifest["tables"] = [
+        dict(t, rows=t["rows"] + 1) if t["table"] == "public.places" else t
+        for t in manifest["tables"]
+    ]
+    manifest_path.write_text(json.dumps(manifest))
+    before = checksums(full_db)
+    with pytest.raises(RestoreError, match=r"public.places: 100 rows, expected 101"):
+        restore(full_db, result.path, force=True)
+    assert checksums(full_db) == before
+    with psycopg.connect(**full_db.conninfo("postgres")) as conn:
+        leftovers = conn.execute(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE '%%__restoring_%%'"
+        ).fetchone()[0]
+    assert leftovers == 0
+
+
+def test_pg_dump_older_than_the_server_is_refused(full_db, tmp_path):
+    old = Path("/usr/lib/postgresql/15/bin")
+    assert (old / "pg_dump").exists(), "this machine's PostgreSQL 15 client is the old pg_dump"
+    with pytest.raises(
+        PgBinaryError,
+        match=r"pg_dump 15\.\d+ at /usr/lib/postgresql/15/bin/pg_dump is too old: .* needs version 17",
+    ):
+        backup(replace(full_db, bindir=old), tmp_path / "b")
+    assert not (tmp_path / "b").exists() or [p.name for p in (tmp_path / "b").iterdir()] == [
+        LOCK_FILE
+    ]
+
+
+def test_restore_cli_latest_and_usage_errors(full_db, target, tmp_path):
+    config = write_cli_config(tmp_path, full_db, backup={"dir": str(tmp_path / "b")})
+    assert run_cli("--config", str(config), "backup", cwd=tmp_path).returncode == 0
+    both = run_cli("--config", str(config), "restore", cwd=tmp_path)
+    assert both.returncode == 2 and "either a backup FILE or --latest" in both.stderr
+    out = run_cli(
+        "--config",
+        str(config),
+        "restore",
+        "--latest",
+        "--target-db",
+        target,
+        "--json",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["tables"]["public.places"] == 100
