@@ -130,6 +130,66 @@ def cli(ctx: click.Context, config_file, database_url, dbname, quiet, verbose) -
     )
 
 
+@cli.command("setup")
+@click.option(
+    "--skip",
+    multiple=True,
+    type=click.Choice(["ensure-db", "create-extensions", "migrate", "import", "embed"]),
+    help="Leave out this step (repeatable).",
+)
+@click.option(
+    "--only",
+    multiple=True,
+    type=click.Choice(["ensure-db", "create-extensions", "migrate", "import", "embed"]),
+    help="Run only this step (repeatable).",
+)
+@json_option
+@click.pass_context
+def setup_cmd(ctx: click.Context, skip, only, as_json: bool) -> None:
+    """Run the whole chain: ensure-db, create-extensions, migrate, import, embed; then verify.
+
+    Stops at the first failing step with its error. A second run does no work and says so.
+
+    \b
+    Example:
+      singularity-ops setup --skip embed
+    """
+    from .setup import run_setup, select_steps
+
+    settings = settings_of(ctx)
+    steps = select_steps(skip, only)
+    quiet = as_json or ctx.obj.get("quiet")
+
+    def start(step: str) -> None:
+        if not quiet:
+            click.echo(f"{step} ... ", nl=False)
+
+    def done(result) -> None:
+        if not quiet:
+            click.echo(f"{result.summary} ({result.seconds:.1f} s)")
+
+    try:
+        result = run_setup(settings, steps, on_start=start, on_done=done)
+    except SingularityOpsError:
+        if not quiet:
+            click.echo("failed")
+        raise
+    if as_json:
+        emit_json(
+            {
+                "steps": result.steps,
+                "did_work": result.did_work,
+                "verification": result.verification,
+            }
+        )
+        return
+    v = result.verification
+    exts = ", ".join(f"{k} {val}" for k, val in v.extensions.items())
+    info(ctx, f"knowledge base: {v.artifacts} artifacts, {v.embedded} embedded; {exts}")
+    if not result.did_work:
+        info(ctx, "nothing to do: everything was already up to date")
+
+
 @cli.command("ensure-db")
 @click.option(
     "--timeout",
