@@ -6,6 +6,8 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -51,6 +53,26 @@ class EnsureDbResult:
     preload_configured: bool
 
 
+# The connection provider can be routed to one existing connection (the test sandbox).
+_routed: psycopg.Connection | None = None
+
+
+@contextmanager
+def use_connection(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
+    """Route every connect() to the configured database to `conn` while the block runs.
+
+    This is how singularity_ops.testing makes toolkit code called by a test use the test's
+    sandboxed connection. A request for autocommit gets the same connection: its
+    transaction() blocks become savepoints.
+    """
+    global _routed
+    previous, _routed = _routed, conn
+    try:
+        yield conn
+    finally:
+        _routed = previous
+
+
 def connect(
     settings: Settings, dbname: str | None = None, *, autocommit: bool = False
 ) -> psycopg.Connection:
@@ -58,6 +80,8 @@ def connect(
 
     Errors become DatabaseUnavailable with the password redacted and a hint.
     """
+    if _routed is not None and (dbname is None or dbname == _routed.info.dbname):
+        return _routed
     try:
         conn = psycopg.connect(**settings.conninfo(dbname), autocommit=autocommit)
     except psycopg.OperationalError as exc:

@@ -22,6 +22,8 @@ from pytest_postgresql import factories
 from singularity_ops import cluster
 from singularity_ops.config import LocalCluster, Settings, load_settings, make_local_cluster
 
+pytest_plugins = ["pytester"]
+
 ROOT = Path(__file__).resolve().parents[1]
 TEST_PORT = int(os.environ.get("SINGULARITY_TEST_PORT", "54339"))
 TEST_DATA = ROOT / ".singularity" / "test-pgdata"

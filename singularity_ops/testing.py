@@ -1,0 +1,143 @@
+"""Test isolation on the shared database: every test gets its own rolled-back transaction.
+
+The SQL Sandbox pattern (Ecto.Adapters.SQL.Sandbox): the `singularity_db` fixture yields a
+connection to the configured shared database inside a transaction that is rolled back
+after the test, whatever happens. Inside it:
+
+- `commit()` releases and re-creates a savepoint, `rollback()` rolls back to it, and
+  `with conn.transaction():` blocks become savepoints: code under test behaves as usual and
+  nothing ever reaches the database;
+- `with conn:` and `close()` do not end the sandbox;
+- `singularity_ops.db.connect()` returns this same connection for the duration of the test
+  (see `db.use_connection`), so toolkit functions called by code under test are sandboxed.
+
+Registered through the `pytest11` entry point; it does nothing unless a test asks for
+`singularity_db` or `singularity_settings`, and imports nothing heavy until then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from .config import Settings
+
+SAVEPOINT = "singularity_sandbox"
+SETUP_HINT = "run `singularity-ops setup` (or point DATABASE_URL at a migrated database)"
+
+
+def _sandbox_class() -> type:
+    import psycopg
+
+    class SandboxConnection(psycopg.Connection):
+        """A connection whose transaction control stays inside one outer transaction."""
+
+        _sandboxed = False
+
+        def _start_sandbox(self) -> None:
+            super().execute(f"SAVEPOINT {SAVEPOINT}")  # opens the outer transaction too
+            self._sandboxed = True
+
+        def commit(self) -> None:
+            if not self._sandboxed:
+                return super().commit()
+            if self.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                self.rollback()  # COMMIT of a failed transaction is a rollback in PostgreSQL too
+                return
+            self.execute(f"RELEASE SAVEPOINT {SAVEPOINT}")
+            self.execute(f"SAVEPOINT {SAVEPOINT}")
+
+        def rollback(self) -> None:
+            if not self._sandboxed:
+                return super().rollback()
+            self.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+
+        def close(self) -> None:
+            if not self._sandboxed:
+                super().close()
+
+        def __exit__(self, exc_type, exc_val, exc_tb) -> None:
+            if not self._sandboxed:
+                return super().__exit__(exc_type, exc_val, exc_tb)
+            if exc_type:
+                self.rollback()
+            else:
+                self.commit()
+
+        def end_sandbox(self) -> None:
+            """Roll back everything the test did and close for real."""
+            self._sandboxed = False
+            try:
+                if not self.closed:
+                    super().rollback()
+            finally:
+                super().close()
+
+    return SandboxConnection
+
+
+@contextmanager
+def sandbox(settings: Settings) -> Iterator[psycopg.Connection]:
+    """A sandboxed connection to `settings`' database, rolled back and closed on exit.
+
+    Also usable outside pytest (scripts, notebooks) for a dry run against the real data.
+    """
+    import psycopg
+
+    from .db import _register_vector, use_connection
+
+    cls = _sandbox_class()
+    try:
+        conn = cls.connect(**settings.conninfo())
+    except psycopg.OperationalError as exc:
+        raise SandboxUnavailable(
+            f"cannot reach the shared database {settings.url()}: "
+            f"{settings.redact(str(exc).strip().splitlines()[0])}; {SETUP_HINT}"
+        ) from None
+    try:
+        migrated = conn.execute("SELECT to_regclass('knowledge_artifacts') IS NOT NULL").fetchone()[
+            0
+        ]
+        conn.rollback()
+        if not migrated:
+            raise SandboxUnavailable(
+                f"database {settings.url()} is not migrated (no knowledge_artifacts); {SETUP_HINT}"
+            )
+        _register_vector(conn)
+        conn._start_sandbox()
+        with use_connection(conn):
+            yield conn
+    finally:
+        conn.end_sandbox()
+
+
+class SandboxUnavailable(Exception):
+    """The shared database cannot be reached or is not migrated."""
+
+
+@pytest.fixture(scope="session")
+def singularity_settings() -> Settings:
+    """The configuration the sandbox uses: the same resolution as the CLI (DATABASE_URL, ...)."""
+    from .config import load_settings
+
+    return load_settings()
+
+
+@pytest.fixture
+def singularity_db(singularity_settings: Settings) -> Iterator[Any]:
+    """A connection to the shared database inside a transaction rolled back after the test."""
+    try:
+        manager = sandbox(singularity_settings)
+        conn = manager.__enter__()
+    except SandboxUnavailable as exc:
+        pytest.fail(f"singularity_db: {exc}", pytrace=False)
+    try:
+        yield conn
+    finally:
+        manager.__exit__(None, None, None)
