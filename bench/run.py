@@ -1,0 +1,646 @@
+"""Benchmarks: every command against its physical limit, measured side by side in one run.
+
+    ./scripts/bench            full sizes (about 15 minutes on 2 cores)
+    ./scripts/bench --quick    small sizes, to keep the suite working (CI runs it)
+
+Each case prepares its own data in its own database on the project-local cluster, runs the
+toolkit and the limit on the same data in the same run, repeats (median of --repeat, at least
+3), and reports the ratio. Machines are shared and noisy: judge by ratios, not seconds.
+The table is printed and written to bench/results/latest.md (and, unless --quick, to a
+dated copy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from corpus import generate  # noqa: E402
+
+from singularity_ops.config import Settings, load_settings  # noqa: E402
+from singularity_ops.db import connect, ensure_db  # noqa: E402
+from singularity_ops.embed import TEXT_VERSION, embedding_text  # noqa: E402
+from singularity_ops.extensions import create_extensions  # noqa: E402
+from singularity_ops.migrate import migrate  # noqa: E402
+from singularity_ops.pgbin import find_program  # noqa: E402
+from singularity_ops.providers import model_key  # noqa: E402
+
+OPS = [sys.executable, "-m", "singularity_ops"]
+
+
+@dataclass
+class Row:
+    case: str
+    toolkit: float | None
+    limit: float | None
+    target: str
+    met: bool | None
+    note: str = ""
+
+    def ratio(self) -> str:
+        if self.toolkit is None or not self.limit:
+            return ""
+        return f"{self.toolkit / self.limit:.2f}x"
+
+
+def median_of(repeat: int, fn: Callable[[], float]) -> float:
+    return statistics.median(fn() for _ in range(repeat))
+
+
+def timed(
+    cmd: list[str], *, env: dict | None = None, stdin_path: Path | None = None, cwd: Path = ROOT
+) -> float:
+    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        started = time.perf_counter()
+        out = subprocess.run(cmd, stdin=stdin, capture_output=True, env=env, cwd=cwd, check=False)
+        elapsed = time.perf_counter() - started
+    finally:
+        if stdin_path:
+            stdin.close()  # type: ignore[union-attr]
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed: {out.stderr.decode()[-800:]}")
+    return elapsed
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.base = load_settings(
+            cwd=ROOT, env={k: v for k, v in os.environ.items() if k != "PGDATABASE"}
+        )
+        ensure_db(self.base, timeout=60)
+        self.work = Path(tempfile.mkdtemp(prefix="sops-bench-"))
+        self.psql = find_program("psql", self.base.bindir)
+        self.rows: list[Row] = []
+
+    # -- helpers ------------------------------------------------------------------------
+    def base_version(self) -> str:
+        with connect(self.base, "postgres") as conn:
+            return conn.execute("SHOW server_version").fetchone()[0].split()[0]
+
+    def fresh_db(self, name: str, *, schema: bool = True) -> Settings:
+        with psycopg.connect(**self.base.conninfo("postgres"), autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        settings = replace(self.base, dbname=name)
+        if schema:
+            with connect(settings, autocommit=True) as conn:
+                create_extensions(conn, ["vector", "timescaledb", "postgis"])
+                migrate(conn, settings.migrations_dir)
+        return settings
+
+    def config_for(self, settings: Settings, templates: Path) -> Path:
+        path = self.work / f"{settings.dbname}.yaml"
+        path.write_text(
+            json.dumps(
+                {
+                    "database": {"name": settings.dbname},
+                    "postgres": {
+                        "local": {"data_dir": str(settings.local.data_dir), "port": settings.port}
+                    },
+                    "migrations": {"dir": str(ROOT / "sql/migrations")},
+                    "import": {"root": str(templates)},
+                    "backup": {"dir": str(self.work / "backups")},
+                }
+            )
+        )
+        return path
+
+    def psql_cmd(self, settings: Settings, *args: str) -> list[str]:
+        return [
+            str(self.psql.path),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            f"--dbname={settings.url()}",
+            *args,
+        ]
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        print(
+            f"  {row.case}: toolkit {fmt(row.toolkit)}, limit {fmt(row.limit)} {row.ratio()} {row.note}",
+            flush=True,
+        )
+
+    # -- 1. import ----------------------------------------------------------------------
+    def bench_import(self, count: int, *, reimport: bool) -> None:
+        print(f"import {count}", flush=True)
+        tree = generate(self.work / f"tree{count}", count)
+        settings = self.fresh_db(f"bench_import_{count}")
+        config = self.config_for(settings, tree)
+        # The limit's input: the same rows, already prepared as COPY text.
+        from singularity_ops.corpus import scan
+
+        result = scan(tree)
+        copy_file = self.work / f"rows{count}.copy"
+        with open(copy_file, "w", encoding="utf-8") as fh:
+            for a in result.artifacts:
+                fields = [
+                    a.artifact_type,
+                    a.artifact_id,
+                    a.version,
+                    a.content_raw,
+                    a.content_raw,
+                    a.source_path,
+                    a.source,
+                ]
+                fh.write("\t".join(_copy_escape(f) for f in fields) + "\n")
+        del result
+        truncate = self.psql_cmd(settings, "-c", "TRUNCATE knowledge_artifacts CASCADE")
+        copy = self.psql_cmd(
+            settings,
+            "-c",
+            "COPY knowledge_artifacts (artifact_type, artifact_id, version, content_raw, content,"
+            " source_path, source) FROM STDIN",
+        )
+
+        def run_import() -> float:
+            subprocess.run(truncate, check=True, capture_output=True)
+            return timed([*OPS, "--config", str(config), "-q", "import"])
+
+        def run_copy() -> float:
+            subprocess.run(truncate, check=True, capture_output=True)
+            return timed(copy, stdin_path=copy_file)
+
+        toolkit = median_of(self.args.repeat, run_import)
+        limit = median_of(self.args.repeat, run_copy)
+        self.add(
+            Row(
+                f"import {count:,} artifacts (vs psql COPY)",
+                toolkit,
+                limit,
+                "within 2x",
+                toolkit <= 2 * limit,
+            )
+        )
+        if reimport:
+            subprocess.run(truncate, check=True, capture_output=True)
+            first = timed([*OPS, "--config", str(config), "-q", "import"])
+            again = median_of(
+                self.args.repeat, lambda: timed([*OPS, "--config", str(config), "-q", "import"])
+            )
+            self.add(
+                Row(
+                    f"re-import {count:,} unchanged (vs first import)",
+                    again,
+                    first,
+                    "under 10%",
+                    again < 0.10 * first,
+                )
+            )
+
+    # -- 2. embed -----------------------------------------------------------------------
+    def bench_embed(self, count: int, noop_count: int) -> None:
+        print(f"embed {count}", flush=True)
+        from singularity_ops.corpus import scan
+        from singularity_ops.embed import embed
+        from singularity_ops.importer import import_artifacts
+        from singularity_ops.providers import LocalProvider
+
+        tree = generate(self.work / f"embedtree{count}", count, seed=7)
+        settings = self.fresh_db("bench_embed")
+        with connect(settings, autocommit=True) as conn:
+            import_artifacts(conn, scan(tree))
+            rows = conn.execute(
+                "SELECT artifact_type, artifact_id, content FROM knowledge_artifacts"
+            ).fetchall()
+        texts = [embedding_text(t, i, c) for t, i, c in rows]
+        provider = LocalProvider(settings.embedding)
+        batch = settings.embedding.batch_size
+        provider.embed(texts[:batch])  # warm-up for both sides
+
+        def raw() -> float:
+            started = time.perf_counter()
+            for i in range(0, len(texts), batch):
+                provider.embed(texts[i : i + batch])
+            return time.perf_counter() - started
+
+        def toolkit() -> float:
+            with connect(settings, autocommit=True) as conn:
+                started = time.perf_counter()
+                embed(conn, provider, settings.embedding, rebuild=True)
+                return time.perf_counter() - started
+
+        # Interleaved so that both sides see the same machine noise.
+        pairs = [(toolkit(), raw()) for _ in range(self.args.repeat)]
+        t = statistics.median(p[0] for p in pairs)
+        r = statistics.median(p[1] for p in pairs)
+        self.add(
+            Row(
+                f"embed {count} artifacts (vs model.encode, batch {batch})",
+                t,
+                r,
+                "within 1.10x",
+                t <= 1.10 * r,
+                f"{count / r:.0f} texts/s raw",
+            )
+        )
+
+        print(f"embed no-op {noop_count}", flush=True)
+        noop = self.fresh_db("bench_embed_noop")
+        key = model_key(noop.embedding, TEXT_VERSION)
+        with psycopg.connect(**noop.conninfo(), autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO knowledge_artifacts (artifact_type, artifact_id, content_raw, content, embedding,"
+                " embedding_model, embedded_hash)"
+                " SELECT 'bench', 'a' || g, format('{\"n\": %%s}', g), format('{\"n\": %%s}', g)::jsonb,"
+                "  (SELECT array_agg(random())::real[]::vector FROM generate_series(1, 384) WHERE g > 0), %s,"
+                "  knowledge_content_hash(format('{\"n\": %%s}', g)) FROM generate_series(1, %s) g",
+                (key, noop_count),
+            )
+        config = self.config_for(noop, tree)
+        t = median_of(
+            self.args.repeat, lambda: timed([*OPS, "--config", str(config), "-q", "embed"])
+        )
+        limit = median_of(self.args.repeat, lambda: timed(self.psql_cmd(noop, "-c", "select 1")))
+        self.add(
+            Row(
+                f"embed with nothing to do, {noop_count:,} artifacts (vs psql select 1)",
+                t,
+                limit,
+                "under 2 s",
+                t < 2.0,
+            )
+        )
+
+    # -- 3. search ----------------------------------------------------------------------
+    def bench_search(self, count: int, queries: int) -> None:
+        print(f"search {count}", flush=True)
+        import numpy as np
+
+        from singularity_ops.embed import ensure_index
+        from singularity_ops.providers import LocalProvider
+        from singularity_ops.search import search_vector
+
+        settings = self.fresh_db("bench_search")
+        provider = LocalProvider(settings.embedding)
+        rng = random.Random(11)
+        from corpus import WORDS
+
+        def sentence() -> str:
+            return " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12)))
+
+        # Real model vectors as centres, stored vectors mixed around them: clustered like real data.
+        centres = np.asarray(
+            provider.embed([sentence() for _ in range(min(2000, count))]), dtype=np.float32
+        )
+        nrng = np.random.default_rng(5)
+        key = model_key(settings.embedding, TEXT_VERSION)
+        with psycopg.connect(**settings.conninfo(), autocommit=True) as conn:
+            with conn.cursor().copy(
+                "COPY knowledge_artifacts (artifact_type, artifact_id, content_raw, content, embedding,"
+                " embedding_model, embedded_hash) FROM STDIN"
+            ) as copy:
+                for n in range(count):
+                    a, b = (
+                        centres[nrng.integers(len(centres))],
+                        centres[nrng.integers(len(centres))],
+                    )
+                    v = a + 0.35 * b + nrng.normal(0, 0.02, 384).astype(np.float32)
+                    v /= np.linalg.norm(v)
+                    raw = f'{{"n": {n}}}'
+                    copy.write_row(
+                        (
+                            "bench",
+                            f"v{n}",
+                            raw,
+                            raw,
+                            "[" + ",".join(f"{x:.6f}" for x in v) + "]",
+                            key,
+                            "x",
+                        )
+                    )
+            started = time.perf_counter()
+            ensure_index(conn, key, 384)
+            build = time.perf_counter() - started
+            conn.execute("ANALYZE knowledge_artifacts")
+        query_vectors = provider.embed([sentence() for _ in range(queries)])
+        latencies, recalls = [], []
+        with connect(settings) as conn:
+            for q in query_vectors:
+                started = time.perf_counter()
+                hits = search_vector(conn, q, settings.embedding, top_k=10)
+                latencies.append(time.perf_counter() - started)
+                with conn.transaction():
+                    conn.execute("SET LOCAL enable_indexscan = off")
+                    exact = conn.execute(
+                        "SELECT artifact_id FROM knowledge_artifacts ORDER BY embedding::vector(384) <=> %s::vector(384) LIMIT 10",
+                        ("[" + ",".join(f"{x:.6f}" for x in q) + "]",),
+                    ).fetchall()
+                truth = {r[0] for r in exact}
+                recalls.append(len(truth & {h.artifact_id for h in hits}) / 10)
+        latencies.sort()
+        p50 = latencies[len(latencies) // 2]
+        p95 = latencies[int(len(latencies) * 0.95) - 1]
+        recall = statistics.mean(recalls)
+        self.add(
+            Row(
+                f"search p50, {count:,} vectors, {queries} queries (database part)",
+                p50,
+                None,
+                "",
+                None,
+            )
+        )
+        self.add(Row(f"search p95, {count:,} vectors", p95, None, "p95 under 10 ms", p95 < 0.010))
+        self.add(
+            Row(
+                f"search recall@10 vs exact: {recall:.3f}",
+                None,
+                None,
+                "at least 0.95",
+                recall >= 0.95,
+                f"HNSW build {build:.1f} s",
+            )
+        )
+
+    # -- 4. backup and restore ------------------------------------------------------------
+    def bench_backup(self, artifacts: int, usage_rows: int) -> None:
+        print(f"backup/restore {artifacts} artifacts, {usage_rows} usage rows", flush=True)
+        settings = self.fresh_db("bench_backup")
+        with psycopg.connect(**settings.conninfo(), autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO knowledge_artifacts (artifact_type, artifact_id, content_raw, content)"
+                " SELECT 'bench', 'a' || g, c, c::jsonb FROM (SELECT g, format('{\"n\": %%s, \"text\": \"%%s\"}', g,"
+                " repeat(md5(g::text), 40)) AS c FROM generate_series(1, %s) g) s",
+                (artifacts,),
+            )
+            conn.execute(
+                "INSERT INTO artifact_usage (used_at, artifact_pk, success, environment, duration_ms, metadata)"
+                " SELECT now() - (g %% 8760 || ' hours')::interval, (SELECT id FROM knowledge_artifacts LIMIT 1),"
+                " g %% 3 <> 0, 'prod', g %% 5000, jsonb_build_object('run', g, 'host', 'worker-' || (g %% 17))"
+                " FROM generate_series(1, %s) g",
+                (usage_rows,),
+            )
+            size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+        config = self.config_for(settings, ROOT / "templates_data")
+        backups = self.work / "backups"
+        pg_dump = find_program("pg_dump", settings.bindir)
+        pg_restore = find_program("pg_restore", settings.bindir)
+        raw_dump = self.work / "raw.dump"
+
+        def tool_backup() -> float:
+            shutil.rmtree(backups, ignore_errors=True)
+            return timed([*OPS, "--config", str(config), "backup"])
+
+        def raw_backup() -> float:
+            raw_dump.unlink(missing_ok=True)
+            return timed(
+                [str(pg_dump.path), "-Fc", f"--dbname={settings.url()}", f"--file={raw_dump}"]
+            )
+
+        pairs = [(tool_backup(), raw_backup()) for _ in range(self.args.repeat)]
+        t, r = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+        self.add(
+            Row(
+                f"backup {size / 1e6:.0f} MB database (vs pg_dump -Fc)",
+                t,
+                r,
+                "within 1.05x",
+                t <= 1.05 * r,
+            )
+        )
+
+        dump = next(backups.glob("bench_backup_*.dump"))
+        target = "bench_backup_restored"
+        admin_url = self.base.url("postgres")
+
+        def reset_target() -> None:
+            subprocess.run(
+                [
+                    str(self.psql.path),
+                    "-X",
+                    "-q",
+                    f"--dbname={admin_url}",
+                    "-c",
+                    f"DROP DATABASE IF EXISTS {target} WITH (FORCE)",
+                ],
+                check=True,
+                capture_output=True,
+            )
+
+        def tool_restore() -> float:
+            reset_target()
+            return timed(
+                [*OPS, "--config", str(config), "restore", str(dump), "--target-db", target]
+            )
+
+        def raw_restore() -> float:
+            # The same documented procedure by hand, pg_restore reading the same file.
+            reset_target()
+            started = time.perf_counter()
+            subprocess.run(
+                [
+                    str(self.psql.path),
+                    "-X",
+                    "-q",
+                    f"--dbname={admin_url}",
+                    "-c",
+                    f"CREATE DATABASE {target}",
+                ],
+                check=True,
+                capture_output=True,
+            )
+            url = self.base.url(target)
+            subprocess.run(
+                [
+                    str(self.psql.path),
+                    "-X",
+                    "-q",
+                    f"--dbname={url}",
+                    "-c",
+                    "CREATE EXTENSION timescaledb; CREATE EXTENSION vector; CREATE EXTENSION postgis;"
+                    " SELECT timescaledb_pre_restore();",
+                ],
+                check=True,
+                capture_output=True,
+            )
+            with open(dump, "rb") as fh:
+                subprocess.run(
+                    [str(pg_restore.path), "--no-owner", f"--dbname={url}"],
+                    stdin=fh,
+                    check=False,
+                    capture_output=True,
+                )
+            subprocess.run(
+                [
+                    str(self.psql.path),
+                    "-X",
+                    "-q",
+                    f"--dbname={url}",
+                    "-c",
+                    "SELECT timescaledb_post_restore(); ANALYZE;",
+                ],
+                check=True,
+                capture_output=True,
+            )
+            return time.perf_counter() - started
+
+        pairs = [(tool_restore(), raw_restore()) for _ in range(self.args.repeat)]
+        reset_target()
+        t, r = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+        self.add(
+            Row(
+                "restore of that dump (vs the same procedure with pg_restore by hand)",
+                t,
+                r,
+                "within 1.05x",
+                t <= 1.05 * r,
+            )
+        )
+
+    # -- 5. start-up ----------------------------------------------------------------------
+    def bench_startup(self) -> None:
+        print("start-up", flush=True)
+        settings = self.fresh_db("bench_startup")
+        config = self.config_for(settings, ROOT / "templates_data")
+        n = max(self.args.repeat, 10)
+        limit = median_of(n, lambda: timed(self.psql_cmd(settings, "-c", "select 1")))
+        help_t = median_of(n, lambda: timed([*OPS, "--help"]))
+        migrate_t = median_of(n, lambda: timed([*OPS, "--config", str(config), "-q", "migrate"]))
+        self.add(
+            Row(
+                "singularity-ops --help (vs psql -c 'select 1')",
+                help_t,
+                limit,
+                "under 0.3 s",
+                help_t < 0.3,
+            )
+        )
+        self.add(
+            Row(
+                "migrate with nothing to do (vs psql -c 'select 1')",
+                migrate_t,
+                limit,
+                "under 0.6 s",
+                migrate_t < 0.6,
+            )
+        )
+
+    def cleanup(self) -> None:
+        with psycopg.connect(**self.base.conninfo("postgres"), autocommit=True) as admin:
+            names = [
+                r[0]
+                for r in admin.execute(
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'bench\\_%'"
+                )
+            ]
+            for name in names:
+                admin.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def _copy_escape(value: str) -> str:
+    return (
+        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    )
+
+
+def fmt(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def table(rows: list[Row], header: str) -> str:
+    lines = [
+        header,
+        "",
+        "| case | toolkit | limit | ratio | target | met |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        met = "" if r.met is None else ("yes" if r.met else "**no**")
+        note = f" ({r.note})" if r.note else ""
+        lines.append(
+            f"| {r.case}{note} | {fmt(r.toolkit)} | {fmt(r.limit)} | {r.ratio()} | {r.target} | {met} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="repetitions per case (median; at least 3)"
+    )
+    parser.add_argument(
+        "--only", action="append", choices=["import", "embed", "search", "backup", "startup"]
+    )
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results", help="where latest.md goes"
+    )
+    args = parser.parse_args()
+    args.repeat = max(args.repeat, 3)
+    only = set(args.only or ["import", "embed", "search", "backup", "startup"])
+    sizes = (
+        {"import": [200], "embed": 20, "noop": 500, "search": (3000, 20), "backup": (200, 20_000)}
+        if args.quick
+        else {
+            "import": [10_000, 100_000],
+            "embed": 500,
+            "noop": 10_000,
+            "search": (100_000, 200),
+            "backup": (20_000, 4_000_000),
+        }
+    )
+    bench = Bench(args)
+    started = time.monotonic()
+    try:
+        if "import" in only:
+            for i, count in enumerate(sizes["import"]):
+                bench.bench_import(count, reimport=i == 0)
+        if "embed" in only:
+            bench.bench_embed(sizes["embed"], sizes["noop"])
+        if "search" in only:
+            bench.bench_search(*sizes["search"])
+        if "backup" in only:
+            bench.bench_backup(*sizes["backup"])
+        if "startup" in only:
+            bench.bench_startup()
+    finally:
+        bench.cleanup()
+    now = datetime.now(UTC)
+    header = (
+        f"## singularity-ops benchmarks, {now:%Y-%m-%d %H:%M} UTC{' (quick)' if args.quick else ''}\n\n"
+        f"{os.cpu_count()} cores, PostgreSQL {bench.base_version()}, median of {args.repeat} runs; "
+        f"whole run {time.monotonic() - started:.0f} s. Judge by ratios: the machine is shared."
+    )
+    text = table(bench.rows, header)
+    print("\n" + text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.md").write_text(text)
+    if not args.quick and args.out == ROOT / "bench" / "results":
+        (args.out / f"{now:%Y-%m-%d}.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The benchmark suite keeps working: its quick mode runs end to end (numbers are not judged here)."""
+
+import os
+import subprocess
+import sys
+
+from conftest import ROOT, TEST_DATA, TEST_PORT
+
+
+def test_quick_benchmark_produces_the_full_table(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL"))}
+    env.update(PGDATA=str(TEST_DATA), PGPORT=str(TEST_PORT))
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    table = (tmp_path / "latest.md").read_text()
+    for case in (
+        "import 200 artifacts",
+        "re-import 200 unchanged",
+        "embed 20 artifacts",
+        "embed with nothing to do",
+        "search p95",
+        "search recall@10",
+        "backup ",
+        "restore of that dump",
+        "--help",
+        "migrate with nothing to do",
+    ):
+        assert case in table, f"missing benchmark row: {case}"
+    assert (
+        not (ROOT / "bench" / "results" / "latest.md").exists()
+        or "(quick)" not in (ROOT / "bench" / "results" / "latest.md").read_text()
+    ), "a quick run must not overwrite the committed results"
