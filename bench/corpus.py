@@ -9,7 +9,49 @@ from pathlib import Path
 
 TYPES = ["architecture_patterns", "code_generation", "quality_templates", "prompts", "frameworks"]
 LANGUAGES = ["elixir", "go", "python", "rust", "typescript", "sql"]
-WORDS = ["consumer", "producer", "stream", "retry", "backoff", "circuit", "breaker", "cache", "eviction", "supervisor", "genserver", "migration", "index", "transaction", "snapshot", "projection", "aggregate", "command", "query", "event", "handler", "timeout", "deadline", "context", "cancellation", "pool", "connection", "batch", "copy", "merge", "upsert", "vector", "embedding", "search", "ranking", "review", "checklist", "security", "performance", "latency", "throughput"]
+WORDS = [
+    "consumer",
+    "producer",
+    "stream",
+    "retry",
+    "backoff",
+    "circuit",
+    "breaker",
+    "cache",
+    "eviction",
+    "supervisor",
+    "genserver",
+    "migration",
+    "index",
+    "transaction",
+    "snapshot",
+    "projection",
+    "aggregate",
+    "command",
+    "query",
+    "event",
+    "handler",
+    "timeout",
+    "deadline",
+    "context",
+    "cancellation",
+    "pool",
+    "connection",
+    "batch",
+    "copy",
+    "merge",
+    "upsert",
+    "vector",
+    "embedding",
+    "search",
+    "ranking",
+    "review",
+    "checklist",
+    "security",
+    "performance",
+    "latency",
+    "throughput",
+]
 
 
 def artifact(rng: random.Random, n: int) -> dict:

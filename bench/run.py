@@ -429,19 +429,24 @@ class Bench:
         target = "bench_backup_restored"
         admin_url = self.base.url("postgres")
 
-        def reset_target() -> None:
+        def psql(url: str, command: str) -> None:
             subprocess.run(
                 [
                     str(self.psql.path),
                     "-X",
                     "-q",
-                    f"--dbname={admin_url}",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    f"--dbname={url}",
                     "-c",
-                    f"DROP DATABASE IF EXISTS {target} WITH (FORCE)",
+                    command,
                 ],
                 check=True,
                 capture_output=True,
             )
+
+        def reset_target() -> None:
+            psql(admin_url, f"DROP DATABASE IF EXISTS {target} WITH (FORCE)")
 
         def tool_restore() -> float:
             reset_target()
@@ -453,31 +458,12 @@ class Bench:
             # The same documented procedure by hand, pg_restore reading the same file.
             reset_target()
             started = time.perf_counter()
-            subprocess.run(
-                [
-                    str(self.psql.path),
-                    "-X",
-                    "-q",
-                    f"--dbname={admin_url}",
-                    "-c",
-                    f"CREATE DATABASE {target}",
-                ],
-                check=True,
-                capture_output=True,
-            )
+            psql(admin_url, f"CREATE DATABASE {target}")
             url = self.base.url(target)
-            subprocess.run(
-                [
-                    str(self.psql.path),
-                    "-X",
-                    "-q",
-                    f"--dbname={url}",
-                    "-c",
-                    "CREATE EXTENSION timescaledb; CREATE EXTENSION vector; CREATE EXTENSION postgis;"
-                    " SELECT timescaledb_pre_restore();",
-                ],
-                check=True,
-                capture_output=True,
+            psql(
+                url,
+                "CREATE EXTENSION timescaledb; CREATE EXTENSION vector; CREATE EXTENSION postgis;"
+                " SELECT timescaledb_pre_restore();",
             )
             with open(dump, "rb") as fh:
                 subprocess.run(
@@ -486,18 +472,7 @@ class Bench:
                     check=False,
                     capture_output=True,
                 )
-            subprocess.run(
-                [
-                    str(self.psql.path),
-                    "-X",
-                    "-q",
-                    f"--dbname={url}",
-                    "-c",
-                    "SELECT timescaledb_post_restore(); ANALYZE;",
-                ],
-                check=True,
-                capture_output=True,
-            )
+            psql(url, "SELECT timescaledb_post_restore(); ANALYZE;")
             return time.perf_counter() - started
 
         pairs = [(tool_restore(), raw_restore()) for _ in range(self.args.repeat)]
@@ -609,7 +584,7 @@ def main() -> None:
             "embed": 500,
             "noop": 10_000,
             "search": (100_000, 200),
-            "backup": (20_000, 4_000_000),
+            "backup": (20_000, 3_000_000),
         }
     )
     bench = Bench(args)
