@@ -265,7 +265,7 @@ def create_extensions_cmd(ctx: click.Context, names: tuple[str, ...], as_json: b
         info(ctx, f"{r.name} {r.version}{' (created)' if r.created else ''}")
 
 
-def _scan(ctx: click.Context, paths: tuple[Path, ...], include_learned: bool):
+def _scan(ctx: click.Context, paths: tuple[Path, ...], include_learned: bool, known=None):
     """Scan templates_data (or PATHs inside it), with a progress bar on a terminal."""
     from . import corpus
 
@@ -281,6 +281,7 @@ def _scan(ctx: click.Context, paths: tuple[Path, ...], include_learned: bool):
         type_map=settings.type_map,
         include_learned=include_learned,
         max_file_bytes=settings.max_file_bytes,
+        known=known,
     )
     targets = [p.resolve() for p in paths]
     if not sys.stderr.isatty():
@@ -370,11 +371,11 @@ def import_cmd(
       singularity-ops import --dry-run && singularity-ops import
     """
     from .db import connect
-    from .importer import import_artifacts
+    from .importer import import_artifacts, known_sources
 
-    scan = _scan(ctx, paths, include_learned)
     settings = settings_of(ctx)
     with connect(settings, autocommit=True) as conn:
+        scan = _scan(ctx, paths, include_learned, known=known_sources(conn))
         result = import_artifacts(
             conn,
             scan,
@@ -875,8 +876,9 @@ def migrate_status_cmd(ctx: click.Context, exit_code: bool, as_json: bool) -> No
 
 @migrate_cmd.command("new")
 @click.argument("description")
+@json_option
 @click.pass_context
-def migrate_new_cmd(ctx: click.Context, description: str) -> None:
+def migrate_new_cmd(ctx: click.Context, description: str, as_json: bool) -> None:
     """Create the next numbered, empty migration file and print its path.
 
     \b
@@ -885,7 +887,11 @@ def migrate_new_cmd(ctx: click.Context, description: str) -> None:
     """
     from .migrate import new_migration
 
-    click.echo(new_migration(settings_of(ctx).migrations_dir, description))
+    path = new_migration(settings_of(ctx).migrations_dir, description)
+    if as_json:
+        emit_json({"path": path})
+    else:
+        click.echo(path)
 
 
 @cli.group("server")
@@ -934,8 +940,9 @@ def server_status(ctx: click.Context, as_json: bool) -> None:
 
 @server.command("start")
 @click.option("--timeout", type=click.FloatRange(min=1), default=60, show_default=True)
+@json_option
 @click.pass_context
-def server_start(ctx: click.Context, timeout: float) -> None:
+def server_start(ctx: click.Context, timeout: float, as_json: bool) -> None:
     """Initialise (if needed) and start the project-local cluster, detached.
 
     \b
@@ -947,6 +954,9 @@ def server_start(ctx: click.Context, timeout: float) -> None:
     settings = _local_cluster(ctx)
     created = cluster.init(settings.local, settings.bindir)
     started = cluster.start(settings.local, settings.bindir, timeout)
+    if as_json:
+        emit_json({"initialised": created, "started": started})
+        return
     info(
         ctx, ("initialised and " if created else "") + ("started" if started else "already running")
     )
@@ -954,8 +964,9 @@ def server_start(ctx: click.Context, timeout: float) -> None:
 
 @server.command("stop")
 @click.option("--timeout", type=click.FloatRange(min=1), default=60, show_default=True)
+@json_option
 @click.pass_context
-def server_stop(ctx: click.Context, timeout: float) -> None:
+def server_stop(ctx: click.Context, timeout: float, as_json: bool) -> None:
     """Stop the project-local cluster (fast shutdown). Stopping a stopped cluster is fine.
 
     \b
@@ -966,6 +977,9 @@ def server_stop(ctx: click.Context, timeout: float) -> None:
 
     settings = _local_cluster(ctx)
     stopped = cluster.stop(settings.local, settings.bindir, timeout)
+    if as_json:
+        emit_json({"stopped": stopped})
+        return
     info(ctx, "stopped" if stopped else "not running")
 
 

@@ -179,6 +179,14 @@ def resolve_identity(
     return artifact_type, artifact_id, version, source
 
 
+def folder_type(relative: str, type_map: Mapping[str, str]) -> str | None:
+    """The type a file's folder gives it (before any explicit "artifact_type")."""
+    parts = relative.split("/")
+    if parts[0] == LEARNED_DIR:
+        parts = parts[1:]
+    return type_map.get(parts[0], parts[0]) if len(parts) >= 2 else None
+
+
 def _walk(root: str, scope: str) -> Iterator[tuple[str, str]]:
     """(absolute path, path relative to root with /) of every visible file under root/scope.
 
@@ -205,10 +213,13 @@ def scan(
     include_learned: bool = False,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     progress: Callable[[int], None] | None = None,
+    known: Mapping[str, tuple[str, str, str, str]] | None = None,
 ) -> Scan:
     """Read every JSON file under `paths` (default: all of `root`) and resolve identities.
 
     `progress`, if given, is called with the number of files seen so far, every 100 files.
+    `known` maps source paths already in the database to (content_hash, type, id, version)
+    (importer.known_sources): a file whose bytes and folder type match is not parsed again.
     """
     root = root.resolve()
     type_map = type_map or {}
@@ -252,15 +263,26 @@ def scan(
                     )
                 with open(path, "rb") as fh:
                     raw = fh.read()
-                text, data = _parse(raw)
-                if is_non_artifact(name, data):
-                    result.skipped.append(rel)
-                    continue
-                if not isinstance(data, dict):
-                    raise _Invalid(
-                        f"is a JSON {type(data).__name__}, but an artifact must be a JSON object"
+                digest = hashlib.sha256(raw).hexdigest()
+                stored = known.get(rel) if known else None
+                if stored and stored[0] == digest and stored[1] == folder_type(rel, type_map):
+                    # The same bytes at the same path, and the folder still maps to the stored
+                    # type: identity cannot have changed, so the JSON need not be parsed again.
+                    text = raw.decode("utf-8")
+                    artifact_type, artifact_id, version = stored[1:]
+                    source = "learned" if rel.split("/", 1)[0] == LEARNED_DIR else "git"
+                else:
+                    text, data = _parse(raw)
+                    if is_non_artifact(name, data):
+                        result.skipped.append(rel)
+                        continue
+                    if not isinstance(data, dict):
+                        raise _Invalid(
+                            f"is a JSON {type(data).__name__}, but an artifact must be a JSON object"
+                        )
+                    artifact_type, artifact_id, version, source = resolve_identity(
+                        data, rel, type_map
                     )
-                artifact_type, artifact_id, version, source = resolve_identity(data, rel, type_map)
             except _Invalid as exc:
                 where = rel if exc.line is None else f"{rel}:{exc.line}:{exc.column}"
                 result.problems.append(Problem(where, exc.message))
@@ -273,7 +295,7 @@ def scan(
                 artifact_id=artifact_id,
                 version=version,
                 content_raw=text,
-                content_hash=hashlib.sha256(raw).hexdigest(),
+                content_hash=digest,
                 source_path=rel,
                 source=source,
             )

@@ -192,7 +192,13 @@ def embed(
             raise ValueError("embed() was given no provider but has work to do")
         embedded = 0
         for start in range(0, len(todo), batch_size):
-            embedded += _embed_batch(conn, provider, key, todo[start : start + batch_size])  # type: ignore[arg-type]
+            try:
+                embedded += _embed_batch(conn, provider, key, todo[start : start + batch_size])  # type: ignore[arg-type]
+            except ProviderError as exc:
+                raise ProviderError(
+                    f"{exc.message} ({embedded} of {len(todo)} embedded and committed before the "
+                    "failure; run embed again to continue with the rest)"
+                ) from None
             if progress:
                 progress(min(start + batch_size, len(todo)), len(todo))
         # Built after a bulk load (faster than growing it row by row), kept up to date after that.

@@ -42,6 +42,17 @@ class ImportResult:
     orphans: list[str] = field(default_factory=list)
 
 
+def known_sources(conn: psycopg.Connection) -> dict[str, tuple[str, str, str, str]]:
+    """source_path -> (content_hash, type, id, version) of rows from git, for corpus.scan(known=)."""
+    return {
+        path: (content_hash, t, i, v)
+        for path, content_hash, t, i, v in conn.execute(
+            "SELECT source_path, content_hash, artifact_type, artifact_id, version"
+            " FROM knowledge_artifacts WHERE source IN ('git', 'learned') AND source_path IS NOT NULL"
+        )
+    }
+
+
 def _in_scope(source_path: str | None, scopes: list[str]) -> bool:
     if source_path is None:
         return False

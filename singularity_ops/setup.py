@@ -95,12 +95,15 @@ def _migrate(settings: Settings) -> tuple[bool, str]:
 def _import(settings: Settings) -> tuple[bool, str]:
     from . import corpus
     from .db import connect
-    from .importer import import_artifacts
+    from .importer import import_artifacts, known_sources
 
-    scan = corpus.scan(
-        settings.templates_dir, type_map=settings.type_map, max_file_bytes=settings.max_file_bytes
-    )
     with connect(settings, autocommit=True) as conn:
+        scan = corpus.scan(
+            settings.templates_dir,
+            type_map=settings.type_map,
+            max_file_bytes=settings.max_file_bytes,
+            known=known_sources(conn),
+        )
         r = import_artifacts(conn, scan)
     did = bool(r.inserted or r.updated)
     return did, f"{r.inserted} inserted, {r.updated} updated, {r.unchanged} unchanged"

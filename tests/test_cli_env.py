@@ -39,7 +39,7 @@ def test_usage_and_config_errors_exit_2(tmp_path):
     assert "Traceback" not in bad.stderr
 
 
-def test_every_command_has_help_with_an_example():
+def test_every_command_has_help_with_an_example_and_json():
     from singularity_ops.cli import cli
 
     def walk(group, prefix):
@@ -51,6 +51,8 @@ def test_every_command_has_help_with_an_example():
 
     for path, command in walk(cli, []):
         assert "Example" in (command.help or ""), f"{' '.join(path)} --help lacks an example"
+        options = {name for param in command.params for name in getattr(param, "opts", [])}
+        assert "--json" in options, f"{' '.join(path)} has no --json"
 
 
 def test_help_does_not_import_psycopg_or_heavy_modules():

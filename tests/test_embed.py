@@ -298,7 +298,10 @@ def test_provider_down_mid_run_keeps_committed_batches_and_next_run_continues(co
     with FakeEmbeddingServer() as server:
         server.fail_after = 1  # first batch (2 texts) succeeds, then the provider is down
         config = openai_config(server, max_retries=0)
-        with pytest.raises(ProviderError, match="HTTP 500"):
+        with pytest.raises(
+            ProviderError,
+            match=r"HTTP 500 \(2 of 5 embedded and committed before the failure; run embed again",
+        ):
             run_embed(settings, provider_for(server, max_retries=0), config)
         with psycopg.connect(**settings.conninfo()) as conn:
             assert (

@@ -180,3 +180,29 @@ def test_learned_files_are_imported_only_when_asked(kb_settings, tmp_path):
     assert ("patterns", "proven", "1.0.0") not in rows(kb_settings)
     do_import(kb_settings, root, include_learned=True)
     assert rows(kb_settings)[("patterns", "proven", "1.0.0")][3] == "learned"
+
+
+def test_known_sources_skip_parsing_but_never_hide_a_type_map_change(
+    kb_settings, tmp_path, monkeypatch
+):
+    from singularity_ops import corpus
+    from singularity_ops.importer import known_sources
+
+    root = messy_tree(tmp_path / "td")
+    do_import(kb_settings, root)
+    with connect(kb_settings) as conn:
+        known = known_sources(conn)
+    plain = scan(root)
+    parsed = []
+    real_parse = corpus._parse
+    monkeypatch.setattr(corpus, "_parse", lambda raw: parsed.append(raw) or real_parse(raw))
+    fast = scan(root, known=known)
+    assert len(parsed) == 5, "only the non-artifact JSON files (not in the database) are parsed"
+    assert {a.key: (a.content_raw, a.source) for a in fast.artifacts} == {
+        a.key: (a.content_raw, a.source) for a in plain.artifacts
+    }
+    renamed = scan(root, type_map={"patterns": "pattern"}, known=known)
+    assert {a.artifact_type for a in renamed.artifacts} == {"pattern", "code", "snippet", "prompts"}
+    write(root, "patterns/with_id.json", {"id": "nats_consumer", "version": "3.0.0"})
+    changed = scan(root, known=known)
+    assert ("patterns", "nats_consumer", "3.0.0") in {a.key for a in changed.artifacts}
