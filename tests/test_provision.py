@@ -50,3 +50,22 @@ def test_without_root_it_fails_at_once_with_the_alternatives():
     assert "provisioning needs root" in out.stderr
     assert "DATABASE_URL" in out.stderr
     assert out.stdout == ""
+
+
+def test_unreachable_mirror_fails_in_seconds(tmp_path):
+    started = time.monotonic()
+    out = subprocess.run(
+        [SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "SINGULARITY_PG_HOME": str(tmp_path / "pg-home"),
+            "SINGULARITY_DEBIAN_MIRROR": "http://127.0.0.1:9/debian",
+        },
+    )
+    assert out.returncode == 1
+    assert "Debian mirror http://127.0.0.1:9/debian is not reachable" in out.stderr
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "pg-home" / "rootfs").exists()
