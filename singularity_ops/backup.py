@@ -138,11 +138,17 @@ def _server_facts(conn: psycopg.Connection) -> dict:
     }
 
 
-def table_counts(conn: psycopg.Connection, only: list[str] | None = None) -> list[dict]:
-    """Exact row counts and sizes of user tables (hypertables counted through their parent)."""
+def table_counts(
+    conn: psycopg.Connection, only: list[str] | None = None, *, exact: bool = True
+) -> list[dict]:
+    """Row counts and sizes of user tables (hypertables counted through their parent).
+
+    exact=True counts every row (a full scan of each table: as costly as reading it);
+    exact=False reads the planner's estimate instead ("rows_estimate"), which is free.
+    """
     rows = conn.execute(
         """
-        SELECT n.nspname, c.relname, pg_total_relation_size(c.oid)
+        SELECT n.nspname, c.relname, pg_total_relation_size(c.oid), c.reltuples::bigint
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relkind IN ('r', 'p') AND n.nspname <> ALL(%s) AND n.nspname NOT LIKE 'pg\\_%%'
           AND NOT c.relispartition
@@ -152,30 +158,38 @@ def table_counts(conn: psycopg.Connection, only: list[str] | None = None) -> lis
         (list(_SKIP_SCHEMAS),),
     ).fetchall()
     tables = []
-    for schema, name, size in rows:
+    for schema, name, size, estimate in rows:
         qualified = f"{schema}.{name}"
         if only is not None and qualified not in only:
             continue
-        count = conn.execute(
-            sql.SQL("SELECT count(*) FROM {}.{}").format(
-                sql.Identifier(schema), sql.Identifier(name)
-            )
-        ).fetchone()[0]  # type: ignore[index]
-        hypertable_size = _hypertable_size(conn, schema, name)
-        tables.append({"table": qualified, "rows": count, "bytes": hypertable_size or size})
+        hypertable = _hypertable_facts(conn, schema, name)
+        entry: dict = {"table": qualified, "bytes": hypertable[0] if hypertable else size}
+        if exact:
+            entry["rows"] = conn.execute(
+                sql.SQL("SELECT count(*) FROM {}.{}").format(
+                    sql.Identifier(schema), sql.Identifier(name)
+                )
+            ).fetchone()[0]  # type: ignore[index]
+        else:
+            entry["rows_estimate"] = max(hypertable[1] if hypertable else estimate, 0)
+        tables.append(entry)
     return tables
 
 
-def _hypertable_size(conn: psycopg.Connection, schema: str, name: str) -> int | None:
+def _hypertable_facts(conn: psycopg.Connection, schema: str, name: str) -> tuple[int, int] | None:
+    """(total bytes, approximate rows) of a hypertable, or None for a plain table."""
     try:
         with conn.transaction():
             row = conn.execute(
-                "SELECT hypertable_size(format('%%I.%%I', %s::text, %s::text)::regclass)",
-                (schema, name),
+                "SELECT hypertable_size(r), approximate_row_count(r)"
+                " FROM (SELECT format('%%I.%%I', %s::text, %s::text)::regclass AS r) t"
+                " WHERE EXISTS (SELECT 1 FROM timescaledb_information.hypertables"
+                "  WHERE hypertable_schema = %s AND hypertable_name = %s)",
+                (schema, name, schema, name),
             ).fetchone()
     except psycopg.Error:
-        return None  # not a hypertable, or no timescaledb
-    return row[0] if row else None
+        return None  # no timescaledb in this database
+    return (row[0], row[1]) if row else None
 
 
 def _stream_to_file(cmd: list[str], env: dict[str, str], target: Path) -> tuple[int, str]:
@@ -294,7 +308,9 @@ def backup(
             )
             snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
             only = ["public.knowledge_artifacts"] if knowledge_only else None
-            tables = table_counts(conn, only)
+            # Exact counts cost a full read of every table, as much as a good part of the
+            # dump itself: only with --verify, which is the thorough mode.
+            tables = table_counts(conn, only, exact=verify)
             migrations = _applied_migration_versions(conn)
             when = datetime.now(UTC)
             final = out_dir / backup_name(settings.dbname, knowledge_only, fmt, when)
@@ -340,6 +356,7 @@ def backup(
             "server_version": facts["server_version"],
             "extensions": facts["extensions"],
             "tables": tables,
+            "row_counts": "exact" if verify else "estimated",
             "migrations": migrations,
         }
         manifest_path = _manifest_path(final)

@@ -54,6 +54,7 @@ SCHEMA: dict[str, Any] = {
         "api_key_env": str,
         "timeout": (int, float),
         "max_retries": int,
+        "ef_search": int,
     },
     "backup": {
         "dir": str,
@@ -438,7 +439,7 @@ def _embedding_config(data: Mapping[str, Any]):
         raise ConfigError(
             f"{CONFIG_NAME}: embedding.provider must be one of {', '.join(DEFAULT_MODELS)}, got {provider!r}"
         )
-    for key in ("dimensions", "batch_size", "max_retries"):
+    for key in ("dimensions", "batch_size", "max_retries", "ef_search"):
         value = _get(data, f"embedding.{key}")
         if value is not None and value < (0 if key == "max_retries" else 1):
             raise ConfigError(f"{CONFIG_NAME}: embedding.{key} must be positive, got {value}")
@@ -451,6 +452,7 @@ def _embedding_config(data: Mapping[str, Any]):
         base_url=_get(data, "embedding.base_url") or defaults.base_url,
         api_key_env=_get(data, "embedding.api_key_env") or defaults.api_key_env,
         timeout=float(_get(data, "embedding.timeout") or defaults.timeout),
+        ef_search=_get(data, "embedding.ef_search") or defaults.ef_search,
         max_retries=_get(data, "embedding.max_retries")
         if _get(data, "embedding.max_retries") is not None
         else defaults.max_retries,

@@ -40,6 +40,9 @@ class EmbeddingConfig:
     api_key_env: str = "OPENAI_API_KEY"
     timeout: float = 30.0
     max_retries: int = 5
+    # HNSW candidates per search (pgvector's hnsw.ef_search): at 100,000 vectors 200 gave
+    # recall@10 0.99 at 5 ms p95 where pgvector's default 40 gave 0.83 (bench/results).
+    ef_search: int = 200
 
 
 class Provider(Protocol):

@@ -86,8 +86,12 @@ def search_vector(
     tags: Sequence[str] = (),
     top_k: int = 10,
     min_similarity: float | None = None,
+    ef_search: int | None = None,
 ) -> list[SearchHit]:
-    """The nearest artifacts to an already-embedded query (the database part of search)."""
+    """The nearest artifacts to an already-embedded query (the database part of search).
+
+    `ef_search` (default: embedding.ef_search, at least 2 * top_k) trades latency for recall.
+    """
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
     if min_similarity is not None and not -1 <= min_similarity <= 1:
@@ -108,7 +112,8 @@ def search_vector(
     }
     with conn.transaction():
         # Enough candidates for top_k, and keep scanning the index while filters reject rows.
-        conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(40, 2 * top_k)),))
+        candidates = max(ef_search or config.ef_search, 2 * top_k)
+        conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(min(candidates, 1000)),))
         conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
         rows = conn.execute(statement, params).fetchall()
     return [SearchHit(*row) for row in rows]

@@ -238,7 +238,7 @@ def test_non_empty_target_needs_force_and_force_replaces_it_whole(full_db, tmp_p
 
 
 def test_failed_restore_leaves_the_target_exactly_as_it_was(full_db, tmp_path):
-    result = backup(full_db, tmp_path / "b")
+    result = backup(full_db, tmp_path / "b", verify=True)
     manifest_path = result.manifest
     manifest = json.loads(manifest_path.read_text())
     manifest["tables"] = [
@@ -287,3 +287,19 @@ def test_restore_cli_latest_and_usage_errors(full_db, target, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["tables"]["public.places"] == 100
+
+
+def test_plain_backups_record_estimates_and_verified_ones_exact_counts(full_db, target, tmp_path):
+    with psycopg.connect(**full_db.conninfo(), autocommit=True) as conn:
+        conn.execute("ANALYZE")
+    fast = json.loads(backup(full_db, tmp_path / "b").manifest.read_text())
+    assert fast["row_counts"] == "estimated"
+    usage = next(t for t in fast["tables"] if t["table"] == "public.artifact_usage")
+    assert "rows" not in usage and 1000 <= usage["rows_estimate"] <= 2000
+    thorough = json.loads(backup(full_db, tmp_path / "b", verify=True).manifest.read_text())
+    assert thorough["row_counts"] == "exact"
+    assert (
+        next(t for t in thorough["tables"] if t["table"] == "public.artifact_usage")["rows"] == 1500
+    )
+    restored = restore(full_db, tmp_path / "b" / fast["file"], target_db=target)
+    assert restored.tables["public.artifact_usage"] == 1500
