@@ -116,7 +116,6 @@ class Settings:
     backup_keep: int | None = None
     backup_format: str = "custom"
     embedding: Any = None  # providers.EmbeddingConfig; Any keeps this module free of imports
-    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def is_local(self) -> bool:
@@ -417,7 +416,6 @@ def load_settings(
         backup_dir=_resolve_path(project_root, _get(data, "backup.dir") or "backups"),
         backup_keep=_get(data, "backup.keep"),
         backup_format=_backup_format(_get(data, "backup.format")),
-        raw=data,
     )
 
 
