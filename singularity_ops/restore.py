@@ -1,6 +1,6 @@
 """restore: put a verified backup back, following TimescaleDB's documented procedure.
 
-1. Verify the dump against its manifest (size, sha256, pg_restore --list) before touching
+1. Verify the dump against its manifest (size and sha256) before touching
    anything: a truncated or corrupted dump is refused.
 2. Restore into a new scratch database, never into the target itself: create the recorded
    extensions first (warning when the installed timescaledb differs from the manifest's),
@@ -93,7 +93,7 @@ def restore(
     """Restore `dump` into target_db (default: the configured database)."""
     started = time.monotonic()
     dump = dump.resolve()
-    manifest = verify_backup(dump, settings)  # refuses corrupted or truncated dumps first
+    manifest = verify_backup(dump, settings, list_archive=False)  # refuses corrupted dumps first
     target = target_db or settings.dbname
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     scratch = f"{target[:40]}__restoring_{stamp}"
