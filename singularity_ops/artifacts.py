@@ -33,6 +33,19 @@ class ArtifactNotFound(SingularityOpsError):
     """No artifact with that type, id (and version)."""
 
 
+def _lookup(artifact_type: str, artifact_id: str, version: str) -> tuple[str, list[Any], str]:
+    """WHERE ... ORDER BY ... LIMIT 1 finding one artifact (latest or given version), its
+    parameters, and how to name it in a message. Always by type and id, never by id alone."""
+    where = "artifact_type = %s AND artifact_id = %s"
+    params: list[Any] = [artifact_type, artifact_id]
+    label = f"{artifact_type}/{artifact_id}"
+    if version != LATEST:
+        where += " AND version = %s"
+        params.append(version)
+        label += f" version {version}"
+    return f"WHERE {where} ORDER BY {_LATEST_ORDER} LIMIT 1", params, label
+
+
 @dataclass(frozen=True)
 class ArtifactRecord:
     """One row of knowledge_artifacts, without the raw text and the vector."""
@@ -75,21 +88,12 @@ def get_artifact(
     conn: psycopg.Connection, artifact_type: str, artifact_id: str, version: str = LATEST
 ) -> ArtifactRecord:
     """One artifact by type and id; `version` defaults to the latest by version ordering."""
-    query = (
-        f"SELECT {_COLUMNS} FROM knowledge_artifacts WHERE artifact_type = %s AND artifact_id = %s"
-    )
-    params: list[Any] = [artifact_type, artifact_id]
-    if version != LATEST:
-        query += " AND version = %s"
-        params.append(version)
-    query += f" ORDER BY {_LATEST_ORDER} LIMIT 1"
+    clause, params, label = _lookup(artifact_type, artifact_id, version)
+    query = f"SELECT {_COLUMNS} FROM knowledge_artifacts {clause}"
     row = conn.cursor(row_factory=class_row(ArtifactRecord)).execute(query, params).fetchone()
     if row is None:
-        what = f"{artifact_type}/{artifact_id}" + (
-            "" if version == LATEST else f" version {version}"
-        )
         raise ArtifactNotFound(
-            f"no artifact {what}; list them with `singularity-ops status` or import it first"
+            f"no artifact {label}; list them with `singularity-ops status` or import it first"
         )
     return row
 
@@ -145,20 +149,14 @@ def record_usage(
     """Record one use in artifact_usage and update the counters, in one transaction."""
     if duration_ms is not None and duration_ms < 0:
         raise SingularityOpsError(f"duration must be zero or more milliseconds, got {duration_ms}")
+    clause, params, label = _lookup(artifact_type, artifact_id, version)
     with conn.transaction():
-        version_clause = "" if version == LATEST else "AND version = %s"
-        params: list[Any] = [artifact_type, artifact_id] + ([] if version == LATEST else [version])
         row = conn.execute(
-            f"SELECT id, version FROM knowledge_artifacts WHERE artifact_type = %s AND artifact_id = %s "
-            f"{version_clause} ORDER BY {_LATEST_ORDER} LIMIT 1 FOR UPDATE",
-            params,
+            f"SELECT id, version FROM knowledge_artifacts {clause} FOR UPDATE", params
         ).fetchone()
         if row is None:
-            what = f"{artifact_type}/{artifact_id}" + (
-                "" if version == LATEST else f" version {version}"
-            )
             raise ArtifactNotFound(
-                f"no artifact {what} to record usage for (artifacts are looked up by type and id); "
+                f"no artifact {label} to record usage for (artifacts are looked up by type and id); "
                 "check the spelling or import it first"
             )
         pk, found_version = row

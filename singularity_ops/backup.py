@@ -35,6 +35,7 @@ from psycopg import sql
 from . import __version__
 from .config import Settings
 from .errors import SingularityOpsError
+from .migrate import applied_migrations
 from .pgbin import PgProgram, find_program, require_major
 
 LOCK_FILE = ".singularity-backup.lock"
@@ -107,7 +108,7 @@ def directory_lock(directory: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _pg_env(settings: Settings) -> tuple[str, dict[str, str]]:
+def pg_env(settings: Settings) -> tuple[str, dict[str, str]]:
     """A conninfo for the command line (no password) and the environment carrying the password."""
     from psycopg.conninfo import make_conninfo
 
@@ -228,16 +229,23 @@ def _last_lines(text: str, n: int = 4) -> str:
     return " | ".join(lines[-n:]) if lines else "(no message)"
 
 
+def _hash_file(digest, path: Path) -> int:
+    """Feed a file into `digest` in chunks (never whole into memory); return its size."""
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size
+
+
 def directory_digest(path: Path) -> tuple[int, str]:
     """Size and sha256 over a directory-format dump: every file's name and bytes, sorted."""
     digest = hashlib.sha256()
     size = 0
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with open(file, "rb") as fh:
-            while chunk := fh.read(CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
+        size += _hash_file(digest, file)
     return size, digest.hexdigest()
 
 
@@ -246,11 +254,7 @@ def file_digest(path: Path) -> tuple[int, str]:
     if path.is_dir():
         return directory_digest(path)
     digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
+    size = _hash_file(digest, path)
     return size, digest.hexdigest()
 
 
@@ -317,7 +321,7 @@ def backup(
             # Exact counts cost a full read of every table, as much as a good part of the
             # dump itself: only with --verify, which is the thorough mode.
             tables = table_counts(conn, only, exact=verify)
-            migrations = _applied_migration_versions(conn)
+            migrations = sorted(applied_migrations(conn))
             when = datetime.now(UTC)
             final = out_dir / backup_name(settings.dbname, knowledge_only, fmt, when)
             while final.exists() or _manifest_path(final).exists():
@@ -325,7 +329,7 @@ def backup(
                 when = datetime.now(UTC)
                 final = out_dir / backup_name(settings.dbname, knowledge_only, fmt, when)
             partial = out_dir / f".{final.name}.partial-{os.getpid()}"
-            conninfo, env = _pg_env(settings)
+            conninfo, env = pg_env(settings)
             cmd = [
                 str(pg_dump.path),
                 f"--format={fmt}",
@@ -376,13 +380,6 @@ def backup(
     return BackupResult(
         final, manifest_path, fmt, size, sha, time.monotonic() - started, verified, deleted
     )
-
-
-def _applied_migration_versions(conn: psycopg.Connection) -> list[int]:
-    exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]  # type: ignore[index]
-    if not exists:
-        return []
-    return [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY 1")]
 
 
 def _run_directory_dump(cmd: list[str], env: dict[str, str], partial: Path) -> None:

@@ -429,32 +429,31 @@ def embed_cmd(ctx: click.Context, rebuild: bool, batch_size: int | None, as_json
       singularity-ops embed && singularity-ops search "NATS consumer with error handling"
     """
     from .db import connect
-    from .embed import embed, pending_count
-    from .providers import make_provider
+    from .embed import embed
 
     settings = settings_of(ctx)
-    config = settings.embedding
+    bars = []  # created at the first finished batch: a run with nothing to do draws nothing
+
+    def advance(done: int, total: int) -> None:
+        if not sys.stderr.isatty():
+            return
+        if not bars:
+            bars.append(click.progressbar(length=total, label="embedding", file=sys.stderr))
+        bars[0].update(done - bars[0].pos)
+
     with connect(settings, autocommit=True) as conn:
-        if not rebuild and pending_count(conn, config) == 0:
-            provider = None  # nothing to do: skip loading the model (seconds of torch import)
-        else:
-            provider = make_provider(config)
-        bar = None
-        if provider is not None and sys.stderr.isatty():
-            bar = click.progressbar(length=1, label="embedding", file=sys.stderr)
-
-        def advance(done: int, total: int) -> None:
-            if bar is not None:
-                bar.length = total
-                bar.update(done - bar.pos)
-
         try:
             result = embed(
-                conn, provider, config, rebuild=rebuild, batch_size=batch_size, progress=advance
+                conn,
+                None,
+                settings.embedding,
+                rebuild=rebuild,
+                batch_size=batch_size,
+                progress=advance,
             )
         finally:
-            if bar is not None:
-                bar.render_finish()
+            if bars:
+                bars[0].render_finish()
     if as_json:
         emit_json(result)
         return

@@ -83,15 +83,21 @@ def connect(
     if _routed is not None and (dbname is None or dbname == _routed.info.dbname):
         return _routed
     try:
-        conn = psycopg.connect(**settings.conninfo(dbname), autocommit=autocommit)
+        conn = _open(settings, settings.conninfo(dbname), autocommit=autocommit)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(_explain(settings, dbname or settings.dbname, exc)) from None
+    _register_vector(conn)
+    return conn
+
+
+def _open(settings: Settings, params: dict, *, autocommit: bool) -> psycopg.Connection:
+    """psycopg.connect, then make sure a local target is this project's own cluster."""
+    conn = psycopg.connect(**params, autocommit=autocommit)
     try:
         check_local_identity(settings, conn)
     except BaseException:
         conn.close()
         raise
-    _register_vector(conn)
     return conn
 
 
@@ -165,13 +171,7 @@ def wait_for_server(settings: Settings, timeout: float) -> psycopg.Connection:
             # Never let one attempt against a silent host outlast the whole --timeout.
             remaining = max(deadline - time.monotonic(), 0)
             params["connect_timeout"] = max(2, min(settings.connect_timeout, math.ceil(remaining)))
-            conn = psycopg.connect(**params, autocommit=True)
-            try:
-                check_local_identity(settings, conn)
-            except BaseException:
-                conn.close()
-                raise
-            return conn
+            return _open(settings, params, autocommit=True)
         except psycopg.OperationalError as exc:
             last = exc
             if _database_missing(exc) and len(maintenance) > 1:
@@ -187,6 +187,12 @@ def wait_for_server(settings: Settings, timeout: float) -> psycopg.Connection:
     assert last is not None
     message = _explain(settings, maintenance[0], last)
     raise DatabaseUnavailable(f"gave up after {timeout:g} s (--timeout): {message}")
+
+
+def relation_exists(conn: psycopg.Connection, name: str) -> bool:
+    """True when a table, index or view of that name is visible on the search path."""
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+    return bool(row and row[0])
 
 
 def database_exists(conn: psycopg.Connection, dbname: str) -> bool:

@@ -22,9 +22,9 @@ import psycopg
 from pgvector import Vector
 from psycopg import sql
 
-from .db import lock_key
+from .db import lock_key, relation_exists
 from .errors import SingularityOpsError
-from .providers import EmbeddingConfig, Provider, ProviderError, model_key
+from .providers import EmbeddingConfig, Provider, ProviderError, make_provider, model_key
 
 # Bump when embedding_text() changes: that is a model change for staleness purposes.
 TEXT_VERSION = "t1"
@@ -108,8 +108,7 @@ def index_name(key: str) -> str:
 def ensure_index(conn: psycopg.Connection, key: str, dimensions: int) -> bool:
     """Create the model's HNSW cosine index if missing. True when it was created."""
     name = index_name(key)
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]  # type: ignore[index]
-    if exists:
+    if relation_exists(conn, name):
         return False
     with conn.transaction():
         conn.execute(
@@ -136,15 +135,6 @@ def _stale_condition() -> str:
     )
 
 
-def pending_count(conn: psycopg.Connection, config: EmbeddingConfig) -> int:
-    """How many artifacts embed would work on (0 means: do not even load the model)."""
-    key = model_key(config, TEXT_VERSION)
-    row = conn.execute(
-        f"SELECT count(*) FROM knowledge_artifacts WHERE {_stale_condition()}", {"key": key}
-    ).fetchone()
-    return row[0] if row else 0
-
-
 def embed(
     conn: psycopg.Connection,
     provider: Provider | None,
@@ -156,7 +146,9 @@ def embed(
 ) -> EmbedResult:
     """Embed artifacts that have no embedding, a stale one, or (with rebuild) all of them.
 
-    `conn` must be in autocommit mode: every batch is its own transaction.
+    `conn` must be in autocommit mode: every batch is its own transaction. With provider None,
+    the configured one is created only when there is work: a run with nothing to do never
+    loads a model (seconds of torch import).
     """
     if not conn.autocommit:
         raise ValueError("embed() needs an autocommit connection: each batch commits on its own")
@@ -185,11 +177,8 @@ def embed(
             )
         ]
         total = conn.execute("SELECT count(*) FROM knowledge_artifacts").fetchone()[0]  # type: ignore[index]
-        had_index = conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL", (index_name(key),)
-        ).fetchone()[0]  # type: ignore[index]
         if todo and provider is None:
-            raise ValueError("embed() was given no provider but has work to do")
+            provider = make_provider(config)
         embedded = 0
         for start in range(0, len(todo), batch_size):
             try:
@@ -212,7 +201,7 @@ def embed(
         up_to_date=total - len(todo),
         failed=len(todo) - embedded,
         index=index_name(key),
-        index_created=created and not had_index,
+        index_created=created,
         seconds=time.monotonic() - started,
     )
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psycopg
 
-from .db import lock_key
+from .db import lock_key, relation_exists
 from .errors import ConfigError, SingularityOpsError
 
 NO_TRANSACTION_MARKER = "-- singularity-ops: no-transaction"
@@ -158,8 +158,7 @@ def _ensure_table(conn: psycopg.Connection) -> None:
 
 def applied_migrations(conn: psycopg.Connection) -> dict[int, AppliedMigration]:
     """schema_migrations as a dict by version; empty when the table does not exist yet."""
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,)).fetchone()
-    if not exists or not exists[0]:
+    if not relation_exists(conn, TABLE):
         return {}
     rows = conn.execute(
         f"SELECT version, name, checksum, applied_at, execution_ms FROM {TABLE} ORDER BY version"

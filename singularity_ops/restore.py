@@ -26,7 +26,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from .backup import BackupError, good_backups, table_counts, verify_backup
+from .backup import BackupError, good_backups, pg_env, table_counts, verify_backup
 from .config import Settings
 from .db import connect, database_exists, wait_for_server
 from .errors import SingularityOpsError
@@ -79,6 +79,12 @@ def _terminate(admin: psycopg.Connection, dbname: str) -> None:
     )
 
 
+def _rename(admin: psycopg.Connection, old: str, new: str) -> None:
+    admin.execute(
+        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new))
+    )
+
+
 def _drop(admin: psycopg.Connection, dbname: str) -> None:
     admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
 
@@ -124,24 +130,12 @@ def restore(
         # The swap: the only moment the target name changes hands.
         if exists:
             _terminate(admin, target)
-            admin.execute(
-                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                    sql.Identifier(target), sql.Identifier(aside)
-                )
-            )
+            _rename(admin, target, aside)
         try:
-            admin.execute(
-                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                    sql.Identifier(scratch), sql.Identifier(target)
-                )
-            )
+            _rename(admin, scratch, target)
         except psycopg.Error:
             if exists:
-                admin.execute(
-                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                        sql.Identifier(aside), sql.Identifier(target)
-                    )
-                )
+                _rename(admin, aside, target)
             _drop(admin, scratch)
             raise
         if exists:
@@ -214,9 +208,7 @@ def _restore_into(
 
 
 def _run_restore(settings: Settings, dump: Path, manifest: dict, dbname: str) -> None:
-    from .backup import _pg_env
-
-    conninfo, env = _pg_env(_with_db(settings, dbname))
+    conninfo, env = pg_env(_with_db(settings, dbname))
     if manifest["format"] == "plain":
         psql = find_program("psql", settings.bindir)
         cmd = [

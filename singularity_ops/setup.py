@@ -111,14 +111,10 @@ def _import(settings: Settings) -> tuple[bool, str]:
 
 def _embed(settings: Settings) -> tuple[bool, str]:
     from .db import connect
-    from .embed import embed, pending_count
-    from .providers import make_provider
+    from .embed import embed
 
     with connect(settings, autocommit=True) as conn:
-        provider = (
-            make_provider(settings.embedding) if pending_count(conn, settings.embedding) else None
-        )
-        r = embed(conn, provider, settings.embedding)
+        r = embed(conn, None, settings.embedding)
     if r.embedded:
         return True, f"{r.embedded} embedded, {r.up_to_date} up to date"
     return False, f"{r.up_to_date} artifacts up to date"
@@ -145,20 +141,17 @@ def select_steps(skip: Sequence[str] = (), only: Sequence[str] = ()) -> list[str
 
 def verify(settings: Settings) -> Verification:
     """Counts that show the knowledge base is ready."""
-    from .db import connect
+    from .artifacts import stats
+    from .db import connect, relation_exists
     from .extensions import installed_extensions
 
     with connect(settings) as conn:
         extensions = {k: v for k, v in installed_extensions(conn).items() if k != "plpgsql"}
-        has_table = conn.execute(
-            "SELECT to_regclass('knowledge_artifacts') IS NOT NULL"
-        ).fetchone()[0]  # type: ignore[index]
+        has_table = relation_exists(conn, "knowledge_artifacts")
         artifacts = embedded = 0
         if has_table:
-            artifacts, embedded = conn.execute(
-                "SELECT count(*), count(*) FILTER (WHERE embedding IS NOT NULL AND embedded_hash = content_hash)"
-                " FROM knowledge_artifacts"
-            ).fetchone()  # type: ignore[misc]
+            counts = stats(conn)
+            artifacts, embedded = counts.total, counts.embeddings.present
     return Verification(artifacts, embedded, extensions)
 
 

@@ -8,6 +8,7 @@ import psycopg
 
 from .artifacts import KnowledgeStats, stats
 from .config import Settings
+from .db import relation_exists
 from .extensions import installed_extensions
 from .migrate import applied_migrations, discover
 
@@ -31,7 +32,7 @@ def collect_status(conn: psycopg.Connection, settings: Settings) -> StatusReport
     applied = applied_migrations(conn)
     files = discover(settings.migrations_dir) if settings.migrations_dir.is_dir() else []
     pending = [f.filename for f in files if f.version not in applied]
-    has_schema = conn.execute("SELECT to_regclass('knowledge_artifacts') IS NOT NULL").fetchone()[0]  # type: ignore[index]
+    has_schema = relation_exists(conn, "knowledge_artifacts")
     return StatusReport(
         target=settings.url(),
         environment=settings.environment,

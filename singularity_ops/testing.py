@@ -90,7 +90,7 @@ def sandbox(settings: Settings) -> Iterator[psycopg.Connection]:
     """
     import psycopg
 
-    from .db import _register_vector, use_connection
+    from .db import _register_vector, relation_exists, use_connection
 
     cls = _sandbox_class()
     try:
@@ -101,9 +101,7 @@ def sandbox(settings: Settings) -> Iterator[psycopg.Connection]:
             f"{settings.redact(str(exc).strip().splitlines()[0])}; {SETUP_HINT}"
         ) from None
     try:
-        migrated = conn.execute("SELECT to_regclass('knowledge_artifacts') IS NOT NULL").fetchone()[
-            0
-        ]
+        migrated = relation_exists(conn, "knowledge_artifacts")
         conn.rollback()
         if not migrated:
             raise SandboxUnavailable(

@@ -28,6 +28,15 @@ def local_provider():
     return LocalProvider(LOCAL)
 
 
+class UnusedProvider:
+    """A provider that fails the test if embed() asks it for anything."""
+
+    name, model, dimensions = "unused", LOCAL.model, LOCAL.dimensions
+
+    def embed(self, texts):
+        raise AssertionError(f"embed() did model work on {len(texts)} texts")
+
+
 def small_corpus(root):
     write(
         root,
@@ -119,7 +128,7 @@ def test_second_run_does_no_model_work_and_changes_are_picked_up(
 ):
     settings, root = corpus_db
     run_embed(settings, local_provider)
-    again = run_embed(settings, None)  # no provider at all: proves no model work
+    again = run_embed(settings, UnusedProvider())  # proves no model work
     assert (again.embedded, again.up_to_date) == (0, 5)
     write(
         root,
