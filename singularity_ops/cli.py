@@ -468,7 +468,15 @@ def embed_cmd(ctx: click.Context, rebuild: bool, batch_size: int | None, as_json
 
 
 @cli.command("search")
-@click.argument("query")
+@click.argument("query", required=False)
+@click.option(
+    "--mode",
+    type=click.Choice(["hybrid", "vector", "text"]),
+    default="hybrid",
+    show_default=True,
+    help="vector: by meaning (the model); text: by words (full text, no model); hybrid: both "
+    "fused by reciprocal rank.",
+)
 @click.option(
     "--type", "types", multiple=True, metavar="TYPE", help="Only this artifact type (repeatable)."
 )
@@ -480,43 +488,56 @@ def embed_cmd(ctx: click.Context, rebuild: bool, batch_size: int | None, as_json
 @click.option(
     "--min-similarity",
     type=click.FloatRange(-1, 1),
-    help="Drop results less similar than this (-1..1).",
+    help="Drop results less similar than this (-1..1; vector and hybrid).",
+)
+@click.option(
+    "--stdin",
+    "from_stdin",
+    is_flag=True,
+    help="Read one query per line from stdin; write one JSON line per query (the model loads once).",
 )
 @json_option
 @click.pass_context
 def search_cmd(
-    ctx, query: str, types, language, tags, top_k: int, min_similarity: float, as_json: bool
+    ctx, query, mode: str, types, language, tags, top_k: int, min_similarity, from_stdin, as_json
 ):
-    """Semantic search: the artifacts nearest to QUERY, with their cosine similarity.
+    """Find artifacts by meaning and words: the best matches for QUERY, best first.
+
+    Cheap checks (connection, schema, filter values, embedded model) run before the model
+    loads; --mode text needs no model at all.
 
     \b
-    Example:
+    Examples:
       singularity-ops search "retry with backoff" --language python --top-k 5 --json
+      printf 'nats consumer\\nsafe index\\n' | singularity-ops search --stdin --top-k 3
     """
     from .db import connect
     from .errors import ConfigError
-    from .providers import make_provider
-    from .search import search
+    from .search import search_many
 
-    if not query.strip():
+    if query is not None and not query.strip():
         raise ConfigError("the search query is empty; say what you are looking for")
+    if from_stdin == (query is not None):
+        raise ConfigError("give a QUERY or --stdin (one query per line), not both or neither")
     settings = settings_of(ctx)
-    provider = make_provider(settings.embedding)
+    options = dict(
+        types=types, language=language, tags=tags, top_k=top_k, min_similarity=min_similarity
+    )
+    queries = (line.rstrip("\n") for line in sys.stdin) if from_stdin else [query]
     with connect(settings, autocommit=True) as conn:
-        hits = search(
-            conn,
-            provider,
-            settings.embedding,
-            query,
-            types=types,
-            language=language,
-            tags=tags,
-            top_k=top_k,
-            min_similarity=min_similarity,
-        )
-    if as_json:
-        emit_json(hits)
-        return
+        for text, hits in search_many(
+            conn, None, settings.embedding, queries, mode=mode, **options
+        ):
+            if from_stdin:
+                click.echo(json.dumps({"query": text, "mode": mode, "hits": _to_jsonable(hits)}))
+                sys.stdout.flush()  # a reader (an agent, a pipe) gets each answer at once
+            elif as_json:
+                emit_json(hits)
+            else:
+                _print_hits(hits, mode)
+
+
+def _print_hits(hits, mode: str) -> None:
     if not hits:
         click.echo("no results (is everything embedded? try `singularity-ops embed`)", err=True)
         return
@@ -524,7 +545,11 @@ def search_cmd(
         label = f"{hit.artifact_type}/{hit.artifact_id}@{hit.version}"
         extra = f"  {hit.name}" if hit.name else ""
         stale = "  (stale embedding)" if hit.stale else ""
-        click.echo(f"{hit.similarity:.3f}  {label}{extra}{stale}")
+        if mode == "text":
+            lead = f"{hit.score:.3f}"
+        else:
+            lead = "  -  " if hit.similarity is None else f"{hit.similarity:.3f}"
+        click.echo(f"{lead}  {label}{extra}{stale}")
 
 
 @cli.command("backup")
@@ -891,6 +916,60 @@ def migrate_new_cmd(ctx: click.Context, description: str, as_json: bool) -> None
         emit_json({"path": path})
     else:
         click.echo(path)
+
+
+@cli.group("model")
+def model_group() -> None:
+    """The local embedding model: build and check its ONNX graph."""
+
+
+@model_group.command("build")
+@click.option("--force", is_flag=True, help="Rebuild even when the cached graph looks right.")
+@click.option("--verify", is_flag=True, help="Re-hash the cached files (catches bit rot).")
+@json_option
+@click.pass_context
+def model_build_cmd(ctx: click.Context, force: bool, verify: bool, as_json: bool) -> None:
+    """Build the ONNX graph of the local model from its packaged weights (once; cached).
+
+    The cache lives outside the checkout (SINGULARITY_CACHE_DIR, else ~/.cache/singularity-ops),
+    keyed by the weights' sha256. A missing, stale or corrupt entry is rebuilt; a good one is
+    left alone. ./scripts/setup runs this.
+
+    \b
+    Example:
+      singularity-ops model build --verify
+    """
+    import time
+
+    from .local_model import ensure_graph
+
+    started = time.monotonic()
+    result = ensure_graph(force=force, verify=verify)
+    if as_json:
+        emit_json({**_to_jsonable(result), "seconds": time.monotonic() - started})
+        return
+    state = f"built in {time.monotonic() - started:.1f} s" if result.built else "up to date"
+    info(ctx, f"{result.path.parent}: {state}")
+
+
+@model_group.command("status")
+@click.option("--verify", is_flag=True, help="Re-hash the cached files.")
+@json_option
+@click.pass_context
+def model_status_cmd(ctx: click.Context, verify: bool, as_json: bool) -> None:
+    """Show where the local model's ONNX graph is and whether it is usable (exit 1 if not).
+
+    \b
+    Example:
+      singularity-ops model status --json
+    """
+    from .local_model import ensure_graph
+
+    result = ensure_graph(build=False, verify=verify)
+    if as_json:
+        emit_json(result)
+        return
+    info(ctx, f"{result.path.parent}: usable (weights sha256 {result.weights_sha256[:16]})")
 
 
 @cli.group("server")

