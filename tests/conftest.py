@@ -143,3 +143,13 @@ def write_cli_config(directory: Path, settings: Settings, **sections: dict) -> P
     path = directory / "singularity.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+@pytest.fixture
+def corpus_db(kb_settings, tmp_path):
+    """A migrated database holding embed_fixtures.small_corpus (not embedded yet)."""
+    from embed_fixtures import imported, small_corpus
+
+    root = small_corpus(tmp_path / "td")
+    imported(kb_settings, root)
+    return kb_settings, root

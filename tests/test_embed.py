@@ -8,17 +8,14 @@ import psycopg
 import pytest
 from conftest import run_cli, write_cli_config
 from corpus_fixtures import write
+from embed_fixtures import LOCAL, UnusedProvider, imported, run_embed
 from fake_embeddings import FakeEmbeddingServer
 
-from singularity_ops.corpus import scan
 from singularity_ops.db import connect
-from singularity_ops.embed import TEXT_VERSION, ModelMismatch, embed, embedding_text, index_name
+from singularity_ops.embed import TEXT_VERSION, ModelMismatch, embedding_text, index_name
 from singularity_ops.errors import ConfigError
-from singularity_ops.importer import import_artifacts
 from singularity_ops.providers import EmbeddingConfig, OpenAIProvider, ProviderError, model_key
 from singularity_ops.search import search, search_sql, search_vector
-
-LOCAL = EmbeddingConfig()
 
 
 @pytest.fixture(scope="session")
@@ -26,89 +23,6 @@ def local_provider():
     from singularity_ops.providers import LocalProvider
 
     return LocalProvider(LOCAL)
-
-
-class UnusedProvider:
-    """A provider that fails the test if embed() asks it for anything."""
-
-    name, model, dimensions = "unused", LOCAL.model, LOCAL.dimensions
-
-    def embed(self, texts):
-        raise AssertionError(f"embed() did model work on {len(texts)} texts")
-
-
-def small_corpus(root):
-    write(
-        root,
-        "code/nats_consumer.json",
-        {
-            "id": "nats_consumer",
-            "name": "NATS JetStream consumer with error handling",
-            "language": "go",
-            "description": "Durable pull consumer that acks, naks with delay on transient errors and dead-letters poison messages.",
-            "tags": ["nats", "messaging"],
-        },
-    )
-    write(
-        root,
-        "code/css_grid.json",
-        {
-            "id": "css_grid",
-            "name": "Responsive CSS grid layout",
-            "language": "css",
-            "description": "A twelve column grid with breakpoints for phones, tablets and desktops.",
-            "tags": ["frontend"],
-        },
-    )
-    write(
-        root,
-        "code/pancakes.json",
-        {
-            "id": "pancakes",
-            "name": "Fluffy pancake recipe",
-            "description": "Flour, eggs, milk, and a hot pan.",
-            "tags": ["cooking"],
-        },
-    )
-    write(
-        root,
-        "prompts/commit_message.json",
-        {
-            "id": "commit_message",
-            "name": "Write a commit message",
-            "description": "Conventional commit from a diff.",
-            "tags": ["git"],
-        },
-    )
-    write(
-        root,
-        "prompts/queue_worker.json",
-        {
-            "id": "queue_worker",
-            "name": "Message queue worker retries",
-            "language": "go",
-            "description": "Consume messages from a queue and retry failures with backoff.",
-            "tags": ["messaging"],
-        },
-    )
-    return root
-
-
-def imported(settings, root):
-    with connect(settings, autocommit=True) as conn:
-        import_artifacts(conn, scan(root))
-
-
-@pytest.fixture
-def corpus_db(kb_settings, tmp_path):
-    root = small_corpus(tmp_path / "td")
-    imported(kb_settings, root)
-    return kb_settings, root
-
-
-def run_embed(settings, provider, config=LOCAL, **kwargs):
-    with connect(settings, autocommit=True) as conn:
-        return embed(conn, provider, config, **kwargs)
 
 
 def test_semantic_search_ranks_the_nats_consumer_first(corpus_db, local_provider):

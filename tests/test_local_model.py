@@ -1,0 +1,192 @@
+"""The local model on onnxruntime: equal to sentence-transformers, cached, rebuilt, no torch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from singularity_ops import local_model
+from singularity_ops.embed import embedding_text
+from singularity_ops.local_model import (
+    DATA_FILE,
+    GRAPH_FILE,
+    MANIFEST_FILE,
+    ModelError,
+    ensure_graph,
+    load_encoder,
+)
+
+# Fixed texts: short, non-ASCII (accents, CJK, emoji), code, and one far over 256 tokens.
+TEXTS = [
+    "NATS consumer with error handling",
+    "Grüße aus Köln: naïve café, crème brûlée, Ångström",
+    "日本語のテキストと中文文本, and an emoji 🚀 in between",
+    "def retry(fn, attempts=3):\n    for i in range(attempts):\n        try: return fn()\n        except Exception: time.sleep(2 ** i)",
+    "circuit breaker " * 300,
+    "x",
+]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """sentence-transformers on torch: the reference the ONNX graph must equal."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(local_model.weights_dir()), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return load_encoder()
+
+
+def corpus_texts():
+    """The embedding text of every starter artifact, as embed computes it."""
+    from singularity_ops.config import load_settings
+    from singularity_ops.corpus import scan
+
+    settings = load_settings(cwd=ROOT, env={})
+    result = scan(settings.templates_dir, type_map=settings.type_map)
+    return [
+        embedding_text(a.artifact_type, a.artifact_id, json.loads(a.content_raw))
+        for a in result.artifacts
+    ]
+
+
+def test_onnx_vectors_equal_sentence_transformers(reference, encoder):
+    texts = TEXTS + corpus_texts()
+    assert len(encoder.tokenizer.encode(TEXTS[4]).ids) == 256, "the long text is truncated at 256"
+    ours = np.array(encoder.encode(texts, batch_size=8))
+    theirs = reference.encode(texts, batch_size=8, normalize_embeddings=True)
+    cosines = (ours * theirs).sum(axis=1) / (
+        np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1)
+    )
+    assert ours.shape == (len(texts), 384)
+    assert cosines.min() >= 0.99999, list(zip(cosines.round(7), texts, strict=True))
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)
+
+
+def test_batching_and_order_do_not_change_vectors(encoder):
+    one_by_one = np.array([encoder.encode([t])[0] for t in TEXTS])
+    batched = np.array(encoder.encode(TEXTS, batch_size=4))
+    assert np.allclose(one_by_one, batched, atol=1e-5)
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SINGULARITY_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("SINGULARITY_ONNX_MODEL", raising=False)
+    return tmp_path / "cache"
+
+
+def test_missing_cache_is_built_once_then_reused(private_cache):
+    built = ensure_graph()
+    assert built.built and built.path.is_relative_to(private_cache)
+    assert ROOT not in built.path.parents, "the cache lives outside the checkout"
+    assert json.loads((built.path.parent / MANIFEST_FILE).read_text())["weights_sha256"] == (
+        built.weights_sha256
+    )
+    again = ensure_graph()
+    assert not again.built and again.path == built.path
+    leftovers = [p.name for p in built.path.parent.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_without_build_a_missing_graph_names_the_command(private_cache):
+    with pytest.raises(ModelError, match=r"not built yet.*run `singularity-ops model build`"):
+        ensure_graph(build=False)
+
+
+def test_truncated_graph_data_is_rebuilt(private_cache):
+    first = ensure_graph()
+    with open(first.path.parent / DATA_FILE, "r+b") as fh:
+        fh.truncate(1000)
+    with pytest.raises(ModelError, match="truncated or corrupt"):
+        ensure_graph(build=False)
+    rebuilt = ensure_graph()
+    assert rebuilt.built and (rebuilt.path.parent / DATA_FILE).stat().st_size > 80_000_000
+    assert load_encoder().encode(["ok"])[0].shape == (384,)
+
+
+def test_a_graph_onnxruntime_refuses_is_rebuilt_on_load(private_cache):
+    first = ensure_graph()
+    graph = first.path.parent / GRAPH_FILE
+    size = graph.stat().st_size
+    graph.write_bytes(b"\xff" * size)  # same size: only onnxruntime can tell
+    encoder = load_encoder()
+    assert graph.read_bytes() != b"\xff" * size
+    assert encoder.encode(["ok"])[0].shape == (384,)
+
+
+def test_verify_catches_a_flipped_bit_that_sizes_miss(private_cache):
+    first = ensure_graph()
+    data = first.path.parent / DATA_FILE
+    with open(data, "r+b") as fh:
+        fh.seek(12345)
+        byte = fh.read(1)
+        fh.seek(12345)
+        fh.write(bytes([byte[0] ^ 1]))
+    assert not ensure_graph().built, "the cheap check only compares sizes"
+    with pytest.raises(ModelError, match="does not match the sha256"):
+        ensure_graph(build=False, verify=True)
+    assert ensure_graph(verify=True).built
+
+
+def test_prebuilt_graph_directory_is_used_as_is(private_cache, monkeypatch, tmp_path):
+    built = ensure_graph()
+    monkeypatch.setenv("SINGULARITY_ONNX_MODEL", str(built.path.parent))
+    assert ensure_graph().path == built.path
+    monkeypatch.setenv("SINGULARITY_ONNX_MODEL", str(tmp_path / "nowhere"))
+    with pytest.raises(ModelError, match=r"SINGULARITY_ONNX_MODEL=.*cannot be used: not built yet"):
+        ensure_graph()
+
+
+def test_build_killed_before_its_rename_leaves_nothing_then_next_build_cleans_up(private_cache):
+    marker = private_cache.parent / "paused"
+    env = {
+        **os.environ,
+        "SINGULARITY_TEST_PAUSE": "model-build:before-rename",
+        "SINGULARITY_TEST_PAUSE_FILE": str(marker),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "singularity_ops", "model", "build"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "the build never reached its pause point"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    models = private_cache / "models" / local_model.MODEL_NAME
+    assert [p.name for p in models.iterdir() if not p.name.startswith(".")] == []
+    assert any(".partial-" in p.name for p in models.iterdir()), "the staging directory is left"
+    with pytest.raises(ModelError, match="not built yet"):
+        ensure_graph(build=False)
+    assert ensure_graph().built
+    assert [p.name for p in models.iterdir() if p.name.startswith(".")] == []
+
+
+def test_search_and_embed_never_import_torch(tmp_path):
+    code = (
+        "import sys\n"
+        "from singularity_ops.providers import EmbeddingConfig, make_provider\n"
+        "from singularity_ops import search\n"
+        "p = make_provider(EmbeddingConfig())\n"
+        "assert len(p.embed(['a', 'b'])[1]) == 384\n"
+        "heavy = {'torch', 'transformers', 'sentence_transformers'} & set(sys.modules)\n"
+        "print(sorted(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
