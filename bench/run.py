@@ -82,6 +82,37 @@ def timed(
     return elapsed
 
 
+def timed_failure(cmd: list[str]) -> float:
+    """Wall seconds of a command that must fail (a usage error, say)."""
+    started = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, cwd=ROOT, check=False)
+    if out.returncode == 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} was expected to fail")
+    return time.perf_counter() - started
+
+
+# Runs one command and reports its wall time and peak RSS. A separate small process because
+# Linux carries a parent's peak RSS into a forked child's ru_maxrss, and this one holds torch.
+_RSS_HELPER = (
+    "import os, subprocess, sys, time\n"
+    "t = time.perf_counter()\n"
+    "p = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)\n"
+    "_, status, usage = os.wait4(p.pid, 0)\n"
+    "print(time.perf_counter() - t, usage.ru_maxrss, os.waitstatus_to_exitcode(status))\n"
+)
+
+
+def timed_rss(cmd: list[str], *, cwd: Path = ROOT) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of one whole process, as /usr/bin/time -v reports them."""
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_HELPER, *cmd], capture_output=True, text=True, cwd=cwd
+    )
+    wall, rss, code = out.stdout.split()
+    if code != "0":
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed: {out.stderr[-800:]}")
+    return float(wall), int(rss)
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -112,14 +143,13 @@ class Bench:
         return settings
 
     def config_for(self, settings: Settings, templates: Path) -> Path:
+        """A singularity.yaml pointing the CLI at `settings`' database on any server (the
+        password, if any, travels in PGPASSWORD, never in the file)."""
         path = self.work / f"{settings.dbname}.yaml"
         path.write_text(
             json.dumps(
                 {
-                    "database": {"name": settings.dbname},
-                    "postgres": {
-                        "local": {"data_dir": str(settings.local.data_dir), "port": settings.port}
-                    },
+                    "database": {"url": settings.url()},
                     "migrations": {"dir": str(ROOT / "sql/migrations")},
                     "import": {"root": str(templates)},
                     "backup": {"dir": str(self.work / "backups")},
@@ -380,7 +410,149 @@ class Bench:
                 case = f"search with ef_search {other}: p95 (recall@10 {recall:.3f})"
                 self.add(Row(case, p95, None, "", None))
 
-    # -- 4. backup and restore ------------------------------------------------------------
+    # -- 4. the local model and search as a user runs it -----------------------------------
+    def bench_model(self, texts_count: int, cold_runs: int) -> None:
+        print("model: ONNX against sentence-transformers", flush=True)
+        import numpy as np
+        from sentence_transformers import SentenceTransformer
+
+        from singularity_ops.corpus import scan
+        from singularity_ops.embed import embed
+        from singularity_ops.importer import import_artifacts
+        from singularity_ops.local_model import load_encoder, weights_dir
+
+        tree = generate(self.work / f"modeltree{texts_count}", texts_count, seed=13)
+        texts = []
+        for a in scan(tree).artifacts:
+            texts.append(embedding_text(a.artifact_type, a.artifact_id, json.loads(a.content_raw)))
+        encoder = load_encoder()
+        reference = SentenceTransformer(str(weights_dir()), device="cpu")
+        batch = self.base.embedding.batch_size
+        ours = np.array(encoder.encode(texts, batch_size=batch))
+        theirs = reference.encode(texts, batch_size=batch, normalize_embeddings=True)
+        cosine = float((ours * theirs).sum(axis=1).min())
+        self.add(
+            Row(
+                f"vector equality, {len(texts)} texts: min cosine {cosine:.7f}",
+                None,
+                None,
+                "at least 0.99999",
+                cosine >= 0.99999,
+            )
+        )
+
+        def onnx() -> float:
+            started = time.perf_counter()
+            encoder.encode(texts, batch_size=batch)
+            return time.perf_counter() - started
+
+        def st() -> float:
+            started = time.perf_counter()
+            reference.encode(texts, batch_size=batch, normalize_embeddings=True)
+            return time.perf_counter() - started
+
+        pairs = [(onnx(), st()) for _ in range(self.args.repeat)]
+        t, r = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+        self.add(
+            Row(
+                f"embed {len(texts)} texts, batch {batch} (vs SentenceTransformer.encode)",
+                t,
+                r,
+                "at least 1.3x faster",
+                r >= 1.3 * t,
+                f"{r / t:.2f}x faster, {len(texts) / t:.0f} texts/s",
+            )
+        )
+
+        print("search as a user runs it: cold process, starter corpus", flush=True)
+        settings = self.fresh_db("bench_starter")
+        with connect(settings, autocommit=True) as conn:
+            import_artifacts(conn, scan(ROOT / "templates_data", type_map=self.base.type_map))
+            embed(conn, None, settings.embedding)
+        config = self.config_for(settings, ROOT / "templates_data")
+        query = "NATS consumer with error handling"
+        runs = max(self.args.repeat, cold_runs)
+        ours_runs = [
+            timed_rss([*OPS, "--config", str(config), "search", query]) for _ in range(runs)
+        ]
+        st_runs = [
+            timed_rss([sys.executable, str(ROOT / "bench" / "st_search.py"), str(config), query])
+            for _ in range(max(3, runs // 2))
+        ]
+        wall = statistics.median(w for w, _ in ours_runs)
+        rss = max(m for _, m in ours_runs) / 1024
+        st_wall = statistics.median(w for w, _ in st_runs)
+        st_rss = max(m for _, m in st_runs) / 1024
+        self.add(
+            Row(
+                f"search, cold process, median of {runs} (vs the sentence-transformers path)",
+                wall,
+                st_wall,
+                "under 1.0 s and 10x faster",
+                wall <= 1.0 and st_wall >= 10 * wall,
+                f"{st_wall / wall:.1f}x faster",
+            )
+        )
+        self.add(
+            Row(
+                f"search peak RSS: {rss:.0f} MiB (sentence-transformers path {st_rss:.0f} MiB)",
+                None,
+                None,
+                "under 250 MiB",
+                rss <= 250,
+            )
+        )
+        for mode in ("text", "vector"):
+            w = statistics.median(
+                timed_rss([*OPS, "--config", str(config), "search", query, "--mode", mode])[0]
+                for _ in range(self.args.repeat)
+            )
+            self.add(Row(f"search --mode {mode}, cold process", w, None, "", None))
+        bad = statistics.median(
+            timed_failure([*OPS, "--config", str(config), "search", query, "--type", "nosuch"])
+            for _ in range(self.args.repeat)
+        )
+        self.add(
+            Row(
+                "search --type nosuch (error before any model load)",
+                bad,
+                None,
+                "well under 1 s",
+                bad < 0.5,
+            )
+        )
+        self.bench_relevance(settings)
+
+    def bench_relevance(self, settings: Settings) -> None:
+        """hit@1, hit@5 and MRR@10 of each mode on bench/relevance.json (starter corpus)."""
+        from singularity_ops.search import MODES, search_many
+
+        cases = json.loads((ROOT / "bench" / "relevance.json").read_text())["queries"]
+        queries = [c["q"] for c in cases]
+        with connect(settings, autocommit=True) as conn:
+            for mode in MODES:
+                hit1 = hit5 = mrr = 0.0
+                answers = search_many(conn, None, settings.embedding, queries, mode=mode, top_k=10)
+                for case, (_q, hits) in zip(cases, answers, strict=True):
+                    ranked = [f"{h.artifact_type}/{h.artifact_id}" for h in hits]
+                    first = next((i for i, r in enumerate(ranked) if r in case["expect"]), None)
+                    if first is not None:
+                        hit1 += first == 0
+                        hit5 += first < 5
+                        mrr += 1 / (first + 1)
+                n = len(cases)
+                self.add(
+                    Row(
+                        f"relevance, {n} queries, --mode {mode}: hit@1 {hit1 / n:.2f},"
+                        f" hit@5 {hit5 / n:.2f}, MRR@10 {mrr / n:.3f}",
+                        None,
+                        None,
+                        "",
+                        None,
+                    )
+                )
+
+    # -- 5. backup and restore ------------------------------------------------------------
     def bench_backup(self, artifacts: int, usage_rows: int) -> None:
         print(f"backup/restore {artifacts} artifacts, {usage_rows} usage rows", flush=True)
         settings = self.fresh_db("bench_backup")
@@ -490,7 +662,7 @@ class Bench:
             )
         )
 
-    # -- 5. start-up ----------------------------------------------------------------------
+    # -- 6. start-up ----------------------------------------------------------------------
     def bench_startup(self) -> None:
         print("start-up", flush=True)
         settings = self.fresh_db("bench_startup")
@@ -573,22 +745,32 @@ def main() -> None:
         "--repeat", type=int, default=3, help="repetitions per case (median; at least 3)"
     )
     parser.add_argument(
-        "--only", action="append", choices=["import", "embed", "search", "backup", "startup"]
+        "--only",
+        action="append",
+        choices=["import", "embed", "search", "model", "backup", "startup"],
     )
     parser.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results", help="where latest.md goes"
     )
     args = parser.parse_args()
     args.repeat = max(args.repeat, 3)
-    only = set(args.only or ["import", "embed", "search", "backup", "startup"])
+    only = set(args.only or ["import", "embed", "search", "model", "backup", "startup"])
     sizes = (
-        {"import": [200], "embed": 20, "noop": 500, "search": (3000, 20), "backup": (200, 20_000)}
+        {
+            "import": [200],
+            "embed": 20,
+            "noop": 500,
+            "search": (3000, 20),
+            "model": (40, 3),
+            "backup": (200, 20_000),
+        }
         if args.quick
         else {
             "import": [10_000, 100_000],
             "embed": 500,
             "noop": 10_000,
             "search": (100_000, 200),
+            "model": (500, 7),
             "backup": (20_000, 3_000_000),
         }
     )
@@ -602,6 +784,8 @@ def main() -> None:
             bench.bench_embed(sizes["embed"], sizes["noop"])
         if "search" in only:
             bench.bench_search(*sizes["search"])
+        if "model" in only:
+            bench.bench_model(*sizes["model"])
         if "backup" in only:
             bench.bench_backup(*sizes["backup"])
         if "startup" in only:
