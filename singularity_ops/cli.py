@@ -829,9 +829,16 @@ def env_cmd(ctx: click.Context, as_json: bool) -> None:
     show_default=True,
     help="Seconds to wait for another migrate to finish.",
 )
+@click.option(
+    "--out-of-order",
+    is_flag=True,
+    help="Also apply pending migrations numbered below an applied one (refused by default).",
+)
 @json_option
 @click.pass_context
-def migrate_cmd(ctx: click.Context, dry_run: bool, lock_timeout: float, as_json: bool) -> None:
+def migrate_cmd(
+    ctx: click.Context, dry_run: bool, lock_timeout: float, out_of_order: bool, as_json: bool
+) -> None:
     """Apply pending SQL migrations from sql/migrations, in order, exactly once each.
 
     Refuses to run if an applied file was edited, renamed or removed. Concurrent runs wait
@@ -848,7 +855,13 @@ def migrate_cmd(ctx: click.Context, dry_run: bool, lock_timeout: float, as_json:
 
     settings = settings_of(ctx)
     with connect(settings, autocommit=True) as conn:
-        result = migrate(conn, settings.migrations_dir, dry_run=dry_run, lock_timeout=lock_timeout)
+        result = migrate(
+            conn,
+            settings.migrations_dir,
+            dry_run=dry_run,
+            lock_timeout=lock_timeout,
+            out_of_order=out_of_order,
+        )
     if as_json:
         emit_json(result)
         return

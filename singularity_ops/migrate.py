@@ -9,7 +9,11 @@
   serialises concurrent runs; the loser waits, then finds nothing left to do.
 - Each migration runs in its own transaction together with its schema_migrations row. A file
   whose first line is `-- singularity-ops: no-transaction` runs statement by statement
-  outside a transaction (for CREATE INDEX CONCURRENTLY and the like).
+  outside a transaction (for CREATE INDEX CONCURRENTLY and the like), split by PostgreSQL's
+  own parser (pglast).
+- Before the first pending migration runs, every pending one is parsed (syntax errors as
+  file:line:column), a transactional one may not contain COMMIT/BEGIN/ROLLBACK, and none may
+  be numbered below an applied one unless out_of_order is asked for.
 """
 
 from __future__ import annotations
@@ -255,10 +259,7 @@ def _position(text: str, statement_start: int, error_position: str | None) -> st
     """line:column in the file of the error, from PostgreSQL's 1-based character position."""
     if not error_position:
         return ""
-    offset = statement_start + int(error_position) - 1
-    line = text.count("\n", 0, offset) + 1
-    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
-    return f":{line}:{column}"
+    return _location(text, statement_start + int(error_position) - 1)
 
 
 def _failure(migration: MigrationFile, text: str, start: int, exc: psycopg.Error) -> MigrationError:
@@ -275,59 +276,66 @@ def _failure(migration: MigrationFile, text: str, start: int, exc: psycopg.Error
     return MigrationError(f"{migration.path}{where}: {message}{extra}{hint} ({note})")
 
 
-def split_statements(text: str) -> list[tuple[int, str]]:
-    """Split SQL into statements at top-level semicolons: (offset, statement) pairs.
+@dataclass(frozen=True)
+class Statement:
+    """One statement of a migration file, as PostgreSQL's own parser (pglast) sees it."""
 
-    Understands quotes, dollar quoting, and -- and /* */ comments; used only for
-    no-transaction migrations, which must send one statement at a time.
+    offset: int  # character offset in the file
+    text: str
+    kind: str  # the parse node, e.g. "CreateStmt", "TransactionStmt"
+    ends_transaction: bool  # BEGIN, COMMIT, ROLLBACK, PREPARE TRANSACTION, ... (not savepoints)
+
+
+def _location(text: str, offset: int) -> str:
+    line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return f":{line}:{column}"
+
+
+_SAVEPOINT_KINDS = {"TRANS_STMT_SAVEPOINT", "TRANS_STMT_RELEASE", "TRANS_STMT_ROLLBACK_TO"}
+
+
+def parse_statements(migration: MigrationFile, text: str | None = None) -> list[Statement]:
+    """Split a migration into statements with PostgreSQL's parser (libpg_query via pglast).
+
+    A syntax error is reported as file:line:column before anything runs. Dollar quotes,
+    E'' strings, BEGIN ATOMIC bodies and comments are the parser's business, not ours.
     """
-    statements: list[tuple[int, str]] = []
-    i, start, n = 0, 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "-" and text.startswith("--", i):
-            j = text.find("\n", i)
-            i = n if j < 0 else j + 1
-        elif c == "/" and text.startswith("/*", i):
-            depth, i = 1, i + 2
-            while i < n and depth:
-                if text.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif text.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
-                else:
-                    i += 1
-        elif c in "'\"":
-            j = i + 1
-            while j < n:
-                if text[j] == c:
-                    if j + 1 < n and text[j + 1] == c:
-                        j += 2
-                        continue
-                    break
-                j += 1
-            i = j + 1
-        elif c == "$":
-            m = re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$", text[i:])
-            if m:
-                end = text.find(m.group(0), i + len(m.group(0)))
-                i = n if end < 0 else end + len(m.group(0))
-            else:
-                i += 1
-        elif c == ";":
-            statements.append((start, text[start : i + 1]))
-            i += 1
-            start = i
-        else:
-            i += 1
-    if text[start:].strip():
-        statements.append((start, text[start:]))
-    return [(off, stmt) for off, stmt in statements if _has_code(stmt)]
+    from pglast import parser
+
+    text = migration.text() if text is None else text
+    try:
+        parsed = parser.parse_sql(text)
+    except parser.ParseError as exc:
+        message, offset = (*exc.args, None)[:2]
+        where = _location(text, offset) if isinstance(offset, int) else ""
+        raise MigrationError(
+            f"{migration.path}{where}: {message}; nothing was applied (fix the SQL)"
+        ) from None
+    statements = []
+    for raw in parsed:
+        start = raw.stmt_location
+        end = start + raw.stmt_len if raw.stmt_len else len(text)
+        kind = type(raw.stmt).__name__
+        control = kind == "TransactionStmt" and raw.stmt.kind.name not in _SAVEPOINT_KINDS
+        statements.append(Statement(start, text[start:end], kind, control))
+    return statements
 
 
-def _has_code(statement: str) -> bool:
-    stripped = re.sub(r"--[^\n]*|/\*.*?\*/", "", statement, flags=re.S)
-    return bool(stripped.strip(" \t\n;"))
+def check_transaction_control(migration: MigrationFile, statements: list[Statement]) -> None:
+    """A transactional migration must not end or open transactions itself: a COMMIT inside it
+    would keep half of it and make the rest of the history lie."""
+    if not migration.transactional:
+        return
+    text = migration.text()
+    for statement in statements:
+        if statement.ends_transaction:
+            word = statement.text.split(None, 1)[0].upper() if statement.text.strip() else "?"
+            raise MigrationError(
+                f"{migration.path}{_location(text, statement.offset)}: {word} in a migration that "
+                "runs in one transaction; remove it (each migration is committed for you), or "
+                f"make the first line `{NO_TRANSACTION_MARKER}` if it must manage transactions"
+            )
 
 
 def _apply_one(conn: psycopg.Connection, migration: MigrationFile) -> int:
@@ -341,11 +349,11 @@ def _apply_one(conn: psycopg.Connection, migration: MigrationFile) -> int:
         except psycopg.Error as exc:
             raise _failure(migration, text, 0, exc) from None
     else:
-        for offset, statement in split_statements(text):
+        for statement in parse_statements(migration, text):
             try:
-                conn.execute(statement)
+                conn.execute(statement.text)
             except psycopg.Error as exc:
-                raise _failure(migration, text, offset, exc) from None
+                raise _failure(migration, text, statement.offset, exc) from None
         with conn.transaction():
             _record(conn, migration, started)
     return int((time.monotonic() - started) * 1000)
@@ -363,12 +371,43 @@ def _record(conn: psycopg.Connection, migration: MigrationFile, started: float) 
     )
 
 
+def check_pending(
+    files: list[MigrationFile],
+    applied: dict[int, AppliedMigration],
+    *,
+    out_of_order: bool = False,
+) -> list[MigrationFile]:
+    """The pending migrations, checked before any of them runs: none numbered below an
+    applied one (unless out_of_order, as Flyway's outOfOrder), each parses, and no
+    transaction control in a transactional one."""
+    pending = [f for f in files if f.version not in applied]
+    newest = max(applied, default=0)
+    behind = [f for f in pending if f.version < newest]
+    if behind and not out_of_order:
+        names = ", ".join(f.filename for f in behind)
+        raise MigrationError(
+            f"{names}: numbered below the newest applied migration "
+            f"{newest:04d}_{applied[newest].name}.sql, so it would run after migrations that "
+            "were written after it; renumber it (`singularity-ops migrate new` picks the next "
+            "number) or pass --out-of-order to apply it anyway"
+        )
+    for migration in pending:
+        check_transaction_control(migration, parse_statements(migration))
+    return pending
+
+
 def migrate(
-    conn: psycopg.Connection, directory: Path, *, dry_run: bool = False, lock_timeout: float = 60
+    conn: psycopg.Connection,
+    directory: Path,
+    *,
+    dry_run: bool = False,
+    lock_timeout: float = 60,
+    out_of_order: bool = False,
 ) -> MigrateResult:
     """Apply pending migrations in order. `conn` must be in autocommit mode (it holds the lock).
 
     With dry_run, report what would run and change nothing (not even schema_migrations).
+    Every pending file is parsed and checked before the first one runs.
     """
     if not conn.autocommit:
         raise ValueError(
@@ -376,10 +415,10 @@ def migrate(
         )
     started = time.monotonic()
     files = discover(directory)
+    applied = applied_migrations(conn)
+    verify_history(files, applied)
     if dry_run:
-        applied = applied_migrations(conn)
-        verify_history(files, applied)
-        pending = [f for f in files if f.version not in applied]
+        pending = check_pending(files, applied, out_of_order=out_of_order)
         return MigrateResult(
             [f.filename for f in pending],
             len(pending),
@@ -387,10 +426,7 @@ def migrate(
             True,
             time.monotonic() - started,
         )
-
     # Fast path for the common CI case: everything applied, no lock needed.
-    applied = applied_migrations(conn)
-    verify_history(files, applied)
     if applied and all(f.version in applied for f in files):
         return MigrateResult([], 0, len(applied), False, time.monotonic() - started)
 
@@ -398,7 +434,7 @@ def migrate(
         _ensure_table(conn)
         applied = applied_migrations(conn)  # re-read: another process may have just finished
         verify_history(files, applied)
-        pending = [f for f in files if f.version not in applied]
+        pending = check_pending(files, applied, out_of_order=out_of_order)
         done = []
         for migration in pending:
             _apply_one(conn, migration)

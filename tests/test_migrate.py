@@ -17,7 +17,7 @@ from singularity_ops.migrate import (
     discover,
     migrate,
     new_migration,
-    split_statements,
+    parse_statements,
     status,
 )
 
@@ -124,13 +124,14 @@ def test_failing_migration_leaves_no_trace_and_names_file_and_position(
     add(
         migrations,
         "0101_half_way.sql",
-        "CREATE TABLE half_way (id int);\nINSERT INTO half_way VALUES (1);\nSELEC broken;\n",
+        "CREATE TABLE half_way (id int);\nINSERT INTO half_way VALUES (1);\n"
+        "INSERT INTO no_such_table VALUES (1);\n",
     )
     add(migrations, "0102_after.sql", "CREATE TABLE after_failure (id int);")
     config = write_cli_config(tmp_path, kb_settings, migrations={"dir": str(migrations)})
     out = run_cli("--config", str(config), "migrate", cwd=tmp_path)
     assert out.returncode == 1
-    assert '0101_half_way.sql:3:1: syntax error at or near "SELEC"' in out.stderr
+    assert '0101_half_way.sql:3:13: relation "no_such_table" does not exist' in out.stderr
     assert "nothing from this migration was kept" in out.stderr
     assert not {"half_way", "after_failure"} & tables(kb_settings)
     with psycopg.connect(**kb_settings.conninfo()) as conn:
@@ -222,18 +223,97 @@ def test_new_creates_the_next_numbered_file(migrations):
     assert new_migration(migrations, "second").name == f"{SHIPPED + 2:04d}_second.sql"
 
 
-def test_split_statements_respects_quotes_comments_and_dollar_quotes():
-    text = (
+def test_statements_are_split_by_postgresqls_parser(migrations):
+    path = add(
+        migrations,
+        "0101_tricky.sql",
         "-- leading; comment\nSELECT ';' AS a;\n/* block; */ SELECT $x$ ; $x$;\n"
-        'DO $$ BEGIN PERFORM 1; END $$;\nSELECT "we;ird" FROM t\n'
+        'DO $$ BEGIN PERFORM 1; END $$;\nSELECT "we;ird" FROM t;\n'
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END;\n"
+        "SELECT E'it\\'s'; SELECT 'é'\n",
     )
-    statements = [s.strip() for _, s in split_statements(text)]
+    [migration] = [m for m in discover(migrations) if m.path == path]
+    statements = [s.text.strip() for s in parse_statements(migration)]
     assert statements == [
-        "-- leading; comment\nSELECT ';' AS a;",
-        "/* block; */ SELECT $x$ ; $x$;",
-        "DO $$ BEGIN PERFORM 1; END $$;",
+        "SELECT ';' AS a",
+        "SELECT $x$ ; $x$",
+        "DO $$ BEGIN PERFORM 1; END $$",
         'SELECT "we;ird" FROM t',
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END",
+        "SELECT E'it\\'s'",
+        "SELECT 'é'",
     ]
+
+
+def test_no_transaction_migration_keeps_begin_atomic_and_escaped_quotes_whole(
+    kb_settings, migrations
+):
+    add(
+        migrations,
+        "0101_concurrently.sql",
+        "-- singularity-ops: no-transaction\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS ka_source ON knowledge_artifacts (source_path);\n"
+        "CREATE FUNCTION two() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END;\n"
+        "CREATE TABLE quoted AS SELECT E'it\\'s' AS a;\nCREATE TABLE after_quote (x int);\n",
+    )
+    run_migrate(kb_settings, migrations)
+    with psycopg.connect(**kb_settings.conninfo()) as conn:
+        assert conn.execute("SELECT two()").fetchone()[0] == 2
+        assert conn.execute("SELECT a FROM quoted").fetchone()[0] == "it's"
+        assert conn.execute("SELECT to_regclass('after_quote') IS NOT NULL").fetchone()[0]
+        assert conn.execute("SELECT to_regclass('ka_source') IS NOT NULL").fetchone()[0]
+
+
+def test_transaction_control_in_a_transactional_migration_is_refused_before_anything_runs(
+    kb_settings, migrations
+):
+    add(migrations, "0101_fine.sql", "CREATE TABLE fine (x int);\n")
+    add(
+        migrations,
+        "0102_commits.sql",
+        "CREATE TABLE half (x int);\nCOMMIT;\nCREATE TABLE other_half (x int);\n",
+    )
+    with pytest.raises(MigrationError, match=r"0102_commits.sql:2:1: COMMIT in a migration that"):
+        run_migrate(kb_settings, migrations)
+    assert {"fine", "half", "other_half"} & tables(kb_settings) == set()
+    with psycopg.connect(**kb_settings.conninfo()) as conn:
+        assert max(applied_migrations(conn)) == SHIPPED
+    # savepoints stay allowed: they do not end the migration's transaction
+    (migrations / "0102_commits.sql").write_text(
+        "CREATE TABLE half (x int);\nSAVEPOINT s;\nRELEASE SAVEPOINT s;\n"
+    )
+    assert run_migrate(kb_settings, migrations).applied == ["0101_fine.sql", "0102_commits.sql"]
+
+
+def test_syntax_error_is_reported_with_line_and_column_before_anything_runs(
+    kb_settings, migrations
+):
+    add(migrations, "0101_fine.sql", "CREATE TABLE fine (x int);\n")
+    add(migrations, "0102_typo.sql", "CREATE TABLE ok (x int);\n\n  SELEC 1;\n")
+    with pytest.raises(
+        MigrationError, match=r"0102_typo.sql:3:3: syntax error at or near \"SELEC\""
+    ):
+        run_migrate(kb_settings, migrations)
+    assert "fine" not in tables(kb_settings)
+
+
+def test_a_new_migration_numbered_below_applied_ones_is_refused_unless_out_of_order(
+    kb_settings, migrations, tmp_path
+):
+    add(migrations, "0100_late.sql", "CREATE TABLE late (x int);\n")
+    run_migrate(kb_settings, migrations)
+    add(migrations, "0050_early.sql", "CREATE TABLE early (x int);\n")
+    with pytest.raises(
+        MigrationError, match=r"0050_early.sql: numbered below .*0100_late.sql.*--out-of-order"
+    ):
+        run_migrate(kb_settings, migrations)
+    with pytest.raises(MigrationError, match="numbered below"):
+        run_migrate(kb_settings, migrations, dry_run=True)
+    assert "early" not in tables(kb_settings)
+    config = write_cli_config(tmp_path, kb_settings, migrations={"dir": str(migrations)})
+    out = run_cli("--config", str(config), "migrate", "--out-of-order", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "early" in tables(kb_settings)
 
 
 def test_percent_signs_in_migrations_are_sent_as_written(kb_settings, migrations):
