@@ -23,15 +23,21 @@ from .errors import SingularityOpsError
 
 
 class _Group(click.Group):
-    """Turns SingularityOpsError into one line on stderr and its exit code."""
+    """The one place failures become output: one redacted line on stderr, the exit code, and
+    with --json also one JSON document on stdout ({"error", "exit_code"})."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except SingularityOpsError as exc:
-            click.echo(f"singularity-ops: error: {exc.message}", err=True)
-            ctx.exit(exc.exit_code)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            _fail(ctx, exc.message, exc.exit_code)
+        except click.exceptions.Exit:
+            raise
+        except click.exceptions.Abort:
+            _fail(ctx, "aborted", 1)
+        except click.ClickException as exc:
+            if _wants_json(ctx):
+                emit_json({"error": _redacted(exc.format_message()), "exit_code": exc.exit_code})
             raise
         except BrokenPipeError:
             # The reader went away (`| head`): stop quietly, as tools killed by SIGPIPE do.
@@ -39,18 +45,68 @@ class _Group(click.Group):
             os.dup2(devnull, sys.stdout.fileno())
             ctx.exit(141)
         except KeyboardInterrupt:
-            click.echo("singularity-ops: interrupted", err=True)
-            ctx.exit(130)
+            _fail(ctx, "interrupted", 130)
+        except OSError as exc:
+            if exc.filename is None:
+                raise _unexpected(ctx, exc) from None
+            # The environment, not a bug: a directory we may not write, a file we may not read.
+            target = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+            _fail(ctx, f"{target}: {exc.strerror}; check that path and its permissions", 1)
         except Exception as exc:
-            obj = ctx.obj or {}
-            if obj.get("verbose"):
-                traceback.print_exc()
-            click.echo(
-                f"singularity-ops: unexpected error: {type(exc).__name__}: {exc} "
-                "(this is a bug; run with -v for the traceback)",
-                err=True,
-            )
-            ctx.exit(1)
+            message = _database_failure(exc)
+            if message is None:
+                raise _unexpected(ctx, exc) from None
+            _fail(ctx, message, 1)
+
+
+def _wants_json(ctx: click.Context) -> bool:
+    return "--json" in (ctx.obj or {}).get("argv", ())
+
+
+def _redacted(text: str) -> str:
+    from .config import redact
+
+    return redact(text)
+
+
+def _fail(ctx: click.Context, message: str, exit_code: int) -> None:
+    message = _redacted(message)
+    if _wants_json(ctx):
+        emit_json({"error": message, "exit_code": exit_code})
+    click.echo(f"singularity-ops: error: {message}", err=True)
+    ctx.exit(exit_code)
+
+
+def _database_failure(exc: Exception) -> str | None:
+    """A message for database errors that are the server's or the grants' doing, not ours."""
+    if "psycopg" not in sys.modules:
+        return None
+    import psycopg
+
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return (
+            f"the database refused: {exc.diag.message_primary}; the connecting user lacks a "
+            "privilege (GRANT it, or connect as the owner of the knowledge base)"
+        )
+    if isinstance(exc, psycopg.OperationalError):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"lost the database connection or the server failed: {first}; try again"
+    return None
+
+
+def _unexpected(ctx: click.Context, exc: Exception) -> click.exceptions.Exit:
+    """Our bug: say so, with the traceback under -v (redacted like everything else)."""
+    if (ctx.obj or {}).get("verbose"):
+        click.echo(_redacted(traceback.format_exc()), err=True, nl=False)
+    message = (
+        f"unexpected error: {type(exc).__name__}: {exc} (this is a bug; run with -v for the "
+        "traceback)"
+    )
+    message = _redacted(message)
+    if _wants_json(ctx):
+        emit_json({"error": message, "exit_code": 1})
+    click.echo(f"singularity-ops: {message}", err=True)
+    return click.exceptions.Exit(1)
 
 
 def _to_jsonable(value: Any) -> Any:
@@ -70,6 +126,11 @@ def _to_jsonable(value: Any) -> Any:
 def emit_json(value: Any) -> None:
     """Exactly one JSON document on stdout."""
     click.echo(json.dumps(_to_jsonable(value), indent=2, sort_keys=True))
+
+
+def warn(message: str) -> None:
+    """A warning on stderr, redacted like every other diagnostic."""
+    click.echo(f"singularity-ops: warning: {_redacted(message)}", err=True)
 
 
 def info(ctx: click.Context, message: str) -> None:
@@ -643,7 +704,7 @@ def restore_cmd(ctx, file, latest: bool, target_db, force: bool, as_json: bool) 
     dump = file or latest_backup(settings.backup_dir, settings.dbname)
     result = restore(settings, dump, target_db=target_db, force=force)
     for warning in result.warnings:
-        click.echo(f"singularity-ops: warning: {warning}", err=True)
+        warn(warning)
     if as_json:
         emit_json(result)
         return
@@ -809,7 +870,7 @@ def env_cmd(ctx: click.Context, as_json: bool) -> None:
     try:
         bindir: Path | None = find_program("psql", settings.bindir).bindir
     except PgBinaryError as exc:
-        click.echo(f"singularity-ops: warning: {exc}", err=True)
+        warn(str(exc))
         bindir = None
     if as_json:
         emit_json({**exports, "bindir": bindir})
@@ -1076,7 +1137,8 @@ def server_stop(ctx: click.Context, timeout: float, as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
-    cli.main(args=argv, prog_name="singularity-ops", obj={})
+    argv = sys.argv[1:] if argv is None else argv
+    cli.main(args=argv, prog_name="singularity-ops", obj={"argv": tuple(argv)})
 
 
 if __name__ == "__main__":  # pragma: no cover

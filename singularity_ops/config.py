@@ -159,16 +159,27 @@ def _build_url(netloc: str, dbname: str, query: Mapping[str, str]) -> str:
     return urlunsplit(("postgresql", netloc, "/" + quote(dbname, safe=""), qs, ""))
 
 
-_URL_PASSWORD = re.compile(r"(?P<scheme>postgres(?:ql)?://[^:/@\s]*):(?P<pw>[^@\s]*)@")
+# scheme://user:password@ in any scheme (postgresql+psycopg://, mysql://, ...). The password
+# runs to the last @ before the path, so an unencoded @ inside it is covered too.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):(?P<pw>[^/\s]*)@")
 _KV_PASSWORD = re.compile(r"(?P<key>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.I)
+# Every password this process has seen (URL, PGPASSWORD): redact() removes them from any text.
+_SECRETS: set[str] = set()
+
+
+def register_secret(secret: str | None) -> None:
+    """Remember a secret so that redact() removes it (and its percent-encoded form) everywhere."""
+    if secret and len(secret) >= 3:  # shorter "secrets" would blank out ordinary words
+        _SECRETS.add(secret)
+        _SECRETS.add(quote(secret, safe=""))
 
 
 def redact(text: str, password: str | None = None) -> str:
-    """Replace passwords in URLs, key=value conninfo and a known literal with ***."""
-    text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}:***@", text)
+    """Replace passwords in URLs, key=value conninfo, known secrets and `password` with ***."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:***@", text)
     text = _KV_PASSWORD.sub(lambda m: f"{m['key']}***", text)
-    if password:
-        text = text.replace(password, "***")
+    for secret in sorted(_SECRETS | ({password} if password else set()), key=len, reverse=True):
+        text = text.replace(secret, "***")
     return text
 
 
@@ -259,21 +270,50 @@ def _int_setting(value: Any, name: str) -> int:
     return number
 
 
+_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]{0,30})://")
+
+
 def _parse_url(url: str, source: str) -> dict[str, Any]:
-    """Split a postgresql:// URL into host, port, user, password, dbname and extra params."""
+    """Split a postgresql:// URL into host, port, user, password, dbname and extra params.
+
+    A URL that cannot be used is never echoed, not even in part: it may hold a password.
+    """
     from psycopg.conninfo import conninfo_to_dict
 
-    if not re.match(r"^postgres(ql)?://", url):
-        raise ConfigError(
-            f"{source} must be a postgresql:// URL, got {redact(url)!r}; "
-            "have you set --database-url or DATABASE_URL correctly?"
-        )
+    fix = f"have you set {source} correctly? (its value is not shown: it may hold a password)"
+    scheme = _SCHEME.match(url)
+    if not scheme or scheme["scheme"].lower() not in ("postgresql", "postgres"):
+        found = f"it starts with {scheme['scheme']}://" if scheme else "it has no scheme"
+        hint = ""
+        if scheme and "+" in scheme["scheme"]:
+            hint = " (SQLAlchemy's dialect+driver spelling is not libpq's: drop the +driver)"
+        raise ConfigError(f"{source} must be a postgresql:// URL, but {found}{hint}; {fix}")
     try:
         params = conninfo_to_dict(url)
     except Exception as exc:  # psycopg raises ProgrammingError with libpq's text
-        raise ConfigError(f"{source} is not a valid connection URL: {redact(str(exc))}") from None
-    split = urlsplit(url)
-    if split.path in ("", "/"):
+        # libpq quotes the offending fragment, which may be part of the password: drop it.
+        reason = re.sub(r'"[^"]*"', "(fragment not shown)", str(exc).strip().splitlines()[0])
+        raise ConfigError(
+            f"{source} is not a valid connection URL: {redact(reason)}; percent-encode "
+            f"special characters in the password (@ as %40, / as %2F, space as %20); {fix}"
+        ) from None
+    if any("@" in str(params.get(key, "")) for key in ("host", "user", "dbname")):
+        raise ConfigError(
+            f"{source} has an @ where libpq does not expect one: percent-encode @, / and "
+            f"spaces in the user or password (%40, %2F, %20); {fix}"
+        )
+    if not all(p.strip().isdigit() for p in str(params.get("port", "0")).split(",")):
+        # With an unencoded / in the password, libpq reads part of the password as the port.
+        raise ConfigError(
+            f"{source} has a port that is not a number (an unencoded / or : in the password "
+            f"does that: percent-encode it as %2F or %3A); {fix}"
+        )
+    register_secret(params.get("password"))
+    try:
+        path = urlsplit(url).path
+    except ValueError:  # e.g. a bracketed IPv6 host that libpq accepted but urllib does not
+        path = "/" + str(params.get("dbname", ""))
+    if path in ("", "/"):
         params.pop("dbname", None)
     return params
 
@@ -353,6 +393,7 @@ def load_settings(
     port = pick("port", "PGPORT", "database.port")
     user = pick("user", "PGUSER", "database.user")
     password = from_url.pop("password", None) or env.get("PGPASSWORD")
+    register_secret(password)
     url_dbname = from_url.pop("dbname", None)
     name = (
         dbname
