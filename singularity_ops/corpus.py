@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +28,8 @@ LEARNED_DIR = "learned"
 SCHEMA_FILE_SUFFIX = "schema.json"
 NON_ARTIFACT_NAMES = {"manifest.json"}
 NON_ARTIFACT_METADATA_TYPES = {"schema", "manifest"}
-_SURROGATE_ESCAPE = re.compile(r"\\[uU][dD][89a-fA-F]")
+# Deeper documents are refused: no artifact needs it, and deeper ones exhaust recursive code.
+MAX_DEPTH = 100
 
 
 @dataclass(frozen=True)
@@ -101,18 +102,70 @@ def _parse(raw: bytes) -> tuple[str, Any]:
         data = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise _Invalid(f"invalid JSON: {exc.msg}", exc.lineno, exc.colno) from None
+    except RecursionError:
+        raise _Invalid(f"is nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:
         raise _Invalid(str(exc)) from None
-    if "\\u0000" in text:
+    _check_values(data, escapes="\\u" in text)
+    return text, data
+
+
+def _check_values(data: Any, *, escapes: bool) -> None:
+    """Depth, and (only when the text has \\u escapes) the strings jsonb refuses: U+0000 and
+    unpaired surrogates. Iterative, so no document can exhaust the interpreter's stack."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Iterable[Any] = value.values()
+            if escapes:
+                for key in value:
+                    _check_string(key)
+        elif isinstance(value, list):
+            children = value
+        else:
+            if escapes and isinstance(value, str):
+                _check_string(value)
+            continue
+        if depth > MAX_DEPTH:
+            raise _Invalid(f"is nested deeper than {MAX_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in children)
+
+
+def _check_string(value: str) -> None:
+    if "\x00" in value:
         raise _Invalid("contains \\u0000, which PostgreSQL jsonb cannot store")
     try:
-        if _SURROGATE_ESCAPE.search(text):  # rare: only then pay for a full re-encode
-            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        value.encode("utf-8")
     except UnicodeEncodeError:
         raise _Invalid(
             "contains an unpaired UTF-16 surrogate escape (\\udXXX), which jsonb rejects"
         ) from None
-    return text, data
+
+
+def read_regular_file(path: str, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; anything else is _Invalid.
+
+    Opened without blocking (a FIFO would otherwise wait forever for a writer) and read up to
+    limit + 1 bytes whatever stat says (a symlink to /dev/zero reports size 0).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _Invalid("is not a regular file (a FIFO, device or socket); it was not read")
+        over = "is {} bytes, over the limit of {} (import.max_file_bytes in singularity.yaml)"
+        if info.st_size > limit:
+            raise _Invalid(over.format(info.st_size, limit))
+        chunks, size = [], 0
+        while size <= limit and (chunk := os.read(fd, min(1 << 20, limit + 1 - size))):
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise _Invalid(over.format(f"more than {limit}", limit))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def is_non_artifact(name: str, data: Any) -> bool:
@@ -193,7 +246,7 @@ def _walk(root: str, scope: str) -> Iterator[tuple[str, str]]:
     Plain strings rather than pathlib: this loop runs once per file of 100,000-file trees.
     """
     start = os.path.join(root, scope) if scope else root
-    if os.path.isfile(start):
+    if not os.path.isdir(start):  # one file (or a FIFO or device, which the reader refuses)
         yield start, scope
         return
     prefix = len(root) + 1
@@ -229,7 +282,7 @@ def scan(
     result = Scan(root=root)
     for target in targets:
         if target != root and root not in target.parents:
-            result.problems.append(Problem(str(target), f"is outside the import root {root}"))
+            result.problems.append(Problem(str(target), _outside_message(root, str(target))))
             continue
         if not target.exists():
             result.problems.append(Problem(str(target), "does not exist"))
@@ -255,14 +308,9 @@ def scan(
                 result.skipped.append(rel)
                 continue
             try:
-                size = os.stat(path).st_size
-                if size > max_file_bytes:
-                    raise _Invalid(
-                        f"is {size} bytes, over the limit of {max_file_bytes} "
-                        "(import.max_file_bytes in singularity.yaml)"
-                    )
-                with open(path, "rb") as fh:
-                    raw = fh.read()
+                if os.path.islink(path) and not _inside(os.path.realpath(path), root_str):
+                    raise _Invalid(_outside_message(root, os.path.realpath(path)))
+                raw = read_regular_file(path, max_file_bytes)
                 digest = hashlib.sha256(raw).hexdigest()
                 stored = known.get(rel) if known else None
                 if stored and stored[0] == digest and stored[1] == folder_type(rel, type_map):
@@ -316,6 +364,17 @@ def scan(
                 )
             )
     return result
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + os.sep)
+
+
+def _outside_message(root: Path, resolved: str) -> str:
+    return (
+        f"resolves to {resolved}, outside the import root {root}; only files inside it are "
+        "read (a symlink may point only inside the root)"
+    )
 
 
 def count_files(root: Path, paths: Iterable[Path] = ()) -> int:

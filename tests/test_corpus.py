@@ -130,4 +130,74 @@ def test_paths_outside_the_root_are_refused(tmp_path):
     root = tmp_path / "root"
     write(root, "t/a.json", {"id": "a"})
     outside = write(tmp_path, "elsewhere/x.json", {"id": "x"})
-    assert problems(root, paths=[outside]) == [f"{outside}: is outside the import root {root}"]
+    assert problems(root, paths=[outside]) == [
+        f"{outside}: resolves to {outside}, outside the import root {root}; only files inside "
+        "it are read (a symlink may point only inside the root)"
+    ]
+
+
+def test_a_symlink_out_of_the_root_is_refused_in_the_walk_and_as_a_path(tmp_path):
+    root = tmp_path / "root"
+    write(root, "t/a.json", {"id": "a"})
+    secret = write(tmp_path, "elsewhere/secret.json", {"id": "secret", "token": "s3cr3t"})
+    (root / "t" / "link.json").symlink_to(secret)
+    write(root, "t/inner/target.txt", '{"id": "inner"}')  # not JSON by name: skipped itself
+    (root / "t" / "inside_link.json").symlink_to(root / "t" / "inner" / "target.txt")
+    result = scan(root)
+    assert [str(p) for p in result.problems] == [
+        f"t/link.json: resolves to {secret}, outside the import root {root}; only files inside "
+        "it are read (a symlink may point only inside the root)"
+    ]
+    assert all("s3cr3t" not in a.content_raw for a in result.artifacts)
+    as_path = scan(root, [root / "t" / "link.json"])
+    assert as_path.artifacts == [] and "outside the import root" in str(as_path.problems[0])
+    # a symlink that stays inside the root is an ordinary file
+    assert {a.source_path for a in result.artifacts} == {"t/a.json", "t/inside_link.json"}
+
+
+def test_fifos_and_devices_are_never_read(tmp_path):
+    import os
+
+    root = tmp_path / "root"
+    write(root, "t/a.json", {"id": "a"})
+    os.mkfifo(root / "t" / "fifo.json")
+    (root / "t" / "zero.json").symlink_to("/dev/zero")
+    found = problems(root)
+    assert found == [
+        "t/fifo.json: is not a regular file (a FIFO, device or socket); it was not read",
+        "t/zero.json: resolves to /dev/zero, outside the import root "
+        f"{root}; only files inside it are read (a symlink may point only inside the root)",
+    ]
+    (root / "t" / "zero.json").unlink()
+    (root / "t" / "fifo.json").unlink()
+    os.mknod(root / "t" / "dev.json", 0o600 | 0o020000, os.makedev(1, 5))  # /dev/zero's twin
+    assert problems(root) == [
+        "t/dev.json: is not a regular file (a FIFO, device or socket); it was not read"
+    ]
+
+
+def test_absurd_nesting_is_one_invalid_file_with_its_path(tmp_path):
+    write(tmp_path, "t/ok.json", {"id": "ok"})
+    for depth in (150, 5_000, 100_000):
+        write(tmp_path, f"t/deep{depth}.json", "[" * depth + "]" * depth)
+    write(tmp_path, "t/deep_object.json", '{"a": ' * 5000 + "1" + "}" * 5000)
+    result = scan(tmp_path)
+    assert sorted(str(p) for p in result.problems) == [
+        "t/deep100000.json: is nested deeper than 100 levels",
+        "t/deep150.json: is nested deeper than 100 levels",
+        "t/deep5000.json: is nested deeper than 100 levels",
+        "t/deep_object.json: is nested deeper than 100 levels",
+    ]
+    assert [a.source_path for a in result.artifacts] == ["t/ok.json"]
+
+
+def test_an_escaped_backslash_before_u0000_is_text_not_nul(tmp_path):
+    write(tmp_path, "t/literal.json", '{"id": "literal", "doc": "write \\\\u0000 for NUL"}')
+    write(tmp_path, "t/real.json", '{"id": "real", "doc": "a\\u0000b"}')
+    write(tmp_path, "t/key.json", '{"id": "key", "a\\u0000": 1}')
+    result = scan(tmp_path)
+    assert [a.artifact_id for a in result.artifacts] == ["literal"]
+    assert sorted(str(p) for p in result.problems) == [
+        "t/key.json: contains \\u0000, which PostgreSQL jsonb cannot store",
+        "t/real.json: contains \\u0000, which PostgreSQL jsonb cannot store",
+    ]

@@ -206,3 +206,28 @@ def test_known_sources_skip_parsing_but_never_hide_a_type_map_change(
     write(root, "patterns/with_id.json", {"id": "nats_consumer", "version": "3.0.0"})
     changed = scan(root, known=known)
     assert ("patterns", "nats_consumer", "3.0.0") in {a.key for a in changed.artifacts}
+
+
+def test_hostile_files_never_hang_or_stop_a_skip_invalid_import(kb_settings, tmp_path):
+    import os
+
+    root = messy_tree(tmp_path / "td")
+    os.mkfifo(root / "patterns" / "fifo.json")
+    (root / "patterns" / "zero.json").symlink_to("/dev/zero")
+    write(root, "patterns/deep.json", "[" * 100_000 + "]" * 100_000)
+    outside = write(tmp_path, "secret/creds.json", {"id": "creds", "password": "hunter2"})
+    (root / "patterns" / "creds.json").symlink_to(outside)
+    config = write_cli_config(tmp_path, kb_settings, **{"import": {"root": str(root)}})
+    validate = run_cli("--config", str(config), "validate", cwd=tmp_path, timeout=30)
+    assert validate.returncode == 1
+    for name in ("fifo.json: is not a regular file", "zero.json: resolves to /dev/zero"):
+        assert f"patterns/{name}" in validate.stderr
+    assert "patterns/deep.json: is nested deeper than 100 levels" in validate.stderr
+    assert "patterns/creds.json: resolves to" in validate.stderr
+    out = run_cli(
+        "--config", str(config), "import", "--skip-invalid", "--json", cwd=tmp_path, timeout=30
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    result = json.loads(out.stdout)
+    assert (result["inserted"], result["invalid"]) == (10, 4)
+    assert all("hunter2" not in raw for raw, *_ in rows(kb_settings).values())
