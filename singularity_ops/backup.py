@@ -19,15 +19,15 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
@@ -35,8 +35,12 @@ from psycopg import sql
 from . import __version__
 from .config import Settings
 from .errors import SingularityOpsError
+from .faults import pause_point
+from .files import fsync_dir, partial_path, remove, remove_orphans, write_atomically
 from .migrate import applied_migrations
 from .pgbin import PgProgram, find_program, require_major
+from .proc import popen
+from .proc import run as run_child
 
 LOCK_FILE = ".singularity-backup.lock"
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another backup is running; try again later
@@ -87,11 +91,38 @@ class BackupResult:
     deleted: list[str] = field(default_factory=list)
 
 
+def make_backup_dir(directory: Path) -> None:
+    """Create the backup directory (and missing parents) readable by the owner only: dumps
+    hold the whole knowledge base. An existing directory keeps its mode."""
+    missing = [p for p in (directory, *directory.parents) if not p.exists()]
+    try:
+        for path in reversed(missing):
+            path.mkdir(mode=0o700)
+            os.chmod(path, 0o700)  # whatever the umask
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise BackupError(
+            f"cannot create the backup directory {exc.filename or directory}: {exc.strerror}; "
+            "choose another --out (or backup.dir)"
+        ) from None
+
+
 @contextmanager
-def directory_lock(directory: Path) -> Iterator[None]:
-    """flock on the backup directory; an overlapping run fails at once instead of waiting."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+def directory_lock(directory: Path) -> Iterator[int]:
+    """flock on the backup directory; an overlapping run fails at once instead of waiting.
+
+    Yields the lock's file descriptor: children get it too, so the lock lasts as long as the
+    last of them, not just this process.
+    """
+    make_backup_dir(directory)
+    try:
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise BackupError(
+            f"cannot write to the backup directory {directory}: {exc.strerror}; "
+            "choose another --out (or backup.dir) or fix its permissions"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -103,7 +134,7 @@ def directory_lock(directory: Path) -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        yield fd
     finally:
         os.close(fd)
 
@@ -118,14 +149,6 @@ def pg_env(settings: Settings) -> tuple[str, dict[str, str]]:
     if settings.password:
         env["PGPASSWORD"] = settings.password
     return make_conninfo(**params), env
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _server_facts(conn: psycopg.Connection) -> dict:
@@ -194,17 +217,25 @@ def _hypertable_facts(conn: psycopg.Connection, schema: str, name: str) -> tuple
     return (row[0], row[1]) if row else None
 
 
-def _stream_to_file(cmd: list[str], env: dict[str, str], target: Path) -> tuple[int, str]:
+def _stream_to_file(
+    cmd: list[str], env: dict[str, str], target: Path, lock_fd: int
+) -> tuple[int, str]:
     """Run pg_dump writing to stdout; copy into `target` (mode 0600) hashing on the way."""
     digest = hashlib.sha256()
     size = 0
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env
+        proc = popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            pass_fds=(lock_fd,),
         )
         assert proc.stdout is not None and proc.stderr is not None
         try:
+            pause_point("backup:during-pg_dump")
             while chunk := proc.stdout.read(CHUNK):
                 out.write(chunk)
                 digest.update(chunk)
@@ -258,21 +289,22 @@ def file_digest(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _write_json_atomically(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _write_manifest(path: Path, data: dict) -> None:
+    write_atomically(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), mode=0o600)
+
+
+def series_name(dbname: str, knowledge_only: bool = False) -> str:
+    """The file-name prefix of a database's backups: its name, percent-encoded wherever it is
+    not a plain file name (`../x` and `a/b` stay inside the backup directory)."""
+    if knowledge_only:
+        return "knowledge"
+    name = quote(dbname, safe="")
+    return "%2E" + name[1:] if name.startswith(".") else name
 
 
 def backup_name(dbname: str, knowledge_only: bool, fmt: str, when: datetime) -> str:
     """<series>_YYYYMMDDTHHMMSSZ<ext>; the series is the database name or `knowledge`."""
-    series = "knowledge" if knowledge_only else dbname
-    return f"{series}_{when:%Y%m%dT%H%M%SZ}{FORMATS[fmt]}"
+    return f"{series_name(dbname, knowledge_only)}_{when:%Y%m%dT%H%M%SZ}{FORMATS[fmt]}"
 
 
 def backup(
@@ -282,10 +314,17 @@ def backup(
     fmt: str = "custom",
     knowledge_only: bool = False,
     keep: int | None = None,
+    keep_days: float | None = None,
     jobs: int = 1,
     verify: bool = False,
 ) -> BackupResult:
-    """Dump the configured database into out_dir, write its manifest, then apply retention."""
+    """Dump the configured database into out_dir, write its manifest, then apply retention.
+
+    Order of the writes: the dump under a hidden partial name, its manifest under the final
+    name, then the dump's rename. A killed run leaves at worst a partial file and a manifest
+    whose dump never appeared, both removed by the next run; a final-named dump always has
+    its manifest.
+    """
     from .db import connect
 
     if fmt not in FORMATS:
@@ -296,6 +335,8 @@ def backup(
         )
     if keep is not None and keep < 1:
         raise BackupError("--keep must be at least 1: the newest good backup is never deleted")
+    if keep_days is not None and keep_days <= 0:
+        raise BackupError("--keep-days must be more than 0")
     started = time.monotonic()
     out_dir = out_dir.resolve()
     # Probing pg_dump's version runs a process (through the wrappers, a namespace setup too):
@@ -303,8 +344,8 @@ def backup(
     probe = ThreadPoolExecutor(1)
     pg_dump_future = probe.submit(find_program, "pg_dump", settings.bindir)
     probe.shutdown(wait=False)
-    with directory_lock(out_dir):
-        _remove_stale_partials(out_dir)
+    with directory_lock(out_dir) as lock_fd:
+        remove_leftovers(out_dir)
         with connect(settings) as conn:
             # A repeatable-read snapshot shared with pg_dump: counts and dump see the same rows.
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -328,7 +369,11 @@ def backup(
                 time.sleep(0.2)  # a backup in this series finished this very second
                 when = datetime.now(UTC)
                 final = out_dir / backup_name(settings.dbname, knowledge_only, fmt, when)
-            partial = out_dir / f".{final.name}.partial-{os.getpid()}"
+            if (
+                final.parent != out_dir
+            ):  # series_name() makes this impossible; never write elsewhere
+                raise AssertionError(f"backup path {final} escaped {out_dir}")
+            partial = partial_path(final)
             conninfo, env = pg_env(settings)
             cmd = [
                 str(pg_dump.path),
@@ -342,14 +387,12 @@ def backup(
             try:
                 if fmt == "directory":
                     cmd += [f"--jobs={jobs}", f"--file={partial}"]
-                    _run_directory_dump(cmd, env, partial)
+                    _run_directory_dump(cmd, env, partial, lock_fd)
                     size, sha = directory_digest(partial)
                 else:
-                    size, sha = _stream_to_file(cmd, env, partial)
-                os.replace(partial, final)
-                _fsync_dir(out_dir)
+                    size, sha = _stream_to_file(cmd, env, partial, lock_fd)
             except BaseException:
-                _remove(partial)
+                remove(partial)
                 raise
         manifest = {
             "tool": TOOL,
@@ -370,29 +413,55 @@ def backup(
             "migrations": migrations,
         }
         manifest_path = _manifest_path(final)
-        _write_json_atomically(manifest_path, manifest)
-        _fsync_dir(out_dir)
+        try:
+            pause_point("backup:before-manifest")
+            _write_manifest(manifest_path, manifest)
+            pause_point("backup:before-dump-rename")
+            os.replace(partial, final)
+            fsync_dir(out_dir)
+        except BaseException:
+            remove(partial)
+            if not final.exists():
+                manifest_path.unlink(missing_ok=True)
+            raise
         verified = False
         if verify:
             verify_backup(final, settings)
             verified = True
-        deleted = apply_retention(out_dir, final, keep) if keep else []
+        deleted = (
+            apply_retention(out_dir, final, keep=keep, keep_days=keep_days)
+            if keep or keep_days
+            else []
+        )
     return BackupResult(
         final, manifest_path, fmt, size, sha, time.monotonic() - started, verified, deleted
     )
 
 
-def _run_directory_dump(cmd: list[str], env: dict[str, str], partial: Path) -> None:
+def _run_directory_dump(cmd: list[str], env: dict[str, str], partial: Path, lock_fd: int) -> None:
     old = os.umask(0o077)
     try:
-        out = subprocess.run(
-            cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, check=False
+        proc = popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            pass_fds=(lock_fd,),
+            text=True,
         )
     finally:
         os.umask(old)
-    if out.returncode != 0:
+    try:
+        pause_point("backup:during-pg_dump")
+        _out, stderr = proc.communicate()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    if proc.returncode != 0:
         raise BackupError(
-            f"pg_dump failed (exit {out.returncode}); nothing was kept: {_last_lines(out.stderr)}"
+            f"pg_dump failed (exit {proc.returncode}); nothing was kept: {_last_lines(stderr)}"
         )
     for file in partial.rglob("*"):
         if file.is_file():
@@ -404,40 +473,97 @@ def _manifest_path(dump: Path) -> Path:
     return dump.with_name(dump.name + MANIFEST_SUFFIX)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+def remove_leftovers(directory: Path) -> list[str]:
+    """What killed runs left: partial files of dead pids, and manifests written just before a
+    kill whose dump never got its final name. Called under the directory lock."""
+    removed = remove_orphans(directory)
+    for manifest in directory.glob(f"*{MANIFEST_SUFFIX}"):
+        dump = manifest.with_name(manifest.name.removesuffix(MANIFEST_SUFFIX))
+        if NAME_PATTERN.match(dump.name) and not dump.exists() and _ours(manifest):
+            manifest.unlink(missing_ok=True)
+            removed.append(manifest.name)
+    return removed
 
 
-def _remove_stale_partials(directory: Path) -> None:
-    """Temporary files of runs that were killed (their pid is gone) are ours to clean up."""
-    for path in directory.glob(".*.partial-*"):
-        pid = path.name.rsplit("-", 1)[-1]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            _remove(path)
-        except PermissionError:
-            pass
-
-
-def read_manifest(dump: Path) -> dict | None:
-    """The manifest of a dump, or None when it is missing or not ours."""
+def _ours(manifest_file: Path) -> bool:
     try:
-        data = json.loads(_manifest_path(dump).read_text())
+        data = json.loads(manifest_file.read_text())
     except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("tool") == TOOL
+
+
+# What restore and verify rely on in a manifest, with the type each must have.
+_MANIFEST_KEYS = {
+    "format": str,
+    "bytes": int,
+    "sha256": str,
+    "database": str,
+    "pg_dump_version": str,
+    "extensions": dict,
+    "tables": list,
+}
+
+
+def read_manifest(dump: Path, *, strict: bool = False) -> dict | None:
+    """The manifest beside a dump (`<dump>.manifest.json`, whatever name it records: the pair
+    may have been renamed together), or None when there is none of ours.
+
+    With strict, a manifest of ours that lacks what restore needs is an error naming the key.
+    """
+    path = _manifest_path(dump)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
         return None
-    if not isinstance(data, dict) or data.get("tool") != TOOL or data.get("file") != dump.name:
+    except (OSError, ValueError) as exc:
+        if strict:
+            raise BackupError(f"{path}: cannot read the manifest: {exc}") from None
+        return None
+    if not isinstance(data, dict) or data.get("tool") != TOOL:
+        return None
+    problems = [
+        f"{key} ({kind.__name__})"
+        for key, kind in _MANIFEST_KEYS.items()
+        if not isinstance(data.get(key), kind)
+    ]
+    if problems:
+        if strict:
+            raise BackupError(
+                f"{path}: the manifest lacks or mistypes {', '.join(problems)}; it was edited "
+                "or written by another tool, so the dump cannot be verified: restore from another backup"
+            )
         return None
     return data
 
 
+def find_manifest(dump: Path, *, strict: bool = False) -> dict | None:
+    """read_manifest, else a manifest of ours in the same directory recording this dump's size
+    and sha256 (a dump renamed or moved without its manifest's new name)."""
+    found = read_manifest(dump, strict=strict)
+    if found is not None or not dump.exists():
+        return found
+    size = None
+    digest = None
+    for candidate in sorted(dump.parent.glob(f"*{MANIFEST_SUFFIX}")):
+        other = candidate.with_name(candidate.name.removesuffix(MANIFEST_SUFFIX))
+        data = read_manifest(other)
+        if data is None:
+            continue
+        if size is None:
+            size = dump.stat().st_size if dump.is_file() else file_digest(dump)[0]
+        if data["bytes"] != size:
+            continue
+        if digest is None:
+            digest = file_digest(dump)[1]
+        if data["sha256"] == digest:
+            return data
+    return None
+
+
 def good_backups(directory: Path, series: str | None = None) -> list[Path]:
-    """Dumps this tool wrote in `directory` (matching name and manifest), oldest first."""
+    """Dumps this tool wrote in `directory` under the names it gave them (the name matches
+    the scheme and its manifest records it), oldest first. Retention touches nothing else."""
     found = []
     if not directory.is_dir():
         return found
@@ -445,24 +571,41 @@ def good_backups(directory: Path, series: str | None = None) -> list[Path]:
         match = NAME_PATTERN.match(path.name)
         if not match or (series is not None and match["series"] != series):
             continue
-        if read_manifest(path) is not None:
+        manifest = read_manifest(path)
+        if manifest is not None and manifest.get("file") == path.name:
             found.append(path)
     return sorted(found, key=lambda p: NAME_PATTERN.match(p.name)["stamp"])  # type: ignore[index]
 
 
-def apply_retention(directory: Path, newest: Path, keep: int) -> list[str]:
-    """Delete the oldest good backups of newest's series and format beyond `keep`."""
+def apply_retention(
+    directory: Path, newest: Path, *, keep: int | None = None, keep_days: float | None = None
+) -> list[str]:
+    """Delete old good backups of newest's series and format; never `newest` itself.
+
+    keep: at most this many (the newest ones). keep_days: delete those older than this many
+    days, but (as pg_back's purge_min_keep) never one of the newest `keep` when both are given.
+    """
     match = NAME_PATTERN.match(newest.name)
     assert match is not None
     series = [p for p in good_backups(directory, match["series"]) if p.suffix == newest.suffix]
-    doomed = [p for p in series[:-keep] if p != newest]
+    newest_first = list(reversed(series))
+    cutoff = datetime.now(UTC) - timedelta(days=keep_days) if keep_days else None
+    doomed = []
+    for position, path in enumerate(newest_first):
+        if path == newest:
+            continue
+        stamp = datetime.strptime(NAME_PATTERN.match(path.name)["stamp"], "%Y%m%dT%H%M%SZ")  # type: ignore[index]
+        too_old = cutoff is not None and stamp.replace(tzinfo=UTC) < cutoff
+        beyond = keep is not None and position >= keep
+        if (keep is None or beyond) and (cutoff is None or too_old):
+            doomed.append(path)
     deleted = []
     for path in doomed:
-        _remove(path)
+        remove(path)
         _manifest_path(path).unlink(missing_ok=True)
         deleted.append(path.name)
     if deleted:
-        _fsync_dir(directory)
+        fsync_dir(directory)
     return deleted
 
 
@@ -472,14 +615,15 @@ def verify_backup(dump: Path, settings: Settings, *, list_archive: bool = True) 
     Restore passes list_archive=False: the checksum already proves the bytes are the ones
     written, and pg_restore reads the archive for real right after (into a scratch database).
     """
-    manifest = read_manifest(dump)
-    if manifest is None:
-        raise BackupError(
-            f"{dump}: no manifest ({dump.name}{MANIFEST_SUFFIX}) written by singularity-ops; "
-            "it is not a complete backup of this tool"
-        )
     if not dump.exists():
         raise BackupError(f"{dump} does not exist")
+    manifest = find_manifest(dump, strict=True)
+    if manifest is None:
+        raise BackupError(
+            f"{dump}: no manifest written by singularity-ops ({dump.name}{MANIFEST_SUFFIX}, or "
+            "one in the same directory recording this dump's checksum); it is not a complete "
+            "backup of this tool"
+        )
     needs_pg_restore = manifest["format"] in ("custom", "directory")
     probe = ThreadPoolExecutor(1)
     pg_restore_future = (
@@ -498,7 +642,7 @@ def verify_backup(dump: Path, settings: Settings, *, list_archive: bool = True) 
     if needs_pg_restore and list_archive:
         if manifest["format"] == "custom":
             with open(dump, "rb") as fh:
-                out = subprocess.run(
+                out = run_child(
                     [str(pg_restore.path), "--list"],
                     stdin=fh,
                     capture_output=True,
@@ -506,7 +650,7 @@ def verify_backup(dump: Path, settings: Settings, *, list_archive: bool = True) 
                     check=False,
                 )
         else:
-            out = subprocess.run(
+            out = run_child(
                 [str(pg_restore.path), "--list", str(dump)],
                 capture_output=True,
                 text=True,

@@ -634,6 +634,12 @@ def _print_hits(hits, mode: str) -> None:
     help="Keep the newest N good backups of this series (default: backup.keep).",
 )
 @click.option(
+    "--keep-days",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Delete backups of this series older than N days; with --keep, never one of the "
+    "newest N (default: backup.keep_days).",
+)
+@click.option(
     "--jobs",
     type=click.IntRange(min=1),
     default=1,
@@ -646,7 +652,7 @@ def _print_hits(hits, mode: str) -> None:
 @json_option
 @click.pass_context
 def backup_cmd(
-    ctx, fmt, knowledge_only: bool, out, keep, jobs: int, verify: bool, as_json: bool
+    ctx, fmt, knowledge_only: bool, out, keep, keep_days, jobs: int, verify: bool, as_json: bool
 ) -> None:
     """pg_dump the database into backups/ with a manifest; quiet on success (for cron).
 
@@ -665,6 +671,7 @@ def backup_cmd(
         fmt=fmt or settings.backup_format,
         knowledge_only=knowledge_only,
         keep=keep or settings.backup_keep,
+        keep_days=keep_days or settings.backup_keep_days,
         jobs=jobs,
         verify=verify,
     )
@@ -686,25 +693,79 @@ def backup_cmd(
 @click.option(
     "--force", is_flag=True, help="Replace a non-empty target (swapped in only when complete)."
 )
+@click.option(
+    "--from-other-database",
+    is_flag=True,
+    help="Allow --force to replace the target with a backup of a database of another name.",
+)
+@click.option(
+    "--discard-orphaned-usage",
+    is_flag=True,
+    help="Knowledge-only restore: drop usage events of artifacts the backup does not have.",
+)
+@click.option(
+    "--cleanup",
+    "cleanup_only",
+    is_flag=True,
+    help="Only remove what killed restores left behind (scratch databases, a closed target).",
+)
 @json_option
 @click.pass_context
-def restore_cmd(ctx, file, latest: bool, target_db, force: bool, as_json: bool) -> None:
+def restore_cmd(
+    ctx,
+    file,
+    latest: bool,
+    target_db,
+    force: bool,
+    from_other_database: bool,
+    discard_orphaned_usage: bool,
+    cleanup_only: bool,
+    as_json: bool,
+) -> None:
     """Restore a backup after verifying it; report row counts per table.
+
+    The target is replaced in one transaction only once the restored copy is complete and
+    checked; leftovers of a killed restore are removed by the next one (or --cleanup).
 
     \b
     Example:
       singularity-ops restore --latest --target-db singularity_check
     """
     from .errors import ConfigError
-    from .restore import latest_backup, restore
+    from .restore import cleanup, latest_backup, restore
 
+    settings = settings_of(ctx)
+    if cleanup_only:
+        if file or latest:
+            raise ConfigError("--cleanup takes no backup FILE and no --latest")
+        done = cleanup(settings)
+        if as_json:
+            emit_json({"cleaned": done})
+            return
+        for line in done:
+            info(ctx, line)
+        info(
+            ctx,
+            f"{len(done)} leftover(s) of killed restores handled"
+            if done
+            else "nothing to clean up",
+        )
+        return
     if bool(file) == latest:
         raise ConfigError("give either a backup FILE or --latest")
-    settings = settings_of(ctx)
     dump = file or latest_backup(settings.backup_dir, settings.dbname)
-    result = restore(settings, dump, target_db=target_db, force=force)
+    result = restore(
+        settings,
+        dump,
+        target_db=target_db,
+        force=force,
+        from_other_database=from_other_database,
+        discard_orphaned_usage=discard_orphaned_usage,
+    )
     for warning in result.warnings:
         warn(warning)
+    for line in result.cleaned:
+        click.echo(f"singularity-ops: cleaned up after a killed restore: {line}", err=True)
     if as_json:
         emit_json(result)
         return
@@ -715,6 +776,12 @@ def restore_cmd(ctx, file, latest: bool, target_db, force: bool, as_json: bool) 
     )
     for table, rows in sorted(result.tables.items()):
         info(ctx, f"  {table}: {rows} rows")
+    if result.usage_kept or result.usage_discarded:
+        info(
+            ctx,
+            f"  usage history kept: {result.usage_kept} event(s)"
+            + (f", {result.usage_discarded} discarded" if result.usage_discarded else ""),
+        )
 
 
 @cli.command("record-usage")

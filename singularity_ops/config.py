@@ -59,6 +59,7 @@ SCHEMA: dict[str, Any] = {
     "backup": {
         "dir": str,
         "keep": int,
+        "keep_days": (int, float),
         "format": str,
     },
     "export": {
@@ -114,6 +115,7 @@ class Settings:
     export_min_success_rate: float = 0.90
     backup_dir: Path = Path("backups")
     backup_keep: int | None = None
+    backup_keep_days: float | None = None
     backup_format: str = "custom"
     embedding: Any = None  # providers.EmbeddingConfig; Any keeps this module free of imports
 
@@ -456,6 +458,7 @@ def load_settings(
         embedding=_embedding_config(data),
         backup_dir=_resolve_path(project_root, _get(data, "backup.dir") or "backups"),
         backup_keep=_get(data, "backup.keep"),
+        backup_keep_days=_get(data, "backup.keep_days"),
         backup_format=_backup_format(_get(data, "backup.format")),
     )
 

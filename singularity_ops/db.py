@@ -15,7 +15,7 @@ from psycopg import sql
 
 from . import cluster
 from .config import Settings
-from .errors import DatabaseUnavailable
+from .errors import DatabaseUnavailable, SingularityOpsError
 
 # Connection failures carry no SQLSTATE in psycopg, so they are told apart by libpq's text.
 # Worth waiting on: no server yet, starting up or shutting down, too many clients.
@@ -37,6 +37,56 @@ def lock_key(name: str) -> int:
     """A stable pg_advisory_lock key for one of the toolkit's operations."""
     digest = hashlib.sha256(f"singularity-ops:{name}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class LockTimeout(SingularityOpsError):
+    """Another run held an advisory lock for longer than the bounded wait."""
+
+
+@contextmanager
+def advisory_lock(
+    conn: psycopg.Connection, key: int, timeout: float, what: str, option: str = "--lock-timeout"
+) -> Iterator[None]:
+    """Hold a session advisory lock, waiting at most `timeout` seconds, then failing with a
+    message naming the backend that holds it. `conn` should be in autocommit mode."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        if row and row[0]:
+            break
+        if time.monotonic() >= deadline:
+            raise LockTimeout(
+                f"another {what} has held its lock for more than {timeout:g} s "
+                f"({option}){lock_holder(conn, key)}; wait for it or raise {option}"
+            )
+        time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
+        delay = min(delay * 2, 0.5)
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def lock_holder(conn: psycopg.Connection, key: int) -> str:
+    """' (held by backend pid ..., app, address, since)' for the holder of an advisory lock."""
+    row = conn.execute(
+        """
+        SELECT a.pid, coalesce(nullif(a.application_name, ''), '?'), a.client_addr, a.backend_start
+        FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+        WHERE l.locktype = 'advisory' AND l.granted
+          AND ((l.classid::bigint << 32) | l.objid::bigint) = %s
+        LIMIT 1
+        """,
+        (key,),
+    ).fetchone()
+    if not row:
+        return ""
+    pid, app, addr, since = row
+    return (
+        f" (held by backend pid {pid}, {app}, {addr or 'local socket'}, connected {since:%H:%M:%S})"
+    )
 
 
 @dataclass(frozen=True)

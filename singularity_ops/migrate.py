@@ -21,15 +21,13 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import psycopg
 
-from .db import lock_key, relation_exists
+from .db import advisory_lock, lock_key, relation_exists
 from .errors import ConfigError, SingularityOpsError
 
 NO_TRANSACTION_MARKER = "-- singularity-ops: no-transaction"
@@ -40,10 +38,6 @@ TABLE = "schema_migrations"
 
 class MigrationError(SingularityOpsError):
     """A migration file or the recorded history is wrong, or a migration failed."""
-
-
-class LockTimeout(SingularityOpsError):
-    """Another migrate held the lock for longer than --lock-timeout."""
 
 
 @dataclass(frozen=True)
@@ -211,48 +205,6 @@ def status(conn: psycopg.Connection, directory: Path) -> list[MigrationState]:
         )
         for f in files
     ]
-
-
-@contextmanager
-def advisory_lock(conn: psycopg.Connection, timeout: float) -> Iterator[None]:
-    """Hold the migrate lock for the session, waiting at most `timeout` seconds for it."""
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while True:
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
-        if row and row[0]:
-            break
-        if time.monotonic() >= deadline:
-            raise LockTimeout(
-                f"another migrate has held the migration lock for more than {timeout:g} s "
-                f"(--lock-timeout){_lock_holder(conn)}; wait for it or raise --lock-timeout"
-            )
-        time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
-        delay = min(delay * 2, 0.5)
-    try:
-        yield
-    finally:
-        if not conn.closed:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
-
-
-def _lock_holder(conn: psycopg.Connection) -> str:
-    row = conn.execute(
-        """
-        SELECT a.pid, coalesce(nullif(a.application_name, ''), '?'), a.client_addr, a.backend_start
-        FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-        WHERE l.locktype = 'advisory' AND l.granted
-          AND ((l.classid::bigint << 32) | l.objid::bigint) = %s
-        LIMIT 1
-        """,
-        (LOCK_KEY,),
-    ).fetchone()
-    if not row:
-        return ""
-    pid, app, addr, since = row
-    return (
-        f" (held by backend pid {pid}, {app}, {addr or 'local socket'}, connected {since:%H:%M:%S})"
-    )
 
 
 def _position(text: str, statement_start: int, error_position: str | None) -> str:
@@ -430,7 +382,7 @@ def migrate(
     if applied and all(f.version in applied for f in files):
         return MigrateResult([], 0, len(applied), False, time.monotonic() - started)
 
-    with advisory_lock(conn, lock_timeout):
+    with advisory_lock(conn, LOCK_KEY, lock_timeout, "migrate"):
         _ensure_table(conn)
         applied = applied_migrations(conn)  # re-read: another process may have just finished
         verify_history(files, applied)

@@ -1,36 +1,53 @@
 """restore: put a verified backup back, following TimescaleDB's documented procedure.
 
-1. Verify the dump against its manifest (size and sha256) before touching
-   anything: a truncated or corrupted dump is refused.
-2. Restore into a new scratch database, never into the target itself: create the recorded
+1. Verify the dump against its manifest (size and sha256) before touching anything: a
+   truncated or corrupted dump is refused.
+2. Take the restore lock (a session advisory lock on the maintenance database) and remove
+   what killed restores left behind: scratch databases `<target>__restoring_<time>`, old
+   copies `<target>__replaced_<time>`, and a target a killed run had closed to connections.
+3. Restore into a new scratch database, never into the target itself: create the recorded
    extensions first (warning when the installed timescaledb differs from the manifest's),
    SELECT timescaledb_pre_restore(), pg_restore without -j (or psql -v ON_ERROR_STOP=1
    --single-transaction for plain .sql), SELECT timescaledb_post_restore(), ANALYZE.
-3. Check every table's row count against the manifest.
-4. Only then give the scratch database the target's name. With --force an existing target is
-   renamed aside first and dropped after the swap; if anything fails before the swap, the
-   scratch database is dropped and the target is exactly as it was.
+4. Check every table's row count against the manifest.
+5. Swap: close the target to new connections, end the ones it has, then rename target ->
+   `<target>__replaced_<time>` and scratch -> target in ONE transaction, so the target name
+   always resolves to a complete database (the old one or the new one); then drop the old
+   copy. Any failure before the commit drops the scratch database and reopens the target.
 
 A --knowledge-only dump holds just knowledge_artifacts: it is restored as data into a target
-prepared with the toolkit's own migrations, which carry the functions its columns use.
+prepared with the toolkit's own migrations, and the live learning data is kept: usage events
+and counters of every artifact that exists in the backup (matched by type, id and version)
+are copied over from the database being replaced, after it is closed to new connections so
+no event recorded meanwhile is lost. Events of artifacts the backup does not have would be
+lost: the restore refuses, naming how many, unless discard_orphaned_usage is given.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
-from .backup import BackupError, good_backups, pg_env, table_counts, verify_backup
+from .backup import BackupError, good_backups, pg_env, series_name, table_counts, verify_backup
 from .config import Settings
-from .db import connect, database_exists, wait_for_server
+from .db import advisory_lock, connect, database_exists, lock_key, wait_for_server
 from .errors import SingularityOpsError
+from .faults import pause_point
 from .pgbin import find_program
+from .proc import popen
+
+RESTORE_LOCK_KEY = lock_key("restore")
+LEFTOVER = re.compile(r"^(?P<target>.+)__(?P<kind>restoring|replaced)_(?P<stamp>\d{14})$")
+USAGE = "artifact_usage"
+IDENTITY = ("artifact_type", "artifact_id", "version")
+COUNTERS = ("usage_count", "success_count", "last_used_at")
 
 
 class RestoreError(SingularityOpsError):
@@ -47,14 +64,18 @@ class RestoreResult:
     tables: dict[str, int]
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    cleaned: list[str] = field(default_factory=list)  # leftovers of killed restores removed
+    usage_kept: int = 0  # knowledge-only: usage events carried over from the replaced database
+    usage_discarded: int = 0  # ... and events dropped because their artifact is not in the backup
 
 
 def latest_backup(directory: Path, dbname: str) -> Path:
     """The newest good full backup of `dbname` in `directory`."""
-    backups = good_backups(directory, dbname)
+    series = series_name(dbname)
+    backups = good_backups(directory, series)
     if not backups:
         raise RestoreError(
-            f"no backup of {dbname!r} in {directory} (looked for {dbname}_YYYYMMDDTHHMMSSZ.* with a manifest)"
+            f"no backup of {dbname!r} in {directory} (looked for {series}_YYYYMMDDTHHMMSSZ.* with a manifest)"
         )
     return backups[-1]
 
@@ -72,10 +93,11 @@ def _admin(settings: Settings) -> psycopg.Connection:
     return wait_for_server(settings, timeout=settings.connect_timeout)
 
 
-def _terminate(admin: psycopg.Connection, dbname: str) -> None:
+def _terminate(admin: psycopg.Connection, dbname: str, keep: tuple[int, ...] = ()) -> None:
     admin.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-        (dbname,),
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = %s AND pid <> pg_backend_pid() AND pid <> ALL(%s)",
+        (dbname, list(keep)),
     )
 
 
@@ -89,12 +111,66 @@ def _drop(admin: psycopg.Connection, dbname: str) -> None:
     admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
 
 
+def _allow_connections(admin: psycopg.Connection, dbname: str, allow: bool) -> None:
+    admin.execute(
+        sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
+            sql.Identifier(dbname), sql.SQL("true" if allow else "false")
+        )
+    )
+
+
+def cleanup_leftovers(admin: psycopg.Connection) -> list[str]:
+    """Remove what killed restores left, on the whole server. Call with the restore lock held.
+
+    - `<T>__restoring_*`: a scratch database; if T was closed to connections by that run (it
+      died between closing T and the swap), T is reopened first.
+    - `<T>__replaced_*`: the old copy after a swap; dropped. If T itself is missing (never
+      after an atomic swap, but kept safe anyway), the copy is renamed back to T instead.
+    """
+    rows = admin.execute(
+        "SELECT datname FROM pg_database WHERE datname ~ '^.+__(restoring|replaced)_[0-9]{14}$'"
+        " ORDER BY datname"
+    ).fetchall()
+    done = []
+    for (name,) in rows:
+        match = LEFTOVER.match(name)
+        assert match is not None
+        target = match["target"]
+        closed = admin.execute(
+            "SELECT NOT datallowconn FROM pg_database WHERE datname = %s AND NOT datistemplate",
+            (target,),
+        ).fetchone()
+        if match["kind"] == "restoring":
+            if closed and closed[0]:
+                _allow_connections(admin, target, True)
+                done.append(f"reopened {target}")
+            _drop(admin, name)
+            done.append(f"dropped {name}")
+        elif closed is None:
+            _rename(admin, name, target)
+            _allow_connections(admin, target, True)
+            done.append(f"renamed {name} back to {target}")
+        else:
+            _drop(admin, name)
+            done.append(f"dropped {name}")
+    return done
+
+
+def cleanup(settings: Settings, *, lock_timeout: float = 60) -> list[str]:
+    """`restore --cleanup`: take the restore lock and remove leftovers of killed restores."""
+    with _admin(settings) as admin, advisory_lock(admin, RESTORE_LOCK_KEY, lock_timeout, "restore"):
+        return cleanup_leftovers(admin)
+
+
 def restore(
     settings: Settings,
     dump: Path,
     *,
     target_db: str | None = None,
     force: bool = False,
+    from_other_database: bool = False,
+    discard_orphaned_usage: bool = False,
+    lock_timeout: float = 60,
 ) -> RestoreResult:
     """Restore `dump` into target_db (default: the configured database)."""
     started = time.monotonic()
@@ -104,9 +180,10 @@ def restore(
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     scratch = f"{target[:40]}__restoring_{stamp}"
     aside = f"{target[:40]}__replaced_{stamp}"
-    warnings: list[str] = []
+    result = RestoreResult(dump, target, False, {}, 0.0)
 
-    with _admin(settings) as admin:
+    with _admin(settings) as admin, advisory_lock(admin, RESTORE_LOCK_KEY, lock_timeout, "restore"):
+        result.cleaned = cleanup_leftovers(admin)
         exists = database_exists(admin, target)
         if exists:
             with connect(settings, target) as conn:
@@ -117,30 +194,72 @@ def restore(
                     "database with --target-db NAME, or pass --force to replace it (safely: the "
                     "old one is only dropped after the new one is complete)"
                 )
+            if populated and manifest["database"] != target and not from_other_database:
+                raise RestoreError(
+                    f"{dump.name} is a backup of database {manifest['database']!r}, not of "
+                    f"{target!r}; pass --from-other-database to replace {target!r} with it, or "
+                    "restore it into a new database with --target-db NAME"
+                )
         admin.execute(
             sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(
                 sql.Identifier(scratch)
             )
         )
+        closed = False
         try:
-            counts = _restore_into(settings, dump, manifest, scratch, warnings)
+            result.tables = _restore_into(settings, dump, manifest, scratch, result.warnings)
+            pause_point("restore:before-swap")
+            if exists:
+                source = connect(settings, target, autocommit=True)
+                try:
+                    # From here on nobody else can connect to the target: no event recorded
+                    # meanwhile can be lost, and the renames cannot meet a live session.
+                    _allow_connections(admin, target, False)
+                    closed = True
+                    _terminate(admin, target, keep=(source.info.backend_pid,))
+                    if manifest.get("knowledge_only"):
+                        kept, discarded = _carry_usage(
+                            settings, source, scratch, discard_orphaned_usage
+                        )
+                        result.usage_kept, result.usage_discarded = kept, discarded
+                finally:
+                    source.close()
+            _swap(admin, target, scratch, aside, exists)
+            closed = False
         except BaseException:
             _drop(admin, scratch)
+            if closed:
+                _allow_connections(admin, target, True)
             raise
-        # The swap: the only moment the target name changes hands.
+        result.replaced = exists
         if exists:
-            _terminate(admin, target)
-            _rename(admin, target, aside)
-        try:
-            _rename(admin, scratch, target)
-        except psycopg.Error:
-            if exists:
-                _rename(admin, aside, target)
-            _drop(admin, scratch)
-            raise
-        if exists:
+            pause_point("restore:after-swap")
             _drop(admin, aside)
-    return RestoreResult(dump, target, exists, counts, time.monotonic() - started, warnings)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _swap(admin: psycopg.Connection, target: str, scratch: str, aside: str, exists: bool) -> None:
+    """Both renames in one transaction. A session that was still ending (terminated a moment
+    ago) makes ALTER DATABASE fail with ObjectInUse: end it again and retry, for a few seconds."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with admin.transaction():
+                if exists:
+                    _rename(admin, target, aside)
+                    pause_point("restore:between-renames")
+                _rename(admin, scratch, target)
+            return
+        except psycopg.errors.ObjectInUse:
+            if time.monotonic() > deadline:
+                raise RestoreError(
+                    f"database {target!r} still has sessions after 10 s of ending them; "
+                    "nothing was replaced, try again"
+                ) from None
+            _terminate(admin, target)
+            _terminate(admin, scratch)
+            time.sleep(0.1)
 
 
 def _restore_into(
@@ -207,8 +326,107 @@ def _restore_into(
     return found
 
 
+def _columns(conn: psycopg.Connection, table: str) -> list[str]:
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0"
+            " AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+            (table,),
+        )
+    ]
+
+
+def _carry_usage(
+    settings: Settings, source: psycopg.Connection, scratch: str, discard_orphans: bool
+) -> tuple[int, int]:
+    """Copy usage events and counters from the database being replaced into the restored
+    knowledge, matching artifacts by (type, id, version). Returns (kept, discarded)."""
+    source_columns = _columns(source, USAGE)
+    if not source_columns:
+        return 0, 0
+    with connect(settings, scratch, autocommit=True) as dest, dest.transaction():
+        columns = [c for c in _columns(dest, USAGE) if c in source_columns and c != "artifact_pk"]
+        ident = sql.SQL(", ").join(sql.Identifier("k", c) for c in IDENTITY)
+        event_cols = sql.SQL(", ").join(sql.Identifier("u", c) for c in columns)
+        dest.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE carried_usage ON COMMIT DROP AS SELECT {ident}, {cols}"
+                " FROM knowledge_artifacts k, {usage} u WITH NO DATA"
+            ).format(ident=ident, cols=event_cols, usage=sql.Identifier(USAGE))
+        )
+        dest.execute(
+            "CREATE TEMP TABLE carried_counters ON COMMIT DROP AS SELECT artifact_type,"
+            " artifact_id, version, usage_count, success_count, last_used_at"
+            " FROM knowledge_artifacts WITH NO DATA"
+        )
+        _copy_between(
+            source,
+            dest,
+            sql.SQL(
+                "COPY (SELECT {ident}, {cols} FROM {usage} u JOIN knowledge_artifacts k"
+                " ON k.id = u.artifact_pk) TO STDOUT"
+            ).format(ident=ident, cols=event_cols, usage=sql.Identifier(USAGE)),
+            "COPY carried_usage FROM STDIN",
+        )
+        _copy_between(
+            source,
+            dest,
+            "COPY (SELECT artifact_type, artifact_id, version, usage_count, success_count,"
+            " last_used_at FROM knowledge_artifacts) TO STDOUT",
+            "COPY carried_counters FROM STDIN",
+        )
+        match = sql.SQL(" AND ").join(
+            sql.SQL("k.{c} = c.{c}").format(c=sql.Identifier(c)) for c in IDENTITY
+        )
+        orphans = dest.execute(
+            sql.SQL(
+                "SELECT count(*) FROM carried_usage c WHERE NOT EXISTS"
+                " (SELECT 1 FROM knowledge_artifacts k WHERE {match})"
+            ).format(match=match)
+        ).fetchone()[0]  # type: ignore[index]
+        if orphans and not discard_orphans:
+            raise RestoreError(
+                f"{orphans} usage event(s) in {source.info.dbname!r} belong to artifacts this "
+                "knowledge-only backup does not have and would be lost; pass "
+                "--discard-orphaned-usage to restore anyway without them (nothing was changed)"
+            )
+        target_cols = sql.SQL(", ").join(sql.Identifier(c) for c in ["artifact_pk", *columns])
+        kept = dest.execute(
+            sql.SQL(
+                "INSERT INTO {usage} ({target_cols}) SELECT k.id, {cols} FROM carried_usage c"
+                " JOIN knowledge_artifacts k ON {match}"
+            ).format(
+                usage=sql.Identifier(USAGE),
+                target_cols=target_cols,
+                cols=sql.SQL(", ").join(sql.Identifier("c", col) for col in columns),
+                match=match,
+            )
+        ).rowcount
+        dest.execute(
+            sql.SQL(
+                "UPDATE knowledge_artifacts k SET usage_count = c.usage_count,"
+                " success_count = c.success_count, last_used_at = c.last_used_at"
+                " FROM carried_counters c WHERE {match}"
+            ).format(match=match)
+        )
+    return kept, orphans
+
+
+def _copy_between(source: psycopg.Connection, dest: psycopg.Connection, out, into) -> None:
+    """Stream COPY ... TO STDOUT on one connection into COPY ... FROM STDIN on another."""
+    with (
+        source.cursor() as src,
+        src.copy(out) as reader,
+        dest.cursor() as dst,
+        dst.copy(into) as writer,
+    ):
+        for chunk in reader:
+            writer.write(chunk)
+
+
 def _run_restore(settings: Settings, dump: Path, manifest: dict, dbname: str) -> None:
-    conninfo, env = pg_env(_with_db(settings, dbname))
+    conninfo, env = pg_env(replace(settings, dbname=dbname))
     if manifest["format"] == "plain":
         psql = find_program("psql", settings.bindir)
         cmd = [
@@ -233,18 +451,21 @@ def _run_restore(settings: Settings, dump: Path, manifest: dict, dbname: str) ->
             stdin_path = dump  # streamed: works through wrappers, never read into memory
     stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
     try:
-        out = subprocess.run(cmd, stdin=stdin, capture_output=True, text=True, env=env, check=False)
+        proc = popen(
+            cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        try:
+            pause_point("restore:during-pg_restore")
+            _out, stderr = proc.communicate()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
     finally:
         if stdin_path:
             stdin.close()  # type: ignore[union-attr]
-    if out.returncode != 0:
-        lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+    if proc.returncode != 0:
+        lines = [line for line in stderr.strip().splitlines() if line.strip()]
         raise BackupError(
-            f"restoring {dump.name} failed (exit {out.returncode}); target left unchanged: {' | '.join(lines[-4:])}"
+            f"restoring {dump.name} failed (exit {proc.returncode}); target left unchanged: {' | '.join(lines[-4:])}"
         )
-
-
-def _with_db(settings: Settings, dbname: str) -> Settings:
-    from dataclasses import replace
-
-    return replace(settings, dbname=dbname)

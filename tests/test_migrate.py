@@ -8,10 +8,9 @@ import psycopg
 import pytest
 from conftest import MIGRATIONS, run_cli, write_cli_config
 
-from singularity_ops.db import connect
+from singularity_ops.db import LockTimeout, connect
 from singularity_ops.migrate import (
     LOCK_KEY,
-    LockTimeout,
     MigrationError,
     applied_migrations,
     discover,
