@@ -24,6 +24,7 @@ from psycopg import sql
 
 from .db import lock_key, relation_exists
 from .errors import SingularityOpsError
+from .faults import pause_point
 from .providers import EmbeddingConfig, Provider, ProviderError, make_provider, model_key
 
 # Bump when embedding_text() changes: that is a model change for staleness purposes.
@@ -190,6 +191,7 @@ def embed(
                 ) from None
             if progress:
                 progress(min(start + batch_size, len(todo)), len(todo))
+            pause_point("embed:after-batch")
         # Built after a bulk load (faster than growing it row by row), kept up to date after that.
         created = ensure_index(conn, key, config.dimensions)
     finally:

@@ -17,6 +17,7 @@ import psycopg
 from .corpus import Artifact, Problem, Scan
 from .db import lock_key
 from .errors import SingularityOpsError
+from .faults import pause_point
 
 IMPORT_LOCK_KEY = lock_key("import")
 
@@ -170,6 +171,7 @@ def _write(
                     "DELETE FROM knowledge_artifacts WHERE id = ANY(%s)",
                     ([pk for pk, _k, _p in orphans],),
                 )
+            pause_point("import:before-commit")
         else:
             # A dry run writes nothing: leave through the rollback path on purpose.
             raise psycopg.Rollback()

@@ -217,6 +217,7 @@ def restore(
                     _allow_connections(admin, target, False)
                     closed = True
                     _terminate(admin, target, keep=(source.info.backend_pid,))
+                    pause_point("restore:target-closed")
                     if manifest.get("knowledge_only"):
                         kept, discarded = _carry_usage(
                             settings, source, scratch, discard_orphaned_usage

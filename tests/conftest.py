@@ -153,3 +153,42 @@ def corpus_db(kb_settings, tmp_path):
     root = small_corpus(tmp_path / "td")
     imported(kb_settings, root)
     return kb_settings, root
+
+
+@pytest.fixture
+def full_db(kb_settings):
+    """Artifacts with vectors, usage across ~9 weekly chunks, and a postgis table."""
+    with psycopg.connect(**kb_settings.conninfo(), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO knowledge_artifacts (artifact_type, artifact_id, content_raw, content, embedding,"
+            " embedding_model, embedded_hash, usage_count, success_count)"
+            " SELECT 'pattern', 'p' || g, format('{\"n\": %s, \"tags\": [\"t%s\"]}', g, g % 5),"
+            '  format(\'{"n": %s, "tags": ["t%s"]}\', g, g % 5)::jsonb,'
+            "  (SELECT array_agg(round(random()::numeric, 6))::real[]::vector FROM generate_series(1, 8) WHERE g > 0),"
+            "  'fake:8', 'h', 0, 0 FROM generate_series(1, 200) g"
+        )
+        conn.execute(
+            "INSERT INTO artifact_usage (used_at, artifact_pk, success, environment, duration_ms, metadata)"
+            " SELECT now() - (g || ' hours')::interval, a.id, g % 3 <> 0, 'test', g, jsonb_build_object('g', g)"
+            " FROM generate_series(1, 1500) g JOIN LATERAL (SELECT id FROM knowledge_artifacts"
+            "  ORDER BY artifact_id OFFSET g % 200 LIMIT 1) a ON true"
+        )
+        conn.execute(
+            "CREATE TABLE places (id serial PRIMARY KEY, name text, geom geometry(Point, 4326))"
+        )
+        conn.execute(
+            "INSERT INTO places (name, geom) SELECT 'place ' || g,"
+            " ST_SetSRID(ST_MakePoint(g * 0.37 - 50, g * 0.11 - 20), 4326) FROM generate_series(1, 100) g"
+        )
+        chunks = conn.execute("SELECT count(*) FROM show_chunks('artifact_usage')").fetchone()[0]
+    assert chunks >= 8
+    return kb_settings
+
+
+@pytest.fixture
+def target(full_db):
+    name = f"{full_db.dbname}_restored"
+    yield name
+    from backup_fixtures import drop
+
+    drop(full_db, name)

@@ -11,74 +11,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from backup_fixtures import checksums
 from conftest import run_cli, write_cli_config
 
 from singularity_ops.backup import EXIT_LOCKED, LOCK_FILE, BackupError, backup, good_backups
 from singularity_ops.errors import PgBinaryError
 from singularity_ops.restore import RestoreError, restore
-
-TABLES = ("knowledge_artifacts", "artifact_usage", "places")
-
-
-@pytest.fixture
-def full_db(kb_settings):
-    """Artifacts with vectors, usage across ~9 weekly chunks, and a postgis table."""
-    with psycopg.connect(**kb_settings.conninfo(), autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO knowledge_artifacts (artifact_type, artifact_id, content_raw, content, embedding,"
-            " embedding_model, embedded_hash, usage_count, success_count)"
-            " SELECT 'pattern', 'p' || g, format('{\"n\": %s, \"tags\": [\"t%s\"]}', g, g % 5),"
-            '  format(\'{"n": %s, "tags": ["t%s"]}\', g, g % 5)::jsonb,'
-            "  (SELECT array_agg(round(random()::numeric, 6))::real[]::vector FROM generate_series(1, 8) WHERE g > 0),"
-            "  'fake:8', 'h', 0, 0 FROM generate_series(1, 200) g"
-        )
-        conn.execute(
-            "INSERT INTO artifact_usage (used_at, artifact_pk, success, environment, duration_ms, metadata)"
-            " SELECT now() - (g || ' hours')::interval, a.id, g % 3 <> 0, 'test', g, jsonb_build_object('g', g)"
-            " FROM generate_series(1, 1500) g JOIN LATERAL (SELECT id FROM knowledge_artifacts"
-            "  ORDER BY artifact_id OFFSET g % 200 LIMIT 1) a ON true"
-        )
-        conn.execute(
-            "CREATE TABLE places (id serial PRIMARY KEY, name text, geom geometry(Point, 4326))"
-        )
-        conn.execute(
-            "INSERT INTO places (name, geom) SELECT 'place ' || g,"
-            " ST_SetSRID(ST_MakePoint(g * 0.37 - 50, g * 0.11 - 20), 4326) FROM generate_series(1, 100) g"
-        )
-        chunks = conn.execute("SELECT count(*) FROM show_chunks('artifact_usage')").fetchone()[0]
-    assert chunks >= 8
-    return kb_settings
-
-
-def checksums(settings, dbname=None, tables=TABLES):
-    """A content checksum per table (every column, every row, in a fixed order)."""
-    result = {}
-    with psycopg.connect(**settings.conninfo(dbname)) as conn:
-        for table in tables:
-            exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
-            if exists:
-                result[table] = conn.execute(
-                    psycopg.sql.SQL(
-                        "SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {} t"
-                    ).format(psycopg.sql.Identifier(table))
-                ).fetchone()
-    return result
-
-
-def drop(settings, name):
-    with psycopg.connect(**settings.conninfo("postgres"), autocommit=True) as conn:
-        conn.execute(
-            psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                psycopg.sql.Identifier(name)
-            )
-        )
-
-
-@pytest.fixture
-def target(full_db):
-    name = f"{full_db.dbname}_restored"
-    yield name
-    drop(full_db, name)
 
 
 def test_custom_backup_restores_every_row_vector_and_geometry(full_db, target, tmp_path):

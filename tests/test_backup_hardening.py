@@ -1,0 +1,215 @@
+"""backup and restore under the fault tour's findings: usage history, hostile names, renamed
+backups, other databases, retention by age, and errors that are not bugs."""
+
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import replace
+
+import psycopg
+import pytest
+from backup_fixtures import checksums, drop
+from conftest import run_cli, write_cli_config
+
+from singularity_ops.artifacts import record_usage
+from singularity_ops.backup import backup, good_backups
+from singularity_ops.restore import RestoreError, restore
+
+
+def usage_state(settings, dbname=None):
+    with psycopg.connect(**settings.conninfo(dbname)) as conn:
+        events = conn.execute("SELECT count(*) FROM artifact_usage").fetchone()[0]
+        counters = conn.execute(
+            "SELECT sum(usage_count), sum(success_count) FROM knowledge_artifacts"
+        ).fetchone()
+    return events, tuple(int(c or 0) for c in counters)
+
+
+def test_knowledge_only_restore_keeps_the_usage_history_of_artifacts_it_has(full_db, tmp_path):
+    with psycopg.connect(**full_db.conninfo()) as conn:
+        record_usage(conn, "pattern", "p1", success=True)
+        record_usage(conn, "pattern", "p1", success=False)
+        conn.commit()
+    dump = backup(full_db, tmp_path / "b", knowledge_only=True).path
+    with psycopg.connect(**full_db.conninfo()) as conn:
+        record_usage(conn, "pattern", "p2", success=True)  # after the backup: must survive too
+        conn.execute(
+            "UPDATE knowledge_artifacts SET content_raw = '{\"n\": 0}', content = '{\"n\": 0}'"
+            " WHERE artifact_id = 'p3'"
+        )
+        conn.commit()
+    before = usage_state(full_db)
+    result = restore(full_db, dump, force=True)
+    assert (result.usage_kept, result.usage_discarded) == (before[0], 0)
+    assert usage_state(full_db) == before, "events and counters are those of the live database"
+    with psycopg.connect(**full_db.conninfo()) as conn:
+        content = conn.execute(
+            "SELECT content FROM knowledge_artifacts WHERE artifact_id = 'p3'"
+        ).fetchone()[0]
+        assert content == {"n": 3, "tags": ["t3"]}, "the knowledge itself is the backup's"
+
+
+def test_knowledge_only_restore_refuses_to_lose_events_of_newer_artifacts(full_db, tmp_path):
+    dump = backup(full_db, tmp_path / "b", knowledge_only=True).path
+    with psycopg.connect(**full_db.conninfo()) as conn:
+        conn.execute(
+            "INSERT INTO knowledge_artifacts (artifact_type, artifact_id, content_raw, content)"
+            " VALUES ('pattern', 'newer', '{}', '{}')"
+        )
+        record_usage(conn, "pattern", "newer", success=True)
+        conn.commit()
+    before = checksums(full_db)
+    config = write_cli_config(tmp_path, full_db)
+    out = run_cli("--config", str(config), "restore", str(dump), "--force", cwd=tmp_path)
+    assert out.returncode == 1
+    assert "1 usage event(s)" in out.stderr and "--discard-orphaned-usage" in out.stderr
+    assert checksums(full_db) == before
+    result = restore(full_db, dump, force=True, discard_orphaned_usage=True)
+    assert (result.usage_kept, result.usage_discarded) == (1500, 1)
+
+
+def test_restoring_another_databases_dump_over_a_target_needs_an_explicit_flag(
+    full_db, target, tmp_path
+):
+    dump = backup(full_db, tmp_path / "b").path
+    restore(full_db, dump, target_db=target)  # a new database: nothing replaced, no question
+    with pytest.raises(RestoreError, match=r"is a backup of database .* --from-other-database"):
+        restore(full_db, dump, target_db=target, force=True)
+    assert restore(full_db, dump, target_db=target, force=True, from_other_database=True).replaced
+
+
+def test_database_names_never_lead_a_backup_out_of_its_directory(full_db, tmp_path):
+    out = tmp_path / "d" / "inner"
+    made = []
+    for name in ("../x", "a/b", ".hidden"):
+        drop(full_db, name)
+        with psycopg.connect(**full_db.conninfo("postgres"), autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+        try:
+            made.append(backup(replace(full_db, dbname=name), out))
+        finally:
+            drop(full_db, name)
+    assert [m.path.parent for m in made] == [out] * 3
+    assert [m.path.name.split("_2")[0] for m in made] == ["%2E.%2Fx", "a%2Fb", "%2Ehidden"]
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["inner"]
+    assert oct(out.stat().st_mode & 0o777) == "0o700"
+    assert oct((tmp_path / "d").stat().st_mode & 0o777) == "0o700"
+
+
+def test_an_existing_backup_directory_keeps_its_mode(full_db, tmp_path):
+    out = tmp_path / "shared"
+    out.mkdir(mode=0o750)
+    os.chmod(out, 0o750)
+    backup(full_db, out)
+    assert oct(out.stat().st_mode & 0o777) == "0o750"
+
+
+def test_a_backup_renamed_or_moved_with_its_manifest_still_restores(full_db, target, tmp_path):
+    made = backup(full_db, tmp_path / "b")
+    elsewhere = tmp_path / "archive"
+    elsewhere.mkdir()
+    renamed = elsewhere / "before-upgrade.dump"
+    shutil.move(made.path, renamed)
+    shutil.move(made.manifest, elsewhere / "before-upgrade.dump.manifest.json")
+    assert restore(full_db, renamed, target_db=target).tables["public.places"] == 100
+    # the dump renamed alone: its manifest is found by the checksum it records
+    alone = elsewhere / "copy-for-ticket-123.dump"
+    shutil.copy(renamed, alone)
+    drop(full_db, target)
+    assert restore(full_db, alone, target_db=target).tables["public.places"] == 100
+    # renamed files are never candidates for retention
+    assert good_backups(elsewhere) == []
+
+
+def test_retention_by_age_keeps_the_newest_and_respects_keep(full_db, tmp_path):
+    out = tmp_path / "b"
+    old = []
+    for stamp in ("20200101T000000Z", "20200201T000000Z", "20200301T000000Z"):
+        made = backup(full_db, out)
+        name = f"{full_db.dbname}_{stamp}.dump"
+        manifest = json.loads(made.manifest.read_text())
+        manifest["file"] = name
+        (out / f"{name}.manifest.json").write_text(json.dumps(manifest))
+        made.manifest.unlink()
+        made.path.rename(out / name)
+        old.append(name)
+    kept_by_count = backup(full_db, out, keep=3, keep_days=30)
+    assert kept_by_count.deleted == [old[0]], "older than 30 days and beyond the newest 3"
+    by_age = backup(full_db, out, keep_days=30)
+    assert sorted(by_age.deleted) == sorted(old[1:])
+    assert [p.name for p in good_backups(out)] == [kept_by_count.path.name, by_age.path.name]
+
+
+def test_errors_from_the_environment_are_messages_not_bugs(full_db, tmp_path):
+    config = write_cli_config(tmp_path, full_db)
+    unwritable = run_cli("--config", str(config), "backup", "--out", "/dev/null/b", cwd=tmp_path)
+    assert unwritable.returncode == 1 and "this is a bug" not in unwritable.stderr
+    assert "/dev/null" in unwritable.stderr and "choose another --out" in unwritable.stderr
+    made = backup(full_db, tmp_path / "b")
+    manifest = json.loads(made.manifest.read_text())
+    del manifest["format"]
+    made.manifest.write_text(json.dumps(manifest))
+    broken = run_cli(
+        "--config", str(config), "restore", str(made.path), "--target-db", "x", cwd=tmp_path
+    )
+    assert broken.returncode == 1 and "this is a bug" not in broken.stderr
+    assert f"{made.manifest}: the manifest lacks or mistypes format (str)" in broken.stderr
+    latin1 = tmp_path / "latin1"
+    latin1.mkdir()
+    (latin1 / "singularity.yaml").write_bytes(b"environment: d\xe9v\n")
+    bad_config = run_cli("status", cwd=latin1)
+    assert bad_config.returncode == 2 and "not UTF-8 (byte 0xe9" in bad_config.stderr
+
+
+def test_a_user_without_privileges_gets_a_message_not_a_bug(full_db, tmp_path):
+    with psycopg.connect(**full_db.conninfo(), autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS sops_nobody")
+        conn.execute("CREATE ROLE sops_nobody LOGIN")
+    try:
+        url = full_db.url().replace("postgres@", "sops_nobody@")
+        out = run_cli("--database-url", url, "status", cwd=tmp_path)
+        assert out.returncode == 1, out.stdout
+        assert "the database refused: permission denied" in out.stderr
+        assert "this is a bug" not in out.stderr
+    finally:
+        with psycopg.connect(**full_db.conninfo(), autocommit=True) as conn:
+            conn.execute("DROP OWNED BY sops_nobody")
+            conn.execute("DROP ROLE sops_nobody")
+
+
+def test_force_restore_succeeds_while_clients_keep_reconnecting(full_db, tmp_path):
+    dump = backup(full_db, tmp_path / "b").path
+    stop = threading.Event()
+    errors = []
+
+    def client():
+        while not stop.is_set():
+            try:
+                with psycopg.connect(**{**full_db.conninfo(), "connect_timeout": 2}) as conn:
+                    conn.execute("SELECT count(*) FROM knowledge_artifacts").fetchone()
+                    time.sleep(0.02)
+            except psycopg.Error as exc:
+                errors.append(type(exc).__name__)
+                time.sleep(0.01)
+
+    clients = [threading.Thread(target=client) for _ in range(4)]
+    for thread in clients:
+        thread.start()
+    try:
+        time.sleep(0.3)
+        result = restore(full_db, dump, force=True)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join()
+    assert result.replaced and result.tables["public.places"] == 100
+    assert "TypeError" not in errors
+    with psycopg.connect(**full_db.conninfo("postgres")) as conn:
+        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database")]
+        assert [n for n in names if "__restoring_" in n or "__replaced_" in n] == []
+        allowed = conn.execute(
+            "SELECT datallowconn FROM pg_database WHERE datname = %s", (full_db.dbname,)
+        ).fetchone()[0]
+    assert allowed
