@@ -1,0 +1,270 @@
+"""The fault-injection suite: SIGKILL the real process at named points, then check the target.
+
+Each case starts the CLI with SINGULARITY_TEST_PAUSE naming a pause point (singularity_ops.faults),
+waits until the process reports it got there, notes its children, kills it with SIGKILL and
+asserts: the target is complete (old or new, never half), no child outlived the parent, no
+secret was printed, and the next run cleans up after it and succeeds.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import psycopg
+import pytest
+from backup_fixtures import checksums
+from conftest import ROOT, write_cli_config
+from corpus_fixtures import messy_tree
+
+from singularity_ops.backup import LOCK_FILE, MANIFEST_SUFFIX, NAME_PATTERN, backup
+
+SECRET = "PW-never-shown-41"
+
+
+def kill_at(point: str, args: list[str], cwd: Path, timeout: float = 120) -> list[int]:
+    """Run the CLI until it pauses at `point`, SIGKILL it; return the pids of its children
+    that were still working at that moment, after checking they died with it."""
+    marker = cwd / f"paused-{point.replace(':', '-')}"
+    marker.unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL"))}
+    env.update(
+        SINGULARITY_TEST_PAUSE=point, SINGULARITY_TEST_PAUSE_FILE=str(marker), PGPASSWORD=SECRET
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "singularity_ops", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+    )
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"{args} ended (exit {proc.returncode}) before {point}: {err.decode()}")
+        assert time.monotonic() < deadline, f"{args} never reached {point}"
+        time.sleep(0.02)
+    children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True) if _running(c.pid)]
+    proc.send_signal(signal.SIGKILL)
+    out, err = proc.communicate()
+    assert SECRET not in (out + err).decode(errors="replace")
+    assert_gone(children)
+    return children
+
+
+def assert_gone(pids: list[int], within: float = 0.5) -> None:
+    """Every pid has exited (a zombie waiting for init to reap it counts as exited). Killed
+    with its parent, a child is gone at once; one left running would need seconds here."""
+    deadline = time.monotonic() + within
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if _running(p)]
+        time.sleep(0.05)
+    assert not alive, f"children outlived their killed parent: {alive}"
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL"))}
+    env["PGPASSWORD"] = SECRET
+    out = subprocess.run(
+        [sys.executable, "-m", "singularity_ops", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=config.parent,
+        timeout=300,
+    )
+    assert SECRET not in out.stdout + out.stderr
+    return out
+
+
+def dumps_without_manifest(directory: Path) -> list[str]:
+    return [
+        p.name
+        for p in directory.iterdir()
+        if NAME_PATTERN.match(p.name) and not (directory / (p.name + MANIFEST_SUFFIX)).exists()
+    ]
+
+
+def leftover_databases(settings) -> list[str]:
+    with psycopg.connect(**settings.conninfo("postgres")) as conn:
+        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database")]
+    return [n for n in names if "__restoring_" in n or "__replaced_" in n]
+
+
+def state(settings) -> dict:
+    """Content checksums of the small tables and the size of the usage history."""
+    result = checksums(settings, tables=("knowledge_artifacts", "places"))
+    with psycopg.connect(**settings.conninfo()) as conn:
+        result["usage"] = conn.execute("SELECT count(*) FROM artifact_usage").fetchone()[0]
+    return result
+
+
+def allows_connections(settings) -> bool:
+    with psycopg.connect(**settings.conninfo("postgres")) as conn:
+        return conn.execute(
+            "SELECT datallowconn FROM pg_database WHERE datname = %s", (settings.dbname,)
+        ).fetchone()[0]
+
+
+# --- import and embed ------------------------------------------------------------------
+
+
+def test_import_killed_before_its_commit_writes_nothing_and_runs_again(kb_settings, tmp_path):
+    root = messy_tree(tmp_path / "td")
+    config = write_cli_config(tmp_path, kb_settings, **{"import": {"root": str(root)}})
+    kill_at("import:before-commit", ["--config", str(config), "import"], tmp_path)
+    with psycopg.connect(**kb_settings.conninfo()) as conn:
+        assert conn.execute("SELECT count(*) FROM knowledge_artifacts").fetchone()[0] == 0
+    again = cli(config, "import")
+    assert again.returncode == 0 and "10 inserted" in again.stdout
+
+
+def test_embed_killed_after_a_batch_keeps_it_and_the_next_run_finishes(corpus_db, tmp_path):
+    settings, _root = corpus_db
+    config = write_cli_config(tmp_path, settings)
+    kill_at("embed:after-batch", ["--config", str(config), "embed", "--batch-size", "2"], tmp_path)
+    with psycopg.connect(**settings.conninfo()) as conn:
+        done = conn.execute(
+            "SELECT count(*) FROM knowledge_artifacts WHERE embedding IS NOT NULL"
+        ).fetchone()[0]
+    assert done == 2, "the first batch was committed before the kill"
+    again = cli(config, "embed", "--json")
+    assert again.returncode == 0 and '"embedded": 3' in again.stdout
+
+
+# --- backup ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bulky_db(full_db):
+    """full_db plus half a million usage events: pg_dump and pg_restore then work for a second or
+    more, so a child that outlived its killed parent would still be seen running."""
+    with psycopg.connect(**full_db.conninfo(), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO artifact_usage (used_at, artifact_pk, success, environment, metadata)"
+            " SELECT now() - (g % 8000 || ' hours')::interval, (SELECT id FROM knowledge_artifacts"
+            " ORDER BY artifact_id LIMIT 1), g % 3 <> 0, 'prod', jsonb_build_object('g', g)"
+            " FROM generate_series(1, 500000) g"
+        )
+    return full_db
+
+
+@pytest.mark.parametrize(
+    ("point", "fmt"),
+    [
+        ("backup:during-pg_dump", "custom"),
+        ("backup:during-pg_dump", "directory"),
+        ("backup:before-manifest", "custom"),
+        ("backup:before-dump-rename", "custom"),
+    ],
+)
+def test_backup_killed_leaves_no_final_dump_without_manifest_and_no_child(
+    request, tmp_path, point, fmt
+):
+    # custom: pg_dump blocks on the full pipe while the parent is paused; directory: it needs
+    # enough data to still be writing its files
+    full_db = request.getfixturevalue("bulky_db" if fmt == "directory" else "full_db")
+    out = tmp_path / "b"
+    first = backup(full_db, out)
+    config = write_cli_config(tmp_path, full_db, backup={"dir": str(out)})
+    children = kill_at(point, ["--config", str(config), "backup", "--format", fmt], tmp_path)
+    if point == "backup:during-pg_dump":
+        assert children, "pg_dump was running when the parent was killed"
+    assert dumps_without_manifest(out) == []
+    leftovers = sorted(p.name for p in out.iterdir() if p.name not in (LOCK_FILE,))
+    snapshot = {p: (out / p).stat().st_mtime_ns for p in leftovers}
+    time.sleep(0.5)
+    assert {p: (out / p).stat().st_mtime_ns for p in leftovers} == snapshot, "nothing writes on"
+    again = cli(config, "backup", "--json", "--format", fmt)
+    assert again.returncode == 0, again.stderr  # the lock was free: the child died too
+    assert dumps_without_manifest(out) == []
+    names = sorted(p.name for p in out.iterdir())
+    assert not any(".partial-" in n for n in names), names
+    good = [n for n in names if NAME_PATTERN.match(n)]
+    assert len(good) == 2 and first.path.name in good
+
+
+# --- restore ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        "restore:during-pg_restore",
+        "restore:before-swap",
+        "restore:target-closed",
+        "restore:between-renames",
+        "restore:after-swap",
+    ],
+)
+def test_restore_killed_anywhere_leaves_a_complete_target_and_the_next_run_cleans_up(
+    request, tmp_path, point
+):
+    full_db = request.getfixturevalue("bulky_db" if "during" in point else "full_db")
+    dump = backup(full_db, tmp_path / "b").path
+    dumped = state(full_db)
+    with psycopg.connect(**full_db.conninfo(), autocommit=True) as conn:
+        conn.execute("DELETE FROM places WHERE id <= 40")
+    before = state(full_db)
+    config = write_cli_config(tmp_path, full_db)
+    children = kill_at(point, ["--config", str(config), "restore", str(dump), "--force"], tmp_path)
+    if point == "restore:during-pg_restore":
+        assert children, "pg_restore was running when the parent was killed"
+    expected = dumped if point == "restore:after-swap" else before
+    if point in ("restore:target-closed", "restore:between-renames"):
+        assert not allows_connections(full_db), "the killed run had closed the target"
+    else:
+        assert state(full_db) == expected, "the target name holds a complete database"
+    assert leftover_databases(full_db), "the killed run left its scratch or old copy"
+    cleaned = cli(config, "restore", "--cleanup", "--json")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert leftover_databases(full_db) == []
+    assert allows_connections(full_db)
+    assert state(full_db) == expected
+    again = cli(config, "restore", str(dump), "--force")
+    assert again.returncode == 0, again.stderr
+    assert state(full_db) == dumped
+
+
+def test_the_next_restore_cleans_up_by_itself(full_db, tmp_path):
+    dump = backup(full_db, tmp_path / "b").path
+    config = write_cli_config(tmp_path, full_db)
+    kill_at(
+        "restore:target-closed",
+        ["--config", str(config), "restore", str(dump), "--force"],
+        tmp_path,
+    )
+    again = cli(config, "restore", str(dump), "--force")
+    assert again.returncode == 0, again.stderr
+    assert "cleaned up after a killed restore: reopened" in again.stderr
+    assert leftover_databases(full_db) == [] and allows_connections(full_db)
+
+
+def test_fault_suite_covers_every_pause_point_in_the_code():
+    """A pause point added to the code without a kill test here fails this test."""
+    import re
+
+    used = set()
+    for path in (ROOT / "singularity_ops").glob("*.py"):
+        used |= set(re.findall(r'pause_point\("([^"]+)"\)', path.read_text()))
+    tested = set(
+        re.findall(
+            r'"((?:import|embed|backup|restore|model-build):[a-z_-]+)"', Path(__file__).read_text()
+        )
+    )
+    tested |= set(
+        re.findall(r'"(model-build:[a-z-]+)"', (ROOT / "tests" / "test_local_model.py").read_text())
+    )
+    assert used == tested, f"untested: {used - tested}, unknown: {tested - used}"
