@@ -299,7 +299,7 @@ class Bench:
                 " embedding_model, embedded_hash)"
                 " SELECT 'bench', 'a' || g, format('{\"n\": %%s}', g), format('{\"n\": %%s}', g)::jsonb,"
                 "  (SELECT array_agg(random())::real[]::vector FROM generate_series(1, 384) WHERE g > 0), %s,"
-                "  knowledge_content_hash(format('{\"n\": %%s}', g)) FROM generate_series(1, %s) g",
+                "  knowledge_embedding_source_hash(format('{\"n\": %%s}', g)::jsonb) FROM generate_series(1, %s) g",
                 (key, noop_count),
             )
         config = self.config_for(noop, tree)

@@ -25,7 +25,7 @@ _LATEST_ORDER = "knowledge_version_key(version) DESC, version DESC"
 _COLUMNS = """
     id::text AS pk, artifact_type, artifact_id, version, content, content_hash, source_path, source,
     language, tags, usage_count, success_count, success_rate, last_used_at, embedding_model,
-    (embedding IS NOT NULL AND embedded_hash = content_hash) AS embedded, created_at, updated_at
+    (embedding IS NOT NULL AND embedded_hash = embedding_source_hash) AS embedded, created_at, updated_at
 """
 
 
@@ -220,8 +220,9 @@ def stats(conn: psycopg.Connection, *, top: int = 5, min_usage_for_rate: int = 1
         )
     ]
     present, stale, missing = conn.execute(
-        "SELECT count(*) FILTER (WHERE embedding IS NOT NULL AND embedded_hash = content_hash),"
-        " count(*) FILTER (WHERE embedding IS NOT NULL AND embedded_hash IS DISTINCT FROM content_hash),"
+        "SELECT count(*) FILTER (WHERE embedding IS NOT NULL AND embedded_hash = embedding_source_hash),"
+        " count(*) FILTER (WHERE embedding IS NOT NULL"
+        " AND embedded_hash IS DISTINCT FROM embedding_source_hash),"
         " count(*) FILTER (WHERE embedding IS NULL) FROM knowledge_artifacts"
     ).fetchone()  # type: ignore[misc]
     usage_events = conn.execute("SELECT count(*) FROM artifact_usage").fetchone()[0]  # type: ignore[index]

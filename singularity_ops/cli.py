@@ -385,7 +385,7 @@ def validate_cmd(ctx: click.Context, paths, include_learned: bool, as_json: bool
 
     \b
     Example:
-      singularity-ops validate templates_data/patterns
+      singularity-ops validate templates_data/prompts
     """
     result = _scan(ctx, paths, include_learned)
     if as_json:
@@ -657,10 +657,11 @@ def backup_cmd(
     """pg_dump the database into backups/ with a manifest; quiet on success (for cron).
 
     Exit 0 on success, 1 on any failure, 75 when another backup holds the directory lock.
+    From cron: `17 3 * * * cd /srv/singularity && .venv/bin/singularity-ops backup --keep 14`.
 
     \b
-    Example (crontab):
-      17 3 * * *  cd /srv/singularity && .venv/bin/singularity-ops backup --keep 14 --verify
+    Example:
+      singularity-ops backup --keep 14 --verify
     """
     from .backup import backup
 
@@ -799,7 +800,7 @@ def record_usage_cmd(
 
     \b
     Example:
-      singularity-ops record-usage pattern nats_consumer --success --duration-ms 120
+      singularity-ops record-usage code_generation nats_consumer_go --success --duration-ms 120
     """
     from .artifacts import record_usage
     from .db import connect
@@ -841,7 +842,7 @@ def export_cmd(ctx, min_usage, min_success_rate, types, out, as_json: bool) -> N
 
     \b
     Example:
-      singularity-ops export --min-usage 20 --min-success-rate 0.95 --type pattern
+      singularity-ops export --min-usage 20 --min-success-rate 0.95 --type code_generation
     """
     from .db import connect
     from .export import export_proven
@@ -862,10 +863,15 @@ def export_cmd(ctx, min_usage, min_success_rate, types, out, as_json: bool) -> N
         return
     for name in result.written:
         info(ctx, f"wrote {result.out_dir / name}")
+    for name in result.curated:
+        info(ctx, f"skipped {name}: the curated file already holds it (promoted)")
+    for name in result.removed:
+        info(ctx, f"removed {result.out_dir / name}: a copy of its curated file")
     info(
         ctx,
         f"{result.qualifying} proven artifact(s): {len(result.written)} written, "
-        f"{len(result.unchanged)} unchanged in {result.out_dir}",
+        f"{len(result.unchanged)} unchanged, {len(result.curated)} already curated "
+        f"in {result.out_dir}",
     )
 
 
@@ -875,20 +881,34 @@ def export_cmd(ctx, min_usage, min_success_rate, types, out, as_json: bool) -> N
 def status_cmd(ctx: click.Context, as_json: bool) -> None:
     """One screen: server, extensions, migrations, artifacts, embeddings, learning.
 
+    A server that cannot be reached is reported (with why), and the exit code is 3.
+
     \b
     Example:
       singularity-ops status --json | jq .knowledge.embeddings
     """
-    from .db import connect
-    from .status import collect_status
+    from .status import EXIT_UNREACHABLE, collect_status
 
-    settings = settings_of(ctx)
-    with connect(settings, autocommit=True) as conn:
-        report = collect_status(conn, settings)
+    report = collect_status(settings_of(ctx))
     if as_json:
         emit_json(report)
-        return
     echo = click.echo
+    if not report.reachable:
+        if not as_json:
+            echo(f"database     {report.target} unreachable: {report.error}")
+            if report.local_cluster is not None:
+                lc = report.local_cluster
+                state = (
+                    "running"
+                    if lc.running
+                    else ("stopped" if lc.initialized else "not initialised")
+                )
+                echo(
+                    f"cluster      {state} ({lc.data_dir}); start it with `singularity-ops ensure-db`"
+                )
+        ctx.exit(EXIT_UNREACHABLE)
+    if as_json:
+        return
     echo(
         f"database     {report.target} (PostgreSQL {report.server_version}, env {report.environment})"
     )

@@ -203,7 +203,7 @@ def start(local: LocalCluster, bindir: Path | None, timeout: float = 60) -> bool
         if stale.exists():
             # Its process is gone (or the pid now belongs to something else): a crash or reboot.
             stale.unlink()
-        _check_port_free(local)
+        check_port_free(local)
         pg_ctl = _server_program("pg_ctl", bindir)
         local.socket_dir.mkdir(parents=True, exist_ok=True)
         _chown_for(pg_ctl, local.socket_dir)
@@ -234,7 +234,10 @@ def start(local: LocalCluster, bindir: Path | None, timeout: float = 60) -> bool
         return True
 
 
-def _check_port_free(local: LocalCluster) -> None:
+def check_port_free(local: LocalCluster) -> None:
+    """Refuse when another server listens on the cluster's port (fine while it is ours)."""
+    if _live_postmaster_pid(local.data_dir) is not None:
+        return
     with socket.socket() as probe:
         probe.settimeout(1)
         in_use = probe.connect_ex(("127.0.0.1", local.port)) == 0

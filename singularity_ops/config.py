@@ -21,6 +21,9 @@ CONFIG_NAME = "singularity.yaml"
 ENVIRONMENTS = ("dev", "test", "prod")
 DEFAULT_LOCAL_PORT = 54329
 DEFAULT_EXTENSIONS = ("vector", "timescaledb", "postgis")
+# Exported by `singularity-ops env`: the data directory of the project-local cluster its
+# PGHOST/PGPORT/DATABASE_URL point at.
+LOCAL_CLUSTER_VARIABLE = "SINGULARITY_LOCAL_CLUSTER"
 # A unix socket path must fit in sun_path (108 bytes) including "/.s.PGSQL.NNNNN".
 MAX_SOCKET_DIR = 90
 
@@ -171,7 +174,7 @@ _SECRETS: set[str] = set()
 
 def register_secret(secret: str | None) -> None:
     """Remember a secret so that redact() removes it (and its percent-encoded form) everywhere."""
-    if secret and len(secret) >= 3:  # shorter "secrets" would blank out ordinary words
+    if secret and len(secret) >= 4:  # shorter "secrets" would blank out ordinary words
         _SECRETS.add(secret)
         _SECRETS.add(quote(secret, safe=""))
 
@@ -390,32 +393,53 @@ def load_settings(
         (None, None),
     )
     from_url = _parse_url(url, url_source) if url else {}
+    # A libpq service (?service= in the URL, or PGSERVICE) is resolved as libpq does it:
+    # parameters given explicitly beat the service's, which beat the PG* variables.
+    service_name = from_url.pop("service", None) or env.get("PGSERVICE")
+    service = read_service(service_name, env) if service_name else {}
+    register_secret(service.get("password"))
+    for key, value in service.items():
+        if key not in ("host", "port", "user", "password", "dbname"):
+            from_url.setdefault(key, value)
 
     def pick(url_key: str, env_key: str, yaml_key: str) -> Any:
         if url_key in from_url:
             return from_url.pop(url_key)
-        return env.get(env_key) or _get(data, yaml_key)
+        return service.get(url_key) or env.get(env_key) or _get(data, yaml_key)
 
     host = pick("host", "PGHOST", "database.host")
     port = pick("port", "PGPORT", "database.port")
     user = pick("user", "PGUSER", "database.user")
-    password = from_url.pop("password", None) or env.get("PGPASSWORD")
+    password = from_url.pop("password", None) or service.get("password") or env.get("PGPASSWORD")
     register_secret(password)
     url_dbname = from_url.pop("dbname", None)
     name = (
         dbname
         or url_dbname
+        or service.get("dbname")
         or env.get("PGDATABASE")
         or _get(data, "database.name")
         or "singularity"
     )
+    # What `singularity-ops env` exported for the project-local cluster keeps meaning that
+    # cluster: its PGHOST/DATABASE_URL alone would look like an external server.
+    marker = env.get(LOCAL_CLUSTER_VARIABLE)
+    if (
+        marker
+        and host in ("127.0.0.1", "localhost")
+        and url_source in (None, "DATABASE_URL")
+        and not service
+    ):
+        host, local_data_dir = None, Path(marker)
+    else:
+        local_data_dir = None
 
     bindir_value = env.get("PG_BINDIR") or _get(data, "postgres.bindir")
     bindir = _resolve_path(project_root, bindir_value) if bindir_value else None
 
     local = None
     if not host:
-        data_dir = _resolve_path(
+        data_dir = local_data_dir or _resolve_path(
             project_root,
             env.get("PGDATA") or _get(data, "postgres.local.data_dir") or ".singularity/pgdata",
         )
@@ -525,4 +549,47 @@ def connection_env(settings: Settings) -> dict[str, str]:
     if settings.user:
         exports["PGUSER"] = settings.user
     exports["SINGULARITY_ENV"] = settings.environment
+    if settings.local is not None:
+        exports[LOCAL_CLUSTER_VARIABLE] = str(settings.local.data_dir)
     return exports
+
+
+def service_files(env: Mapping[str, str]) -> list[Path]:
+    """Where libpq looks for connection services, in its order."""
+    files = []
+    if env.get("PGSERVICEFILE"):
+        files.append(Path(env["PGSERVICEFILE"]).expanduser())
+    else:
+        files.append(Path(env.get("HOME") or os.path.expanduser("~")) / ".pg_service.conf")
+    sysconf = env.get("PGSYSCONFDIR")
+    # Debian's libpq is built with /etc/postgresql-common as its sysconfdir.
+    files.append(
+        Path(sysconf) / "pg_service.conf"
+        if sysconf
+        else Path("/etc/postgresql-common/pg_service.conf")
+    )
+    return files
+
+
+def read_service(name: str, env: Mapping[str, str]) -> dict[str, str]:
+    """The parameters of a libpq connection service (the first file that defines it wins)."""
+    import configparser
+
+    searched = service_files(env)
+    for path in searched:
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.optionxform = str  # type: ignore[assignment,method-assign]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            continue
+        try:
+            parser.read_string(text, source=str(path))
+        except configparser.Error as exc:
+            raise ConfigError(f"{path}: not a valid service file: {exc.message}") from None
+        if parser.has_section(name):
+            return dict(parser.items(name))
+    raise ConfigError(
+        f"connection service {name!r} (PGSERVICE or ?service=) is not defined in "
+        f"{' or '.join(str(p) for p in searched)}; add a [{name}] section or fix the name"
+    )

@@ -303,6 +303,9 @@ def ensure_db(settings: Settings, timeout: float = 30) -> EnsureDbResult:
     """
     initialized = started = preloaded = False
     if settings.local is not None:
+        # Before initdb: a port already taken by another server means this cluster could not
+        # start anyway, and initdb would leave 40 MB behind for nothing.
+        cluster.check_port_free(settings.local)
         initialized = cluster.init(settings.local, settings.bindir)
         started = cluster.start(settings.local, settings.bindir, timeout)
     conn = wait_for_server(settings, timeout)

@@ -1,8 +1,10 @@
 """embed: compute embeddings for artifacts that have none or whose content changed.
 
 Mechanism: knowledge_artifacts.embedding is an untyped `vector`; each row records the model
-(`embedding_model`, see providers.model_key) and the content hash it was computed from
-(`embedded_hash`). Every model gets its own HNSW index on `(embedding::vector(N))`
+(`embedding_model`, see providers.model_key) and the hash of what it was computed from
+(`embedded_hash`, compared with the generated `embedding_source_hash`: the content without
+the keys embedding_text() never reads, so a promoted file with a new `_learning` block is not
+re-embedded). Every model gets its own HNSW index on `(embedding::vector(N))`
 restricted to its rows (`WHERE embedding_model = '<key>'`), as pgvector documents for
 mixed dimensions, so vectors of different models are never compared.
 
@@ -132,7 +134,7 @@ def _lock(conn: psycopg.Connection) -> None:
 def _stale_condition() -> str:
     return (
         "(embedding IS NULL OR embedding_model IS DISTINCT FROM %(key)s"
-        " OR embedded_hash IS DISTINCT FROM content_hash)"
+        " OR embedded_hash IS DISTINCT FROM embedding_source_hash)"
     )
 
 
@@ -210,7 +212,7 @@ def embed(
 
 def _embed_batch(conn: psycopg.Connection, provider: Provider, key: str, ids: list) -> int:
     rows = conn.execute(
-        "SELECT id, artifact_type, artifact_id, content, content_hash FROM knowledge_artifacts"
+        "SELECT id, artifact_type, artifact_id, content, embedding_source_hash FROM knowledge_artifacts"
         " WHERE id = ANY(%s) ORDER BY artifact_type, artifact_id, version",
         (ids,),
     ).fetchall()
@@ -227,7 +229,7 @@ def _embed_batch(conn: psycopg.Connection, provider: Provider, key: str, ids: li
         # Only rows whose content did not change while we were embedding are updated.
         cur.executemany(
             "UPDATE knowledge_artifacts SET embedding = %s, embedding_model = %s,"
-            " embedded_hash = %s, embedded_at = now() WHERE id = %s AND content_hash = %s",
+            " embedded_hash = %s, embedded_at = now() WHERE id = %s AND embedding_source_hash = %s",
             [
                 (Vector(vec), key, content_hash, pk, content_hash)
                 for (pk, _t, _i, _c, content_hash), vec in zip(rows, vectors, strict=True)

@@ -1,16 +1,19 @@
 """export: write proven artifacts (enough uses, high success rate) back to git for human review.
 
-Each artifact goes to <out>/<artifact_type>/<artifact_id>.json: its original JSON (key order
-kept) with the identity made explicit ("artifact_type", "id", "version", so the file keeps
+Each artifact goes to <out>/<artifact_type>/<artifact_id>.json: its original text, byte for
+byte, with the identity made explicit ("artifact_type", "id", "version", so the file keeps
 its identity wherever a reviewer moves it) and a "_learning" block with the metrics that
-qualified it. Bytes are deterministic: a second export with no change in the database
-leaves every file untouched (no git diff, no new mtime).
+qualified it, both laid out like the file's own members. Bytes are deterministic: a second
+export with no change in the database leaves every file untouched (no git diff, no new
+mtime). An artifact whose curated file already holds the same content (it was promoted) is
+not exported again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -32,6 +35,10 @@ class ExportResult:
     written: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     qualifying: int = 0
+    # proven, but their curated file already holds exactly this (promoted before): not written
+    curated: list[str] = field(default_factory=list)
+    # earlier exports of those, identical to the curated file apart from metrics: removed
+    removed: list[str] = field(default_factory=list)
 
 
 def safe_relative_path(artifact_type: str, artifact_id: str) -> Path:
@@ -66,31 +73,106 @@ def safe_relative_path(artifact_type: str, artifact_id: str) -> Path:
     return Path(shorten(type_part), *id_parts)
 
 
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+@dataclass(frozen=True)
+class _Member:
+    key: str
+    start: int  # the key's opening quote
+    value_start: int
+    value_end: int
+
+
+def _members(text: str) -> tuple[int, list[_Member]]:
+    """The offset of the top-level object's closing brace, and its members with their spans.
+
+    The stdlib's own scanner reads every key and value, so strings and nesting are its
+    business; only the positions are kept.
+    """
+    decoder = json.JSONDecoder()
+    i = _WS.match(text, 0).end()
+    if text[i : i + 1] != "{":
+        raise ValueError("not a JSON object")
+    i = _WS.match(text, i + 1).end()
+    members: list[_Member] = []
+    if text[i] == "}":
+        return i, members
+    while True:
+        start = i
+        key, i = json.decoder.scanstring(text, i + 1)
+        i = _WS.match(text, i).end() + 1  # past the colon
+        value_start = _WS.match(text, i).end()
+        _value, end = decoder.raw_decode(text, value_start)
+        members.append(_Member(key, start, value_start, end))
+        i = _WS.match(text, end).end()
+        if text[i] == "}":
+            return i, members
+        i = _WS.match(text, i + 1).end()  # past the comma
+
+
+def _identity_updates(document: dict, artifact_type: str, artifact_id: str, version: str) -> dict:
+    """The identity keys an exported file must carry so that it keeps its identity wherever a
+    reviewer moves it: artifact_type always, id and version unless the file already says so."""
+    metadata = document.get("metadata") if isinstance(document.get("metadata"), dict) else {}
+    updates = {"artifact_type": artifact_type}
+    if document.get("id") != artifact_id and not (
+        metadata.get("id") == artifact_id and "id" not in document
+    ):
+        updates["id"] = artifact_id
+    if str(document.get("version", "")) != version and not (
+        str(metadata.get("version", "")) == version and "version" not in document
+    ):
+        updates["version"] = version
+    return updates
+
+
 def render(
     content_raw: str, artifact_type: str, artifact_id: str, version: str, metrics: dict
 ) -> bytes:
-    """The exported file's bytes: original key order, explicit identity, the learning block."""
-    document = json.loads(content_raw)  # dicts keep the file's key order
-    document.pop(LEARNING_KEY, None)
-    document["artifact_type"] = artifact_type
-    if document.get("id") != artifact_id:
-        metadata = document.get("metadata")
-        if not (
-            isinstance(metadata, dict)
-            and metadata.get("id") == artifact_id
-            and "id" not in document
-        ):
-            document["id"] = artifact_id
-    if str(document.get("version", "")) != version:
-        metadata = document.get("metadata")
-        if not (
-            isinstance(metadata, dict)
-            and str(metadata.get("version", "")) == version
-            and "version" not in document
-        ):
-            document["version"] = version
-    document[LEARNING_KEY] = metrics
-    return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    """The exported file: the original text byte for byte, with only the explicit identity and
+    the `_learning` block set (replaced where the file has them, appended where it does not),
+    formatted like the file's own members. A reviewer's diff is just those lines."""
+    document = json.loads(content_raw)
+    updates = _identity_updates(document, artifact_type, artifact_id, version)
+    updates = {k: v for k, v in updates.items() if document.get(k) != v}
+    updates[LEARNING_KEY] = metrics
+    _close, members = _members(content_raw)
+    if not members:  # "{}": no layout to follow
+        return (json.dumps(updates, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    opening = content_raw[: members[0].start]
+    indent = opening[opening.rfind("\n") + 1 :] if "\n" in opening else ""
+    if len(members) > 1:
+        separator = content_raw[members[0].value_end : members[1].start]
+    else:
+        separator = ",\n" + indent if indent else ", "
+
+    def value_text(value) -> str:
+        if not indent:  # a one-line object stays on one line
+            return json.dumps(value, ensure_ascii=False)
+        step = indent if "\t" in indent else len(indent)
+        return json.dumps(value, indent=step, ensure_ascii=False).replace("\n", "\n" + indent)
+
+    text = content_raw
+    # Members the file already has get their value replaced in place, from the last one so
+    # that earlier offsets stay valid; the others are appended after the last member.
+    for member in sorted(members, key=lambda m: -m.start):
+        if member.key in updates:
+            value = value_text(updates.pop(member.key))
+            text = text[: member.value_start] + value + text[member.value_end :]
+    if updates:
+        end = _members(text)[1][-1].value_end
+        appended = "".join(
+            f"{separator}{json.dumps(key, ensure_ascii=False)}: {value_text(value)}"
+            for key, value in updates.items()
+        )
+        text = text[:end] + appended + text[end:]
+    return text.encode("utf-8")
+
+
+def strip_learning(document: dict) -> dict:
+    """A document without its `_learning` block: what a reviewer promotes is the rest."""
+    return {k: v for k, v in document.items() if k != LEARNING_KEY}
 
 
 def _write_if_changed(path: Path, data: bytes) -> bool:
@@ -119,7 +201,7 @@ def export_proven(
     out_dir = out_dir.resolve()
     query = (
         "SELECT artifact_type, artifact_id, version, content_raw, usage_count, success_count,"
-        " success_rate, last_used_at, source_path FROM knowledge_artifacts"
+        " success_rate, last_used_at, source_path, source FROM knowledge_artifacts"
         " WHERE usage_count >= %s AND success_rate >= %s"
     )
     params: list = [min_usage, min_success_rate]
@@ -145,6 +227,7 @@ def export_proven(
             rate,
             last_used,
             source_path,
+            source,
         ) = row
         target = (out_dir / relative).resolve()
         if out_dir not in target.parents:
@@ -160,5 +243,22 @@ def export_proven(
         }
         data = render(content_raw, artifact_type, artifact_id, version, metrics)
         label = relative.as_posix()
+        curated = strip_learning(json.loads(content_raw))
+        if source == "git" and curated == strip_learning(json.loads(data)):
+            # Promoted already: git holds this content, a copy in learned/ would only make
+            # `import --include-learned` see two files claiming one artifact.
+            result.curated.append(f"{label} (in {source_path})")
+            if _holds(target, curated):
+                target.unlink()
+                result.removed.append(label)
+            continue
         (result.written if _write_if_changed(target, data) else result.unchanged).append(label)
     return result
+
+
+def _holds(path: Path, document: dict) -> bool:
+    """True when `path` is a JSON file equal to `document` apart from its `_learning` block."""
+    try:
+        return strip_learning(json.loads(path.read_text(encoding="utf-8"))) == document
+    except (OSError, ValueError, AttributeError):
+        return False

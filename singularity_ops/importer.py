@@ -2,7 +2,7 @@
 
 Unchanged files (same content hash and source path) are not written at all. Changed files
 update content but keep the learning metrics; their embedding becomes stale because
-content_hash no longer equals embedded_hash. Rows go through COPY into a staging table and one
+what the embedding was computed from changed. Rows go through COPY into a staging table and one
 INSERT ... ON CONFLICT merge, never one round trip per file.
 """
 

@@ -155,7 +155,7 @@ def search_sql(
         SELECT a.artifact_type, a.artifact_id, a.version, s.similarity,
                coalesce(a.content->>'name', a.content->'metadata'->>'name') AS name,
                coalesce(a.content->>'description', a.content->'metadata'->>'description') AS description,
-               a.language, a.tags, a.embedded_hash IS DISTINCT FROM a.content_hash AS stale,
+               a.language, a.tags, a.embedded_hash IS DISTINCT FROM a.embedding_source_hash AS stale,
                r.score, r.vector_rank, r.text_rank
         FROM ranked r JOIN knowledge_artifacts a USING (id)
         CROSS JOIN LATERAL (SELECT {similarity} AS similarity) s

@@ -2,40 +2,65 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 
+from . import cluster
 from .artifacts import KnowledgeStats, stats
 from .config import Settings
-from .db import relation_exists
+from .db import connect, relation_exists
+from .errors import DatabaseUnavailable
 from .extensions import installed_extensions
 from .migrate import applied_migrations, discover
+
+EXIT_UNREACHABLE = 3  # as `server status`: not running is a state to report, not a failure
 
 
 @dataclass(frozen=True)
 class StatusReport:
-    """Everything `status` shows."""
+    """Everything `status` shows. An unreachable server is reported, not raised."""
 
     target: str
     environment: str
-    server_version: str
-    extensions: dict[str, str]
-    migrations_applied: int
-    migrations_pending: list[str]
-    knowledge: KnowledgeStats | None  # None until the schema is migrated
+    reachable: bool
+    error: str | None = None  # why the server could not be reached
+    local_cluster: cluster.ClusterStatus | None = (
+        None  # the project-local cluster, if it is the target
+    )
+    server_version: str | None = None
+    extensions: dict[str, str] = field(default_factory=dict)
+    migrations_applied: int = 0
+    migrations_pending: list[str] = field(default_factory=list)
+    knowledge: KnowledgeStats | None = None  # None until the schema is migrated
 
 
-def collect_status(conn: psycopg.Connection, settings: Settings) -> StatusReport:
-    """Read-only: gather the status of the configured database."""
+def collect_status(settings: Settings, conn: psycopg.Connection | None = None) -> StatusReport:
+    """Read-only: gather the status of the configured database (connecting if `conn` is None)."""
+    base = {
+        "target": settings.redact(settings.url()),
+        "environment": settings.environment,
+        "local_cluster": cluster.status(settings.local) if settings.local else None,
+    }
+    if conn is None:
+        try:
+            conn = connect(settings, autocommit=True)
+        except DatabaseUnavailable as exc:
+            return StatusReport(**base, reachable=False, error=settings.redact(exc.message))
+        with conn:
+            return _collect(conn, settings, base)
+    return _collect(conn, settings, base)
+
+
+def _collect(conn: psycopg.Connection, settings: Settings, base: dict) -> StatusReport:
     version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
     applied = applied_migrations(conn)
     files = discover(settings.migrations_dir) if settings.migrations_dir.is_dir() else []
     pending = [f.filename for f in files if f.version not in applied]
     has_schema = relation_exists(conn, "knowledge_artifacts")
     return StatusReport(
-        target=settings.url(),
-        environment=settings.environment,
+        **base,
+        reachable=True,
         server_version=version,
         extensions=installed_extensions(conn),
         migrations_applied=len(applied),

@@ -90,7 +90,8 @@ def sandbox(settings: Settings) -> Iterator[psycopg.Connection]:
     """
     import psycopg
 
-    from .db import _register_vector, relation_exists, use_connection
+    from .db import _register_vector, check_local_identity, relation_exists, use_connection
+    from .errors import DatabaseUnavailable
 
     cls = _sandbox_class()
     try:
@@ -101,6 +102,10 @@ def sandbox(settings: Settings) -> Iterator[psycopg.Connection]:
             f"{settings.redact(str(exc).strip().splitlines()[0])}; {SETUP_HINT}"
         ) from None
     try:
+        try:
+            check_local_identity(settings, conn)  # the same check as every CLI connection
+        except DatabaseUnavailable as exc:
+            raise SandboxUnavailable(str(exc)) from None
         migrated = relation_exists(conn, "knowledge_artifacts")
         conn.rollback()
         if not migrated:

@@ -8,6 +8,7 @@ no database test is ever skipped.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
@@ -25,8 +26,6 @@ from singularity_ops.config import LocalCluster, Settings, load_settings, make_l
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST_PORT = int(os.environ.get("SINGULARITY_TEST_PORT", "54339"))
-TEST_DATA = ROOT / ".singularity" / "test-pgdata"
 
 
 def free_port() -> int:
@@ -34,6 +33,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# A port of its own for every session (SINGULARITY_TEST_PORT to pin one): two checkouts, or a
+# developer's own server on the usual ports, never collide with the test server.
+TEST_PORT = int(os.environ.get("SINGULARITY_TEST_PORT") or free_port())
+TEST_DATA = ROOT / ".singularity" / "test-pgdata"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -46,13 +51,50 @@ def test_server() -> Iterator[LocalCluster]:
     assert settings.local == local, "test cluster settings must come from the toolkit's resolution"
     from singularity_ops.db import ensure_db
 
+    TEST_DATA.parent.mkdir(parents=True, exist_ok=True)
+    session_lock = open(TEST_DATA.parent / "test-session.lock", "w")  # noqa: SIM115
     try:
+        fcntl.flock(session_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pytest.exit(
+            f"another test session of this checkout is running (it holds {session_lock.name}, "
+            "and the server in .singularity/test-pgdata); wait for it, or test another checkout",
+            returncode=1,
+        )
+    try:
+        cluster.stop(local, None)  # left running by a killed session, maybe on another port
         ensure_db(settings, timeout=60)
         _disable_timescaledb_schedulers(settings, local)
+        _drop_leftover_databases(settings)
     except Exception as exc:  # fail loudly: never skip database tests
         pytest.exit(f"cannot start the test PostgreSQL 17 in {TEST_DATA}: {exc}", returncode=1)
     yield local
     cluster.stop(local, None)
+    session_lock.close()
+
+
+def _drop_leftover_databases(settings: Settings) -> None:
+    """A killed session leaves pytest-postgresql's template and test databases behind in the
+    reused cluster; the session lock is ours, so nothing uses them any more."""
+    with psycopg.connect(**settings.conninfo("postgres"), autocommit=True) as conn:
+        names = [
+            r[0]
+            for r in conn.execute(
+                "SELECT datname FROM pg_database WHERE datname NOT IN ('postgres', 'template0',"
+                " 'template1')"
+            )
+        ]
+        for name in names:
+            conn.execute(
+                psycopg.sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(
+                    psycopg.sql.Identifier(name)
+                )
+            )
+            conn.execute(
+                psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    psycopg.sql.Identifier(name)
+                )
+            )
 
 
 def _disable_timescaledb_schedulers(settings: Settings, local: LocalCluster) -> None:

@@ -141,3 +141,41 @@ def test_long_project_paths_get_a_short_socket_directory(tmp_path):
     s = load_settings(cwd=deep, env={})
     assert len(str(s.local.socket_dir)) <= 90
     assert str(s.local.socket_dir).startswith("/tmp/singularity-ops-")
+
+
+def test_pgservice_and_service_urls_are_honoured_like_psql(tmp_path):
+    services = tmp_path / "pg_service.conf"
+    services.write_text(
+        "[kb]\nhost=db.internal\nport=6543\ndbname=knowledge\nuser=kb\nsslmode=require\n"
+        "password=svc-secret-1\n"
+    )
+    env = {"PGSERVICEFILE": str(services), "PGSYSCONFDIR": str(tmp_path / "none")}
+    s = load_settings(cwd=tmp_path, env={**env, "PGSERVICE": "kb", "PGPORT": "1", "PGHOST": "x"})
+    assert (s.host, s.port, s.dbname, s.user, s.password) == (
+        "db.internal",
+        6543,
+        "knowledge",
+        "kb",
+        "svc-secret-1",
+    )
+    assert not s.is_local and s.url_params["sslmode"] == "require"
+    assert "svc-secret-1" not in s.url() and redact("x svc-secret-1 y") == "x *** y"
+    from_url = load_settings(cwd=tmp_path, env={**env, "DATABASE_URL": "postgresql:///?service=kb"})
+    assert (from_url.host, from_url.dbname) == ("db.internal", "knowledge")
+    explicit = load_settings(
+        cwd=tmp_path, env={**env, "DATABASE_URL": "postgresql://other:7/mydb?service=kb"}
+    )
+    assert (explicit.host, explicit.port, explicit.dbname) == ("other", 7, "mydb")
+    with pytest.raises(ConfigError, match=r"service 'nope' .* is not defined in .*pg_service.conf"):
+        load_settings(cwd=tmp_path, env={**env, "PGSERVICE": "nope"})
+
+
+def test_what_env_exports_keeps_pointing_at_the_local_cluster(tmp_path):
+    local = load_settings(cwd=tmp_path, env={"PGPORT": "54999"})
+    exported = connection_env(local)
+    assert exported["SINGULARITY_LOCAL_CLUSTER"] == str(local.local.data_dir)
+    again = load_settings(cwd=tmp_path, env=exported)
+    assert again.is_local and again.local == local.local and again.port == 54999
+    # an explicit --database-url is an external server, whatever the shell exported
+    flagged = load_settings(cwd=tmp_path, env=exported, database_url=exported["DATABASE_URL"])
+    assert not flagged.is_local

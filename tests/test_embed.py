@@ -53,7 +53,7 @@ def test_second_run_does_no_model_work_and_changes_are_picked_up(
     with psycopg.connect(**settings.conninfo()) as conn:
         assert (
             conn.execute(
-                "SELECT count(*) FROM knowledge_artifacts WHERE embedded_hash <> content_hash"
+                "SELECT count(*) FROM knowledge_artifacts WHERE embedded_hash <> embedding_source_hash"
             ).fetchone()[0]
             == 1
         )
@@ -128,7 +128,7 @@ def test_search_uses_the_hnsw_and_full_text_indexes_at_ten_thousand_rows(kb_sett
             " embedding, embedding_model, embedded_hash)"
             " SELECT 'bulk', 'a' || g, '{\"language\": \"go\"}', '{\"language\": \"go\"}',"
             "  (SELECT array_agg(random())::real[]::vector FROM generate_series(1, 384) WHERE g > 0),"
-            '  %s, knowledge_content_hash(\'{"language": "go"}\')'
+            '  %s, knowledge_embedding_source_hash(\'{"language": "go"}\'::jsonb)'
             " FROM generate_series(1, 10000) g",
             (key,),
         )

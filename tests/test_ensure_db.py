@@ -171,3 +171,35 @@ def test_commands_refuse_another_projects_cluster_on_the_same_port(own_cluster, 
         DatabaseUnavailable, match=r"is served by the cluster in .*pgdata, not this project's"
     ):
         connect(impostor, "postgres")
+
+
+def test_a_taken_port_is_found_before_initdb_writes_anything(tmp_path):
+    import socket
+
+    from singularity_ops.errors import ClusterError
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        settings = load_settings(
+            cwd=tmp_path, env={"PGDATA": str(tmp_path / "pgdata"), "PGPORT": str(port)}
+        )
+        with pytest.raises(ClusterError, match=f"port {port} on 127.0.0.1 is already taken"):
+            ensure_db(settings, timeout=5)
+    assert not (tmp_path / "pgdata").exists(), "no initdb before the port check"
+
+
+def test_status_reports_a_stopped_cluster_as_data_with_exit_3(own_cluster, tmp_path):
+    import json
+
+    env = {"PGDATA": str(own_cluster.local.data_dir), "PGPORT": str(own_cluster.port)}
+    out = run_cli("status", "--json", env=env, cwd=tmp_path)
+    assert out.returncode == 3, out.stderr
+    report = json.loads(out.stdout)
+    assert report["reachable"] is False and "cannot connect" in report["error"]
+    assert report["local_cluster"]["initialized"] is False
+    text = run_cli("status", env=env, cwd=tmp_path)
+    assert (
+        text.returncode == 3 and "unreachable" in text.stdout and "not initialised" in text.stdout
+    )

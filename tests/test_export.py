@@ -127,3 +127,77 @@ def test_round_trip_export_promote_import_keeps_identity_and_metrics(learned_db,
             "SELECT count(*), max(usage_count), max(source_path) FROM knowledge_artifacts WHERE artifact_id = 'proven'"
         ).fetchone()
     assert row == (1, 10, "patterns/proven_reviewed.json")
+
+
+def test_export_keeps_the_original_text_and_adds_only_identity_and_learning(kb_settings, tmp_path):
+    root = tmp_path / "td"
+    original = (
+        '{\n  "id": "tidy",\n  "name": "Tidy",\n  "tags": ["a", "b", "c"],\n'
+        '  "steps": [{"do": "x"}, {"do": "y"}],\n  "note": "caf\\u00e9 \\u2014 kept as written"\n}\n'
+    )
+    write(root, "patterns/tidy.json", original)
+    with connect(kb_settings, autocommit=True) as conn:
+        import_artifacts(conn, scan(root))
+        use(conn, "patterns", "tidy", 10, 0)
+        result = export_proven(conn, tmp_path / "out")
+    exported = (tmp_path / "out" / result.written[0]).read_text()
+    head = original.rstrip()[:-1].rstrip()  # everything up to the last member, unchanged
+    assert exported.startswith(head)
+    added = exported[len(head) :]
+    assert added.startswith(
+        ',\n  "artifact_type": "patterns",\n  "version": "1.0.0",\n  "_learning": {\n'
+    )
+    assert '    "usage_count": 10,' in added and added.endswith("\n  }\n}\n")
+    assert json.loads(exported)["note"] == "café — kept as written"
+
+
+def test_a_promoted_artifact_is_neither_re_embedded_nor_exported_again(learned_db, tmp_path):
+    settings, root = learned_db
+    with psycopg.connect(**settings.conninfo(), autocommit=True) as conn:
+        conn.execute(
+            "UPDATE knowledge_artifacts SET embedding = '[1,2,3]', embedding_model = 'm',"
+            " embedded_hash = embedding_source_hash"
+        )
+    out = root / "learned"
+    with connect(settings) as conn:
+        first = export_proven(conn, out)
+    assert first.written == ["patterns/proven.json"]
+    # promotion: the reviewed file replaces the curated one
+    (out / "patterns/proven.json").replace(root / "patterns/proven.json")
+    with connect(settings, autocommit=True) as conn:
+        assert import_artifacts(conn, scan(root)).updated == 1
+        stale = conn.execute(
+            "SELECT count(*) FROM knowledge_artifacts WHERE embedded_hash <> embedding_source_hash"
+        ).fetchone()[0]
+    assert stale == 0, "only _learning and explicit identity changed: nothing to re-embed"
+    with connect(settings, autocommit=True) as conn:
+        use(conn, "patterns", "proven", 2, 0)  # new metrics since the promotion
+        again = export_proven(conn, out)
+    assert again.written == [] and again.curated == [
+        "patterns/proven.json (in patterns/proven.json)"
+    ]
+    assert not (out / "patterns/proven.json").exists()
+    with connect(settings, autocommit=True) as conn:
+        result = import_artifacts(conn, scan(root, include_learned=True), include_learned=True)
+    assert result.invalid == 0, result.problems
+
+
+def test_a_stale_copy_of_a_promoted_artifact_is_removed_but_an_edited_one_is_kept(
+    learned_db, tmp_path
+):
+    settings, root = learned_db
+    out = tmp_path / "learned"
+    with connect(settings) as conn:
+        export_proven(conn, out)
+    promoted = out / "patterns/proven.json"
+    (root / "patterns/proven.json").write_bytes(promoted.read_bytes())  # copied, not moved
+    with connect(settings, autocommit=True) as conn:
+        import_artifacts(conn, scan(root))
+        result = export_proven(conn, out)
+    assert result.removed == ["patterns/proven.json"] and not promoted.exists()
+    edited = json.loads((root / "patterns/proven.json").read_text())
+    edited["name"] = "Proven, edited by a reviewer in learned/"
+    promoted.write_text(json.dumps(edited))
+    with connect(settings) as conn:
+        result = export_proven(conn, out)
+    assert result.removed == [] and promoted.exists()

@@ -112,7 +112,7 @@ def test_changed_file_keeps_metrics_and_marks_the_embedding_stale(kb_settings, t
             record_usage(conn, "patterns", "nats_consumer", success=ok)
         conn.execute(
             "UPDATE knowledge_artifacts SET embedding = '[1,2,3]', embedding_model = 'm',"
-            " embedded_hash = content_hash WHERE artifact_id = 'nats_consumer'"
+            " embedded_hash = embedding_source_hash WHERE artifact_id = 'nats_consumer'"
         )
     write(
         root,
@@ -123,7 +123,7 @@ def test_changed_file_keeps_metrics_and_marks_the_embedding_stale(kb_settings, t
     assert (result.inserted, result.updated, result.unchanged) == (0, 1, 9)
     with psycopg.connect(**kb_settings.conninfo()) as conn:
         uses, successes, stale, name = conn.execute(
-            "SELECT usage_count, success_count, embedded_hash <> content_hash, content->>'name'"
+            "SELECT usage_count, success_count, embedded_hash <> embedding_source_hash, content->>'name'"
             " FROM knowledge_artifacts WHERE artifact_id = 'nats_consumer'"
         ).fetchone()
     assert (uses, successes, stale, name) == (3, 2, True, "changed")

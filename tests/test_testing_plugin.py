@@ -157,3 +157,18 @@ def test_unreachable_or_unmigrated_database_names_the_command_to_run(
     bare.stdout.fnmatch_lines(
         ["*is not migrated (no knowledge_artifacts); run `singularity-ops setup`*"]
     )
+
+
+def test_the_sandbox_refuses_another_checkouts_cluster_like_the_cli(test_server, tmp_path):
+    from singularity_ops.testing import SandboxUnavailable
+
+    other_checkout = load_settings(
+        cwd=tmp_path,
+        env={"PGDATA": str(tmp_path / "pgdata"), "PGPORT": str(test_server.port)},
+        dbname="postgres",
+    )
+    with (
+        pytest.raises(SandboxUnavailable, match=r"is served by the cluster in .*test-pgdata"),
+        sandbox(other_checkout),
+    ):
+        pass
