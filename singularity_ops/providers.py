@@ -6,6 +6,7 @@ is created, never at CLI start-up.
 
 from __future__ import annotations
 
+import email.utils
 import json
 import os
 import random
@@ -15,6 +16,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from .errors import ConfigError, SingularityOpsError
 
@@ -101,6 +103,12 @@ class OpenAIProvider:
         self.max_retries = config.max_retries
         self.key_env = config.api_key_env
         self._key = env.get(config.api_key_env, "")
+        host = urlsplit(self.url).hostname or ""
+        if not self._key and (host == "openai.com" or host.endswith(".openai.com")):
+            raise ProviderError(
+                f"{self.url} needs an API key, but ${self.key_env} is not set; export it "
+                "(or name another variable with embedding.api_key_env)"
+            )
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "User-Agent": "singularity-ops"}
@@ -123,6 +131,11 @@ class OpenAIProvider:
                 status = exc.code
                 retry_after = exc.headers.get("Retry-After") if exc.headers else None
                 detail = self._error_text(exc)
+                if status in (401, 403) and not self._key:
+                    raise ProviderError(
+                        f"{self.url} needs an API key (HTTP {status}), but ${self.key_env} is not "
+                        f"set; export it (or name another variable with embedding.api_key_env){detail}"
+                    ) from None
                 if status in (401, 403):
                     raise ProviderError(
                         f"{self.url} refused the API key (HTTP {status}); check the key in "
@@ -177,12 +190,26 @@ class OpenAIProvider:
         return vectors
 
 
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds: delay-seconds or an HTTP-date (RFC 9110 10.2.3); None if unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
+
+
 def _backoff(attempt: int, retry_after: str | None) -> float:
-    if retry_after:
-        try:
-            return min(float(retry_after), 60.0)
-        except ValueError:
-            pass
+    asked = retry_after_seconds(retry_after)
+    if asked is not None:
+        return min(asked, 60.0)
     return min(0.2 * 2 ** (attempt - 1), 10.0) * random.uniform(0.75, 1.25)
 
 

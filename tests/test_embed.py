@@ -285,3 +285,24 @@ def test_local_provider_refuses_models_it_cannot_load_offline():
         LocalProvider(EmbeddingConfig(model="bge-large"))
     with pytest.raises(ConfigError, match="produces 384"):
         LocalProvider(EmbeddingConfig(dimensions=768))
+
+
+def test_retry_after_accepts_seconds_and_http_dates():
+    from singularity_ops.providers import retry_after_seconds
+
+    now = 1_700_000_000.0
+    assert retry_after_seconds("7", now) == 7.0
+    assert retry_after_seconds("Tue, 14 Nov 2023 22:13:40 GMT", now) == pytest.approx(20.0)
+    assert retry_after_seconds("Tue, 14 Nov 2023 22:13:00 GMT", now) == 0.0  # in the past
+    assert retry_after_seconds("soon", now) is None and retry_after_seconds(None) is None
+
+
+def test_http_provider_with_the_key_variable_unset_names_it():
+    with FakeEmbeddingServer() as server:
+        keyless = OpenAIProvider(openai_config(server), env={})
+        with pytest.raises(
+            ProviderError, match=r"needs an API key \(HTTP 401\), but \$FAKE_KEY is not set"
+        ):
+            keyless.embed(["a"])
+    with pytest.raises(ProviderError, match=r"needs an API key, but \$OPENAI_API_KEY is not set"):
+        OpenAIProvider(EmbeddingConfig(provider="openai", dimensions=1536), env={})
