@@ -80,8 +80,9 @@ class UsageResult:
     success: bool
     usage_count: int
     success_count: int
-    success_rate: float
-    used_at: datetime
+    success_rate: float | None
+    used_at: datetime | None
+    recorded: bool = True  # False: this event_id was recorded before, nothing changed
 
 
 def get_artifact(
@@ -145,14 +146,24 @@ def record_usage(
     duration_ms: int | None = None,
     environment: str = "dev",
     metadata: Mapping[str, Any] | None = None,
+    used_at: datetime | None = None,
+    event_id: str | None = None,
 ) -> UsageResult:
-    """Record one use in artifact_usage and update the counters, in one transaction."""
+    """Record one use: the event, its day in the rollup and the counters, in one statement.
+
+    `used_at` back-dates the event (default: now). With `event_id`, recording the same id again
+    changes nothing (`recorded` is False): retries are safe. For many events use
+    usage.ingest_usage, which does the same for a whole log in one transaction.
+    """
+    from .usage import event_key, insert_events_sql
+
     if duration_ms is not None and duration_ms < 0:
         raise SingularityOpsError(f"duration must be zero or more milliseconds, got {duration_ms}")
     clause, params, label = _lookup(artifact_type, artifact_id, version)
+    key = event_key(event_id, {}) if event_id is not None else None
     with conn.transaction():
         row = conn.execute(
-            f"SELECT id, version FROM knowledge_artifacts {clause} FOR UPDATE", params
+            f"SELECT id, version FROM knowledge_artifacts {clause}", params
         ).fetchone()
         if row is None:
             raise ArtifactNotFound(
@@ -160,21 +171,43 @@ def record_usage(
                 "check the spelling or import it first"
             )
         pk, found_version = row
-        used_at = conn.execute(
-            "INSERT INTO artifact_usage (artifact_pk, success, environment, duration_ms, metadata)"
-            " VALUES (%s, %s, %s, %s, %s::jsonb) RETURNING used_at",
-            (pk, success, environment, duration_ms, json.dumps(dict(metadata or {}))),
-        ).fetchone()[0]  # type: ignore[index]
+        keys = (
+            "new_keys AS (INSERT INTO usage_event_keys (event_key) VALUES (%(key)s)"
+            " ON CONFLICT DO NOTHING RETURNING event_key), "
+            if key is not None
+            else "new_keys AS (SELECT NULL::uuid AS event_key), "
+        )
         counts = conn.execute(
-            "UPDATE knowledge_artifacts SET usage_count = usage_count + 1,"
-            " success_count = success_count + %s::int, last_used_at = %s"
-            " WHERE id = %s RETURNING usage_count, success_count, success_rate",
-            (success, used_at, pk),
+            "WITH "
+            + keys
+            + insert_events_sql(
+                "SELECT coalesce(%(used_at)s, now()), %(pk)s, %(success)s, %(environment)s,"
+                " %(duration)s, %(metadata)s::jsonb, %(event_id)s, %(key)s FROM new_keys"
+            )
+            + "SELECT c.usage_count, c.success_count, c.success_rate, i.used_at"
+            " FROM counted c, inserted i",
+            {
+                "key": key,
+                "used_at": used_at,
+                "pk": pk,
+                "success": success,
+                "environment": environment,
+                "duration": duration_ms,
+                "metadata": json.dumps(dict(metadata or {})),
+                "event_id": event_id,
+            },
         ).fetchone()
-    assert counts is not None
-    return UsageResult(
-        artifact_type, artifact_id, found_version, success, counts[0], counts[1], counts[2], used_at
-    )
+        if counts is None:  # the event_id was recorded before
+            current = conn.execute(
+                "SELECT usage_count, success_count, success_rate, last_used_at"
+                " FROM knowledge_artifacts WHERE id = %s",
+                (pk,),
+            ).fetchone()
+            assert current is not None
+            return UsageResult(
+                artifact_type, artifact_id, found_version, success, *current, recorded=False
+            )
+    return UsageResult(artifact_type, artifact_id, found_version, success, *counts)
 
 
 @dataclass(frozen=True)

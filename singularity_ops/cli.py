@@ -786,26 +786,98 @@ def restore_cmd(
 
 
 @cli.command("record-usage")
-@click.argument("artifact_type")
-@click.argument("artifact_id")
-@click.option("--success/--failure", required=True, help="Whether this use succeeded.")
+@click.argument("artifact_type", required=False)
+@click.argument("artifact_id", required=False)
+@click.option("--success/--failure", default=None, help="Whether this use succeeded.")
 @click.option("--version", "version", default="latest", show_default=True, help="Artifact version.")
 @click.option("--duration-ms", type=click.IntRange(min=0), help="How long the use took.")
+@click.option(
+    "--event-id", help="The caller's id for this event: recording it again changes nothing."
+)
+@click.option(
+    "--from",
+    "from_file",
+    type=click.File("r", encoding="utf-8"),
+    help="Record the events of a JSON-lines file (- for stdin) in one transaction.",
+)
+@click.option(
+    "--skip-invalid",
+    is_flag=True,
+    help="With --from: record the valid lines, report the rest (exit 1).",
+)
 @json_option
 @click.pass_context
 def record_usage_cmd(
-    ctx, artifact_type: str, artifact_id: str, success: bool, version: str, duration_ms, as_json
+    ctx,
+    artifact_type,
+    artifact_id,
+    success,
+    version: str,
+    duration_ms,
+    event_id,
+    from_file,
+    skip_invalid: bool,
+    as_json,
 ):
-    """Record one use of an artifact and update its counters (one transaction).
+    """Record uses of artifacts and update their counters (one transaction).
+
+    One use: TYPE ID --success|--failure. Many: --from FILE (or - for stdin) with one JSON
+    object per line: {"artifact_type", "artifact_id", "version"?, "success", "duration_ms"?,
+    "used_at"?, "environment"?, "metadata"?, "event_id"?}. Strict: any bad line or unknown
+    artifact records nothing (--skip-invalid records the rest). Events already recorded (same
+    event_id, or the same line content when there is none) are skipped, so re-ingesting a log
+    counts nothing twice.
 
     \b
-    Example:
+    Examples:
       singularity-ops record-usage code_generation nats_consumer_go --success --duration-ms 120
+      echo '{"artifact_type": "prompt", "artifact_id": "explain_error", "success": true}' | singularity-ops record-usage --from -
     """
-    from .artifacts import record_usage
     from .db import connect
+    from .errors import ConfigError
 
     settings = settings_of(ctx)
+    if from_file is not None:
+        if (
+            artifact_type
+            or artifact_id
+            or success is not None
+            or event_id
+            or duration_ms is not None
+        ):
+            raise ConfigError(
+                "--from reads every event from the file: give no TYPE ID, --success/--failure, --event-id or --duration-ms"
+            )
+        from .usage import ingest_usage
+
+        with connect(settings, autocommit=True) as conn:
+            result = ingest_usage(
+                conn,
+                from_file,
+                name=from_file.name if from_file.name != "<stdin>" else "-",
+                skip_invalid=skip_invalid,
+                environment=settings.environment,
+            )
+        for problem in result.problems:
+            click.echo(f"skipped invalid: {problem}", err=True)
+        if as_json:
+            emit_json(result)
+        else:
+            info(
+                ctx,
+                f"{result.recorded} recorded, {result.duplicates} already recorded, "
+                f"{result.invalid} invalid, {result.artifacts} artifact(s) updated "
+                f"({result.seconds:.2f} s)",
+            )
+        if result.invalid:
+            ctx.exit(1)
+        return
+    if not (artifact_type and artifact_id) or success is None:
+        raise ConfigError("give TYPE ID and --success or --failure, or --from FILE")
+    if skip_invalid:
+        raise ConfigError("--skip-invalid goes with --from")
+    from .artifacts import record_usage
+
     with connect(settings, autocommit=True) as conn:
         result = record_usage(
             conn,
@@ -815,15 +887,144 @@ def record_usage_cmd(
             version=version,
             duration_ms=duration_ms,
             environment=settings.environment,
+            event_id=event_id,
         )
     if as_json:
         emit_json(result)
         return
+    rate = "-" if result.success_rate is None else f"{result.success_rate:.0%}"
+    note = "" if result.recorded else " (this event_id was recorded before: nothing changed)"
     info(
         ctx,
         f"{result.artifact_type}/{result.artifact_id}@{result.version}: {result.usage_count} uses, "
-        f"{result.success_count} successes ({result.success_rate:.0%})",
+        f"{result.success_count} successes ({rate}){note}",
     )
+
+
+@cli.group("usage", invoke_without_command=True)
+@click.option("--since", default="30d", show_default=True, help="Window: whole UTC days (30d, 2w).")
+@click.option(
+    "--type", "types", multiple=True, metavar="TYPE", help="Only this artifact type (repeatable)."
+)
+@click.option(
+    "--env",
+    "environment",
+    type=click.Choice(["dev", "test", "prod"]),
+    help="Only this environment.",
+)
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--from-raw",
+    is_flag=True,
+    help="Compute from the raw events instead of the daily rollup (slower, the same answer).",
+)
+@json_option
+@click.pass_context
+def usage_cmd(ctx, since: str, types, environment, top: int, from_raw: bool, as_json: bool) -> None:
+    """Usage over time: the most used artifacts of the window, their success rate beside the
+    lifetime rate, the trend against the previous window, and falling success rates.
+
+    Subcommands: refresh (rebuild the rollup from raw events), prune (drop old raw events).
+
+    \b
+    Example:
+      singularity-ops usage --since 30d --type code_generation --top 5
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from .db import connect
+    from .usage import parse_window, sparkline, usage_report
+
+    days = parse_window(since)
+    with connect(settings_of(ctx), autocommit=True) as conn:
+        report = usage_report(
+            conn,
+            since_days=days,
+            types=types,
+            environment=environment,
+            top=top,
+            source="raw" if from_raw else "rollup",
+        )
+    if as_json:
+        emit_json(report)
+        return
+    echo = click.echo
+    change = (
+        f", {report.uses - report.previous_uses:+d} against the {days} days before"
+        if report.previous_uses
+        else ""
+    )
+    echo(f"{report.start} .. {report.end} ({days} days, UTC): {report.uses} uses{change}")
+    if not report.top:
+        echo("no uses in this window")
+    else:
+        echo(f"{'artifact':<48} {'uses':>6} {'rate':>5} {'life':>5} {'trend':>7}  daily")
+    for e in report.top:
+        rate = "-" if e.success_rate is None else f"{e.success_rate:.0%}"
+        life = "-" if e.lifetime_success_rate is None else f"{e.lifetime_success_rate:.0%}"
+        trend = "new" if e.uses_change is None else f"{e.uses_change:+.0%}"
+        label = f"{e.artifact_type}/{e.artifact_id}@{e.version}"
+        echo(f"{label[:48]:<48} {e.uses:>6} {rate:>5} {life:>5} {trend:>7}  {sparkline(e.daily)}")
+    for e in report.falling:
+        echo(
+            f"falling: {e.artifact_type}/{e.artifact_id}@{e.version} success rate "
+            f"{e.previous_success_rate:.0%} -> {e.success_rate:.0%} ({e.uses} uses)"
+        )
+
+
+@usage_cmd.command("refresh")
+@click.option("--since", help="Only the last N days (30d); default: every day raw events cover.")
+@json_option
+@click.pass_context
+def usage_refresh_cmd(ctx, since, as_json: bool) -> None:
+    """Rebuild the daily rollup from the raw events (after events were written around the toolkit).
+
+    \b
+    Example:
+      singularity-ops usage refresh --since 7d
+    """
+    from .db import connect
+    from .usage import parse_window, refresh_rollup
+
+    days = parse_window(since) if since else None
+    with connect(settings_of(ctx), autocommit=True) as conn:
+        result = refresh_rollup(conn, since_days=days)
+    if as_json:
+        emit_json(result)
+        return
+    if not result.days:
+        info(ctx, "nothing to do: no raw events")
+        return
+    info(
+        ctx,
+        f"rebuilt {result.days} day(s), {result.first_day} .. {result.last_day}: {result.rows} rollup rows",
+    )
+
+
+@usage_cmd.command("prune")
+@click.option("--older-than", required=True, help="Drop raw events older than this (400d, 52w).")
+@click.option("--dry-run", is_flag=True, help="Count what would go; drop nothing.")
+@json_option
+@click.pass_context
+def usage_prune_cmd(ctx, older_than: str, dry_run: bool, as_json: bool) -> None:
+    """Drop old raw usage events; counters and the daily rollup keep every day.
+
+    \b
+    Example:
+      singularity-ops usage prune --older-than 400d --dry-run
+    """
+    from .db import connect
+    from .usage import parse_window, prune_raw_events
+
+    days = parse_window(older_than, "--older-than")
+    with connect(settings_of(ctx), autocommit=True) as conn:
+        result = prune_raw_events(conn, days, dry_run=dry_run)
+    if as_json:
+        emit_json(result)
+        return
+    verb = "would drop" if dry_run else "dropped"
+    chunks = f" in {result.chunks} chunk(s)" if result.chunks else ""
+    info(ctx, f"{verb} {result.events} raw event(s) older than {days} days{chunks}")
 
 
 @cli.command("export")
@@ -833,9 +1034,13 @@ def record_usage_cmd(
     "--type", "types", multiple=True, metavar="TYPE", help="Only this artifact type (repeatable)."
 )
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@click.option(
+    "--since",
+    help="Judge by the uses and success rate of the last N days (30d, 12w) instead of lifetime.",
+)
 @json_option
 @click.pass_context
-def export_cmd(ctx, min_usage, min_success_rate, types, out, as_json: bool) -> None:
+def export_cmd(ctx, min_usage, min_success_rate, types, out, since, as_json: bool) -> None:
     """Write proven artifacts to templates_data/learned/<type>/<id>.json for review.
 
     Deterministic: a second run with no change in the database changes no file.
@@ -846,8 +1051,10 @@ def export_cmd(ctx, min_usage, min_success_rate, types, out, as_json: bool) -> N
     """
     from .db import connect
     from .export import export_proven
+    from .usage import parse_window
 
     settings = settings_of(ctx)
+    since_days = parse_window(since) if since else None
     with connect(settings, autocommit=True) as conn:
         result = export_proven(
             conn,
@@ -857,6 +1064,7 @@ def export_cmd(ctx, min_usage, min_success_rate, types, out, as_json: bool) -> N
             if min_success_rate is None
             else min_success_rate,
             types=types,
+            since_days=since_days,
         )
     if as_json:
         emit_json(result)
@@ -929,6 +1137,17 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     e = k.embeddings
     echo(f"embeddings   {e.present} current, {e.stale} stale, {e.missing} missing")
     echo(f"usage        {k.usage_events} recorded uses")
+    u = report.usage
+    if u is not None:
+        last = f"{u.last_event_at:%Y-%m-%d %H:%M:%S%z}" if u.last_event_at else "never"
+        rollup = (
+            "up to date"
+            if u.rollup_up_to_date
+            else f"misses {u.rollup_missing_events} recent event(s): run `singularity-ops usage refresh`"
+        )
+        echo(
+            f"             last event {last}, {u.events_last_24h} in the last 24 h; daily rollup {rollup}"
+        )
     for title, rows in (("most used", k.top_used), ("best rate", k.best_success_rate)):
         for i, r in enumerate(rows):
             rate = "-" if r.success_rate is None else f"{r.success_rate:.0%}"

@@ -192,19 +192,40 @@ def export_proven(
     min_usage: int = 10,
     min_success_rate: float = 0.90,
     types: tuple[str, ...] = (),
+    since_days: int | None = None,
 ) -> ExportResult:
-    """Write every artifact with usage_count >= min_usage and success_rate >= min_success_rate."""
+    """Write every artifact with at least min_usage uses and min_success_rate success rate.
+
+    Without since_days the lifetime counters are judged; with it, the uses and success rate
+    of the last since_days UTC days (from the daily rollup), and the `_learning` block records
+    that window beside the lifetime numbers.
+    """
     if min_usage < 1:
         raise ConfigError(f"--min-usage must be at least 1, got {min_usage}")
     if not 0 <= min_success_rate <= 1:
         raise ConfigError(f"--min-success-rate must be between 0 and 1, got {min_success_rate}")
     out_dir = out_dir.resolve()
-    query = (
-        "SELECT artifact_type, artifact_id, version, content_raw, usage_count, success_count,"
+    columns = (
+        "SELECT id, artifact_type, artifact_id, version, content_raw, usage_count, success_count,"
         " success_rate, last_used_at, source_path, source FROM knowledge_artifacts"
-        " WHERE usage_count >= %s AND success_rate >= %s"
     )
-    params: list = [min_usage, min_success_rate]
+    window = None
+    if since_days is None:
+        query = columns + " WHERE usage_count >= %s AND success_rate >= %s"
+        params: list = [min_usage, min_success_rate]
+        judged: dict = {}
+    else:
+        from .usage import Window, window_stats
+
+        today = conn.execute("SELECT (now() AT TIME ZONE 'UTC')::date").fetchone()[0]  # type: ignore[index]
+        window = Window.ending(today, since_days)
+        judged = {
+            s["pk"]: s
+            for s in window_stats(conn, window, types=types)
+            if s["uses"] >= min_usage and s["successes"] >= min_success_rate * s["uses"]
+        }
+        query = columns + " WHERE id = ANY(%s)"
+        params = [list(judged)]
     if types:
         query += " AND artifact_type = ANY(%s)"
         params.append(list(types))
@@ -214,10 +235,11 @@ def export_proven(
     for row in rows:
         # Rows come oldest version first: only the latest qualifying version of each artifact
         # is exported, since that is what a reviewer would promote.
-        targets[safe_relative_path(row[0], row[1])] = row
+        targets[safe_relative_path(row[1], row[2])] = row
     result = ExportResult(out_dir=out_dir, qualifying=len(targets))
     for relative, row in targets.items():
         (
+            pk,
             artifact_type,
             artifact_id,
             version,
@@ -234,13 +256,35 @@ def export_proven(
             raise AssertionError(
                 f"export path {target} escaped {out_dir}"
             )  # safe_relative_path bug
-        metrics = {
-            "usage_count": usage,
-            "success_count": successes,
-            "success_rate": round(rate, 4),
-            "last_used_at": last_used.isoformat() if last_used else None,
-            "exported_from": source_path,
-        }
+        if window is None:
+            metrics = {
+                "usage_count": usage,
+                "success_count": successes,
+                "success_rate": round(rate, 4),
+                "last_used_at": last_used.isoformat() if last_used else None,
+                "exported_from": source_path,
+            }
+        else:
+            stats = judged[pk]
+            metrics = {
+                "window": {
+                    "days": window.days,
+                    "from": window.start.isoformat(),
+                    "to": window.end.isoformat(),
+                },
+                "usage_count": stats["uses"],
+                "success_count": stats["successes"],
+                "success_rate": round(stats["successes"] / stats["uses"], 4),
+                "last_used_at": stats["last_used_at"].isoformat()
+                if stats["last_used_at"]
+                else None,
+                "lifetime": {
+                    "usage_count": usage,
+                    "success_count": successes,
+                    "success_rate": None if rate is None else round(rate, 4),
+                },
+                "exported_from": source_path,
+            }
         data = render(content_raw, artifact_type, artifact_id, version, metrics)
         label = relative.as_posix()
         curated = strip_learning(json.loads(content_raw))

@@ -17,8 +17,8 @@
 
 A --knowledge-only dump holds just knowledge_artifacts: it is restored as data into a target
 prepared with the toolkit's own migrations, and the live learning data is kept: usage events
-and counters of every artifact that exists in the backup (matched by type, id and version)
-are copied over from the database being replaced, after it is closed to new connections so
+daily rollup, idempotency keys and counters of every artifact that exists in the backup
+(matched by type, id and version) are copied over from the database being replaced, after it is closed to new connections so
 no event recorded meanwhile is lost. Events of artifacts the backup does not have would be
 lost: the restore refuses, naming how many, unless discard_orphaned_usage is given.
 """
@@ -46,6 +46,8 @@ from .proc import popen
 RESTORE_LOCK_KEY = lock_key("restore")
 LEFTOVER = re.compile(r"^(?P<target>.+)__(?P<kind>restoring|replaced)_(?P<stamp>\d{14})$")
 USAGE = "artifact_usage"
+DAILY = "artifact_usage_daily"
+KEYS = "usage_event_keys"
 IDENTITY = ("artifact_type", "artifact_id", "version")
 COUNTERS = ("usage_count", "success_count", "last_used_at")
 
@@ -341,21 +343,50 @@ def _columns(conn: psycopg.Connection, table: str) -> list[str]:
 def _carry_usage(
     settings: Settings, source: psycopg.Connection, scratch: str, discard_orphans: bool
 ) -> tuple[int, int]:
-    """Copy usage events and counters from the database being replaced into the restored
-    knowledge, matching artifacts by (type, id, version). Returns (kept, discarded)."""
-    source_columns = _columns(source, USAGE)
-    if not source_columns:
+    """Copy the usage history from the database being replaced into the restored knowledge:
+    the events and their daily rollup (matched to artifacts by type, id and version), the
+    idempotency keys, and the counters. Returns (events kept, events discarded)."""
+    if not _columns(source, USAGE):
         return 0, 0
     with connect(settings, scratch, autocommit=True) as dest, dest.transaction():
-        columns = [c for c in _columns(dest, USAGE) if c in source_columns and c != "artifact_pk"]
-        ident = sql.SQL(", ").join(sql.Identifier("k", c) for c in IDENTITY)
-        event_cols = sql.SQL(", ").join(sql.Identifier("u", c) for c in columns)
-        dest.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE carried_usage ON COMMIT DROP AS SELECT {ident}, {cols}"
-                " FROM knowledge_artifacts k, {usage} u WITH NO DATA"
-            ).format(ident=ident, cols=event_cols, usage=sql.Identifier(USAGE))
+        staged = {
+            table: _stage_by_identity(source, dest, table)
+            for table in (USAGE, DAILY)
+            if _columns(source, table) and _columns(dest, table)
+        }
+        match = sql.SQL(" AND ").join(
+            sql.SQL("k.{c} = c.{c}").format(c=sql.Identifier(c)) for c in IDENTITY
         )
+        orphans = dest.execute(
+            sql.SQL(
+                "SELECT count(*) FROM {staged} c WHERE NOT EXISTS"
+                " (SELECT 1 FROM knowledge_artifacts k WHERE {match})"
+            ).format(staged=sql.Identifier(f"carried_{USAGE}"), match=match)
+        ).fetchone()[0]  # type: ignore[index]
+        if orphans and not discard_orphans:
+            raise RestoreError(
+                f"{orphans} usage event(s) in {source.info.dbname!r} belong to artifacts this "
+                "knowledge-only backup does not have and would be lost; pass "
+                "--discard-orphaned-usage to restore anyway without them (nothing was changed)"
+            )
+        kept = 0
+        for table, columns in staged.items():
+            inserted = dest.execute(
+                sql.SQL(
+                    "INSERT INTO {table} ({target}) SELECT k.id, {cols} FROM {staged} c"
+                    " JOIN knowledge_artifacts k ON {match}"
+                ).format(
+                    table=sql.Identifier(table),
+                    target=sql.SQL(", ").join(sql.Identifier(c) for c in ["artifact_pk", *columns]),
+                    cols=sql.SQL(", ").join(sql.Identifier("c", col) for col in columns),
+                    staged=sql.Identifier(f"carried_{table}"),
+                    match=match,
+                )
+            ).rowcount
+            if table == USAGE:
+                kept = inserted
+        if _columns(source, KEYS) and _columns(dest, KEYS):
+            _copy_between(source, dest, f"COPY {KEYS} TO STDOUT", f"COPY {KEYS} FROM STDIN")
         dest.execute(
             "CREATE TEMP TABLE carried_counters ON COMMIT DROP AS SELECT artifact_type,"
             " artifact_id, version, usage_count, success_count, last_used_at"
@@ -364,46 +395,10 @@ def _carry_usage(
         _copy_between(
             source,
             dest,
-            sql.SQL(
-                "COPY (SELECT {ident}, {cols} FROM {usage} u JOIN knowledge_artifacts k"
-                " ON k.id = u.artifact_pk) TO STDOUT"
-            ).format(ident=ident, cols=event_cols, usage=sql.Identifier(USAGE)),
-            "COPY carried_usage FROM STDIN",
-        )
-        _copy_between(
-            source,
-            dest,
             "COPY (SELECT artifact_type, artifact_id, version, usage_count, success_count,"
             " last_used_at FROM knowledge_artifacts) TO STDOUT",
             "COPY carried_counters FROM STDIN",
         )
-        match = sql.SQL(" AND ").join(
-            sql.SQL("k.{c} = c.{c}").format(c=sql.Identifier(c)) for c in IDENTITY
-        )
-        orphans = dest.execute(
-            sql.SQL(
-                "SELECT count(*) FROM carried_usage c WHERE NOT EXISTS"
-                " (SELECT 1 FROM knowledge_artifacts k WHERE {match})"
-            ).format(match=match)
-        ).fetchone()[0]  # type: ignore[index]
-        if orphans and not discard_orphans:
-            raise RestoreError(
-                f"{orphans} usage event(s) in {source.info.dbname!r} belong to artifacts this "
-                "knowledge-only backup does not have and would be lost; pass "
-                "--discard-orphaned-usage to restore anyway without them (nothing was changed)"
-            )
-        target_cols = sql.SQL(", ").join(sql.Identifier(c) for c in ["artifact_pk", *columns])
-        kept = dest.execute(
-            sql.SQL(
-                "INSERT INTO {usage} ({target_cols}) SELECT k.id, {cols} FROM carried_usage c"
-                " JOIN knowledge_artifacts k ON {match}"
-            ).format(
-                usage=sql.Identifier(USAGE),
-                target_cols=target_cols,
-                cols=sql.SQL(", ").join(sql.Identifier("c", col) for col in columns),
-                match=match,
-            )
-        ).rowcount
         dest.execute(
             sql.SQL(
                 "UPDATE knowledge_artifacts k SET usage_count = c.usage_count,"
@@ -412,6 +407,38 @@ def _carry_usage(
             ).format(match=match)
         )
     return kept, orphans
+
+
+def _stage_by_identity(
+    source: psycopg.Connection, dest: psycopg.Connection, table: str
+) -> list[str]:
+    """Stream `table` from source into a temp table `carried_<table>` of dest, with each row's
+    artifact_pk replaced by the artifact's identity. Returns the carried columns."""
+    source_columns = _columns(source, table)
+    columns = [c for c in _columns(dest, table) if c in source_columns and c != "artifact_pk"]
+    ident = sql.SQL(", ").join(sql.Identifier("k", c) for c in IDENTITY)
+    cols = sql.SQL(", ").join(sql.Identifier("u", c) for c in columns)
+    dest.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE {staged} ON COMMIT DROP AS SELECT {ident}, {cols}"
+            " FROM knowledge_artifacts k, {table} u WITH NO DATA"
+        ).format(
+            staged=sql.Identifier(f"carried_{table}"),
+            ident=ident,
+            cols=cols,
+            table=sql.Identifier(table),
+        )
+    )
+    _copy_between(
+        source,
+        dest,
+        sql.SQL(
+            "COPY (SELECT {ident}, {cols} FROM {table} u JOIN knowledge_artifacts k"
+            " ON k.id = u.artifact_pk) TO STDOUT"
+        ).format(ident=ident, cols=cols, table=sql.Identifier(table)),
+        sql.SQL("COPY {staged} FROM STDIN").format(staged=sql.Identifier(f"carried_{table}")),
+    )
+    return columns
 
 
 def _copy_between(source: psycopg.Connection, dest: psycopg.Connection, out, into) -> None:

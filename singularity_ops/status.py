@@ -13,6 +13,7 @@ from .db import connect, relation_exists
 from .errors import DatabaseUnavailable
 from .extensions import installed_extensions
 from .migrate import applied_migrations, discover
+from .usage import UsageStatus, usage_status
 
 EXIT_UNREACHABLE = 3  # as `server status`: not running is a state to report, not a failure
 
@@ -33,6 +34,7 @@ class StatusReport:
     migrations_applied: int = 0
     migrations_pending: list[str] = field(default_factory=list)
     knowledge: KnowledgeStats | None = None  # None until the schema is migrated
+    usage: UsageStatus | None = None  # None until migration 0006
 
 
 def collect_status(settings: Settings, conn: psycopg.Connection | None = None) -> StatusReport:
@@ -58,6 +60,7 @@ def _collect(conn: psycopg.Connection, settings: Settings, base: dict) -> Status
     files = discover(settings.migrations_dir) if settings.migrations_dir.is_dir() else []
     pending = [f.filename for f in files if f.version not in applied]
     has_schema = relation_exists(conn, "knowledge_artifacts")
+    has_rollup = relation_exists(conn, "artifact_usage_daily")
     return StatusReport(
         **base,
         reachable=True,
@@ -66,4 +69,5 @@ def _collect(conn: psycopg.Connection, settings: Settings, base: dict) -> Status
         migrations_applied=len(applied),
         migrations_pending=pending,
         knowledge=stats(conn) if has_schema else None,
+        usage=usage_status(conn) if has_rollup else None,
     )

@@ -1,0 +1,744 @@
+"""Usage history: idempotent bulk ingest, the daily rollup, reports over time, refresh, prune.
+
+Every toolkit write path (record_usage, ingest_usage) inserts the raw events into
+artifact_usage, adds them to the daily rollup artifact_usage_daily and bumps the lifetime
+counters of knowledge_artifacts, all in one statement inside one transaction: the three never
+disagree. Reports read the rollup (a few hundred rows a day at most, whatever the number of
+events); the same report can be computed from the raw events (source="raw"), which is how the
+tests prove the rollup right, and what works for any day the rollup was not kept for.
+
+Why not a TimescaleDB continuous aggregate: continuous aggregates, compression and retention
+policies are TimescaleDB's TSL features, which neither Debian's postgresql-17-timescaledb nor
+nixpkgs' timescaledb-apache ship (`timescaledb.license` is `apache`). The rollup is maintained
+by the write paths instead, which also makes it exact and never behind. Retention of raw
+events uses drop_chunks (Apache-licensed) on the hypertable, or DELETE on a plain table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import IO, Any
+
+import psycopg
+from psycopg import sql
+
+from .config import ENVIRONMENTS
+from .db import relation_exists
+from .errors import ConfigError, SingularityOpsError
+
+# knowledge_duration_bounds() in migration 0006: ten log-spaced buckets per decade, in ms.
+DURATION_BOUNDS = tuple(sorted({round(10 ** (i / 10)) for i in range(61)}))
+MAX_PROBLEMS_SHOWN = 50
+MAX_LINE_BYTES = 1 << 20
+EVENT_FIELDS = {
+    "artifact_type",
+    "artifact_id",
+    "version",
+    "success",
+    "duration_ms",
+    "used_at",
+    "environment",
+    "metadata",
+    "event_id",
+}
+FALLING_BY = 0.10  # a success rate this much lower than in the previous window is "falling"
+FALLING_MIN_USES = 5  # ... with at least this many uses in both windows
+
+# The statement every write path ends with, fed by the CTE `inserted` (rows just added to
+# artifact_usage): roll them up per artifact, UTC day and environment, and count them in the
+# artifacts' lifetime counters.
+_ROLL_UP_AND_COUNT = """
+rolled AS (
+    INSERT INTO artifact_usage_daily AS d (day, artifact_pk, environment, uses, successes, timed,
+                                           duration_ms_sum, duration_histogram, last_used_at)
+    SELECT (used_at AT TIME ZONE 'UTC')::date, artifact_pk, environment, count(*),
+           count(*) FILTER (WHERE success), count(duration_ms), coalesce(sum(duration_ms), 0),
+           knowledge_histogram(array_agg(knowledge_duration_bucket(duration_ms)),
+                               array_fill(1::bigint, ARRAY[count(*)::int])),
+           max(used_at)
+    FROM inserted GROUP BY 1, 2, 3
+    ON CONFLICT (artifact_pk, day, environment) DO UPDATE SET
+        uses = d.uses + EXCLUDED.uses,
+        successes = d.successes + EXCLUDED.successes,
+        timed = d.timed + EXCLUDED.timed,
+        duration_ms_sum = d.duration_ms_sum + EXCLUDED.duration_ms_sum,
+        duration_histogram = knowledge_histogram_merge(d.duration_histogram, EXCLUDED.duration_histogram),
+        last_used_at = greatest(d.last_used_at, EXCLUDED.last_used_at)
+),
+counted AS (
+    UPDATE knowledge_artifacts k SET
+        usage_count = k.usage_count + c.n,
+        success_count = k.success_count + c.ok,
+        last_used_at = greatest(k.last_used_at, c.last)
+    FROM (SELECT artifact_pk, count(*) AS n, count(*) FILTER (WHERE success) AS ok,
+                 max(used_at) AS last FROM inserted GROUP BY 1) c
+    WHERE k.id = c.artifact_pk
+    RETURNING k.id, k.usage_count, k.success_count, k.success_rate
+)
+"""
+
+
+class UsageError(SingularityOpsError):
+    """Usage events were refused (bad lines, unknown artifacts); nothing was recorded."""
+
+
+def event_key(event_id: str | None, event: Mapping[str, Any]) -> uuid.UUID:
+    """The idempotency key of an event: from its event_id when it has one, else from its
+    content (every field as given, keys sorted), so the same line ingested twice counts once."""
+    if event_id is not None:
+        material = b"event_id\0" + event_id.encode("utf-8")
+    else:
+        canonical = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        material = b"content\0" + canonical.encode("utf-8")
+    return uuid.UUID(bytes=hashlib.sha256(material).digest()[:16])
+
+
+def insert_events_sql(source: str) -> str:
+    """The CTEs `inserted AS (INSERT ... {source} RETURNING ...), rolled, counted` that every
+    write path runs (after its own WITH); `source` yields the artifact_usage columns below."""
+    return (
+        "inserted AS (INSERT INTO artifact_usage (used_at, artifact_pk, success, environment,"
+        " duration_ms, metadata, event_id, event_key) " + source + " RETURNING artifact_pk,"
+        " used_at, success, environment, duration_ms), " + _ROLL_UP_AND_COUNT
+    )
+
+
+# --- bulk ingest ---------------------------------------------------------------------------
+
+
+@dataclass
+class IngestResult:
+    """What ingest_usage did."""
+
+    source: str
+    lines: int = 0  # non-blank lines read
+    recorded: int = 0
+    duplicates: int = 0  # ingested before (same event_key), or repeated in this input
+    invalid: int = 0
+    artifacts: int = 0  # artifacts whose counters changed
+    problems: list[str] = field(default_factory=list)  # the first MAX_PROBLEMS_SHOWN
+    seconds: float = 0.0
+
+
+def _identity_map(conn: psycopg.Connection) -> tuple[dict, dict]:
+    """(type, id, version) -> pk, and (type, id) -> pk of the latest version."""
+    exact: dict[tuple[str, str, str], Any] = {}
+    latest: dict[tuple[str, str], Any] = {}
+    rows = conn.execute(
+        "SELECT artifact_type, artifact_id, version, id FROM knowledge_artifacts"
+        " ORDER BY artifact_type, artifact_id, knowledge_version_key(version) DESC, version DESC"
+    )
+    for artifact_type, artifact_id, version, pk in rows:
+        exact[(artifact_type, artifact_id, version)] = pk
+        latest.setdefault((artifact_type, artifact_id), pk)
+    return exact, latest
+
+
+def _text(value: Any, name: str, *, allow_int: bool = False) -> str:
+    if isinstance(value, bool) or not (
+        isinstance(value, str) or (allow_int and isinstance(value, int))
+    ):
+        raise ValueError(f'"{name}" must be a string, got {json.dumps(value)[:40]}')
+    text = str(value).strip()
+    if not text:
+        raise ValueError(f'"{name}" must not be empty')
+    return text
+
+
+def parse_event(
+    line: str, now: datetime, default_environment: str
+) -> tuple[tuple[str, str, str | None], tuple]:
+    """One JSON line -> ((type, id, version), the row to stage); ValueError says what is wrong."""
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    if not isinstance(event, dict):
+        raise ValueError(f"must be a JSON object, got a {type(event).__name__}")
+    unknown = sorted(set(event) - EVENT_FIELDS)
+    if unknown:
+        raise ValueError(
+            f"unknown field(s) {', '.join(map(repr, unknown))}; the fields are "
+            f"{', '.join(sorted(EVENT_FIELDS))}"
+        )
+    for required in ("artifact_type", "artifact_id", "success"):
+        if required not in event:
+            raise ValueError(f'"{required}" is missing')
+    artifact_type = _text(event["artifact_type"], "artifact_type")
+    artifact_id = _text(event["artifact_id"], "artifact_id")
+    version = (
+        _text(event["version"], "version", allow_int=True)
+        if event.get("version") is not None
+        else None
+    )
+    success = event["success"]
+    if not isinstance(success, bool):
+        raise ValueError(f'"success" must be true or false, got {json.dumps(success)[:40]}')
+    duration = event.get("duration_ms")
+    if duration is not None and (
+        isinstance(duration, bool) or not isinstance(duration, int) or not 0 <= duration < 2**31
+    ):
+        raise ValueError(
+            f'"duration_ms" must be a whole number of milliseconds >= 0, got {json.dumps(duration)[:40]}'
+        )
+    used_at = None
+    if event.get("used_at") is not None:
+        raw = event["used_at"]
+        if not isinstance(raw, str):
+            raise ValueError('"used_at" must be an ISO 8601 string, e.g. "2026-11-26T09:30:00Z"')
+        try:
+            used_at = datetime.fromisoformat(
+                raw.replace("Z", "+00:00") if raw.endswith("Z") else raw
+            )
+        except ValueError:
+            raise ValueError(f'"used_at" is not an ISO 8601 time: {raw[:40]!r}') from None
+        if used_at.tzinfo is None:
+            raise ValueError(f'"used_at" needs a time zone (Z or +00:00): {raw[:40]!r}')
+        if used_at > now + timedelta(minutes=5):
+            raise ValueError(f'"used_at" is in the future: {raw[:40]!r}')
+    environment = event.get("environment", default_environment)
+    if environment not in ENVIRONMENTS:
+        raise ValueError(
+            f'"environment" must be one of {", ".join(ENVIRONMENTS)}, got {json.dumps(environment)[:40]}'
+        )
+    metadata = event.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ValueError('"metadata" must be a JSON object')
+    event_id = (
+        _text(event["event_id"], "event_id", allow_int=True)
+        if event.get("event_id") is not None
+        else None
+    )
+    if event_id is not None and len(event_id) > 200:
+        raise ValueError('"event_id" must be at most 200 characters')
+    key = event_key(event_id, event)
+    row = (
+        used_at,
+        success,
+        environment,
+        duration,
+        json.dumps(metadata, ensure_ascii=False),
+        event_id,
+        key,
+    )
+    return (artifact_type, artifact_id, version), row
+
+
+def _lines(stream: IO[str], name: str) -> Iterator[tuple[int, str]]:
+    for number, line in enumerate(stream, 1):
+        if len(line) > MAX_LINE_BYTES:
+            raise UsageError(
+                f"{name}:{number}: line longer than {MAX_LINE_BYTES} bytes; nothing was recorded"
+            )
+        if line.strip():
+            yield number, line
+
+
+def ingest_usage(
+    conn: psycopg.Connection,
+    stream: IO[str] | Iterable[str],
+    *,
+    name: str = "-",
+    skip_invalid: bool = False,
+    environment: str = "dev",
+) -> IngestResult:
+    """Record usage events from JSON lines: one COPY, then one statement that inserts the new
+    events, rolls them up and bumps each artifact's counters once, in one transaction.
+
+    Strict unless skip_invalid: a bad line (its file:line and what is wrong, or an artifact
+    that does not exist) means nothing is recorded. Events already ingested (same event_key)
+    are counted as duplicates and skipped, so ingesting the same log twice changes nothing.
+    """
+    started = time.monotonic()
+    result = IngestResult(source=name)
+    with conn.transaction():
+        now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        exact, latest = _identity_map(conn)
+        conn.execute(
+            "CREATE TEMP TABLE usage_staging (line int, used_at timestamptz, artifact_pk uuid,"
+            " success bool, environment text, duration_ms int, metadata jsonb, event_id text,"
+            " event_key uuid) ON COMMIT DROP"
+        )
+        with conn.cursor().copy(
+            "COPY usage_staging (line, used_at, artifact_pk, success, environment, duration_ms,"
+            " metadata, event_id, event_key) FROM STDIN"
+        ) as copy:
+            for number, line in _lines(stream, name):  # type: ignore[arg-type]
+                result.lines += 1
+                try:
+                    (artifact_type, artifact_id, version), row = parse_event(line, now, environment)
+                    pk = (
+                        exact.get((artifact_type, artifact_id, version))
+                        if version is not None
+                        else latest.get((artifact_type, artifact_id))
+                    )
+                    if pk is None:
+                        label = f"{artifact_type}/{artifact_id}" + (
+                            f" version {version}" if version else ""
+                        )
+                        raise ValueError(
+                            f"no artifact {label} (artifacts are looked up by type and id); "
+                            "check the spelling or import it first"
+                        )
+                except ValueError as exc:
+                    result.invalid += 1
+                    if len(result.problems) < MAX_PROBLEMS_SHOWN:
+                        result.problems.append(f"{name}:{number}: {exc}")
+                    continue
+                used_at, success, env, duration, metadata, event_id, key = row
+                copy.write_row(
+                    (number, used_at, pk, success, env, duration, metadata, event_id, key)
+                )
+        if result.invalid and not skip_invalid:
+            shown = "\n".join(f"  {p}" for p in result.problems)
+            more = result.invalid - len(result.problems)
+            raise UsageError(
+                f"{result.invalid} invalid line(s) in {name}; nothing was recorded (fix them, "
+                f"or pass --skip-invalid to record the rest):\n{shown}"
+                + (f"\n  ... and {more} more" if more > 0 else "")
+            )
+        row = conn.execute(
+            "WITH new_keys AS (INSERT INTO usage_event_keys (event_key)"
+            " SELECT DISTINCT event_key FROM usage_staging ON CONFLICT DO NOTHING RETURNING event_key), "
+            + insert_events_sql(
+                "SELECT DISTINCT ON (s.event_key) coalesce(s.used_at, now()), s.artifact_pk,"
+                " s.success, s.environment, s.duration_ms, s.metadata, s.event_id, s.event_key"
+                " FROM usage_staging s JOIN new_keys USING (event_key) ORDER BY s.event_key, s.line"
+            )
+            + "SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM counted)"
+        ).fetchone()
+        assert row is not None
+        result.recorded, result.artifacts = row
+    result.duplicates = result.lines - result.invalid - result.recorded
+    result.seconds = time.monotonic() - started
+    return result
+
+
+# --- windows and reports -------------------------------------------------------------------
+
+_WINDOW = re.compile(r"^\s*(\d+)\s*([dw])\s*$")
+
+
+def parse_window(text: str, option: str = "--since") -> int:
+    """'30d' or '2w' -> days. Windows are whole UTC days: the rollup keeps days."""
+    match = _WINDOW.match(text or "")
+    if not match or int(match[1]) < 1:
+        raise ConfigError(
+            f"{option} must be a number of days or weeks like 30d or 2w, got {text!r}"
+        )
+    return int(match[1]) * (7 if match[2] == "w" else 1)
+
+
+@dataclass(frozen=True)
+class Window:
+    """`days` whole UTC days ending today, and the same number of days before them."""
+
+    days: int
+    start: date
+    end: date  # inclusive: today
+    previous_start: date
+
+    @classmethod
+    def ending(cls, today: date, days: int) -> Window:
+        start = today - timedelta(days=days - 1)
+        return cls(days, start, today, start - timedelta(days=days))
+
+
+@dataclass
+class ArtifactUsage:
+    """One artifact in a usage report."""
+
+    artifact_type: str
+    artifact_id: str
+    version: str
+    uses: int
+    successes: int
+    success_rate: float | None
+    previous_uses: int
+    previous_success_rate: float | None
+    uses_change: float | None  # (uses - previous) / previous
+    rate_change: float | None  # success_rate - previous_success_rate
+    lifetime_uses: int
+    lifetime_success_rate: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+    environments: dict[str, int]
+    daily: list[int]  # uses per day of the window, oldest first
+    last_used_at: datetime | None
+
+
+@dataclass
+class UsageReport:
+    """What `usage` shows."""
+
+    window_days: int
+    start: date
+    end: date
+    previous_start: date
+    source: str  # "rollup" or "raw"
+    uses: int
+    successes: int
+    previous_uses: int
+    top: list[ArtifactUsage]
+    falling: list[ArtifactUsage]
+    query_ms: float
+
+
+def histogram_percentile(histogram: Sequence[int], q: float) -> float | None:
+    """The q-quantile of a duration histogram, interpolated linearly inside its bucket."""
+    total = sum(histogram)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    edges = (0, *DURATION_BOUNDS)
+    for index, count in enumerate(histogram):
+        if count and seen + count >= rank:
+            if index >= len(DURATION_BOUNDS):
+                return float(DURATION_BOUNDS[-1])  # the open top bucket: its lower bound
+            low, high = edges[index], DURATION_BOUNDS[index]
+            return round(low + (high - low) * (rank - seen) / count, 1)
+        seen += count
+    return float(DURATION_BOUNDS[-1])
+
+
+def _raw_daily(since: date) -> sql.Composed:
+    """The rollup's rows computed from the raw events of days >= since (the plain-SQL path)."""
+    return sql.SQL(
+        "(SELECT (used_at AT TIME ZONE 'UTC')::date AS day, artifact_pk, environment,"
+        " count(*) AS uses, count(*) FILTER (WHERE success) AS successes,"
+        " knowledge_histogram(array_agg(knowledge_duration_bucket(duration_ms)),"
+        " array_fill(1::bigint, ARRAY[count(*)::int])) AS duration_histogram,"
+        " max(used_at) AS last_used_at"
+        " FROM artifact_usage WHERE used_at >= {since}::date::timestamp AT TIME ZONE 'UTC'"
+        " GROUP BY 1, 2, 3)"
+    ).format(since=sql.Literal(since))
+
+
+def window_stats(
+    conn: psycopg.Connection,
+    window: Window,
+    *,
+    types: Sequence[str] = (),
+    environment: str | None = None,
+    source: str = "rollup",
+) -> list[dict[str, Any]]:
+    """Per artifact with uses in the window or the one before: the window's and the previous
+    window's numbers, merged duration histogram and environment split."""
+    if source not in ("rollup", "raw"):
+        raise ConfigError(f"source must be rollup or raw, got {source!r}")
+    daily = (
+        sql.SQL("artifact_usage_daily") if source == "rollup" else _raw_daily(window.previous_start)
+    )
+    where = [sql.SQL("d.day BETWEEN %(previous_start)s AND %(end)s")]
+    if environment:
+        where.append(sql.SQL("d.environment = %(environment)s"))
+    if types:
+        where.append(sql.SQL("k.artifact_type = ANY(%(types)s)"))
+    query = sql.SQL(
+        """
+        SELECT k.id, k.artifact_type, k.artifact_id, k.version, k.usage_count, k.success_rate,
+               coalesce(sum(d.uses) FILTER (WHERE d.day >= %(start)s), 0),
+               coalesce(sum(d.successes) FILTER (WHERE d.day >= %(start)s), 0),
+               coalesce(sum(d.uses) FILTER (WHERE d.day < %(start)s), 0),
+               coalesce(sum(d.successes) FILTER (WHERE d.day < %(start)s), 0),
+               knowledge_histogram_sum(d.duration_histogram) FILTER (WHERE d.day >= %(start)s),
+               max(d.last_used_at) FILTER (WHERE d.day >= %(start)s),
+               jsonb_object_agg(d.environment || '|' || d.day, d.uses) FILTER (WHERE d.day >= %(start)s)
+        FROM {daily} d JOIN knowledge_artifacts k ON k.id = d.artifact_pk
+        WHERE {where}
+        GROUP BY k.id
+        """
+    ).format(daily=daily, where=sql.SQL(" AND ").join(where))
+    params = {
+        "previous_start": window.previous_start,
+        "start": window.start,
+        "end": window.end,
+        "environment": environment,
+        "types": list(types),
+    }
+    stats = []
+    for (
+        pk,
+        t,
+        i,
+        v,
+        lifetime,
+        lifetime_rate,
+        uses,
+        ok,
+        prev,
+        prev_ok,
+        hist,
+        last,
+        cells,
+    ) in conn.execute(query, params):
+        by_env: dict[str, int] = {}
+        by_day: dict[date, int] = {}
+        for cell, count in (cells or {}).items():
+            env, day = cell.split("|")
+            by_env[env] = by_env.get(env, 0) + count
+            by_day[date.fromisoformat(day)] = by_day.get(date.fromisoformat(day), 0) + count
+        stats.append(
+            {
+                "pk": pk,
+                "artifact_type": t,
+                "artifact_id": i,
+                "version": v,
+                "lifetime_uses": lifetime,
+                "lifetime_success_rate": lifetime_rate,
+                "uses": int(uses),
+                "successes": int(ok),
+                "previous_uses": int(prev),
+                "previous_successes": int(prev_ok),
+                "histogram": hist or [],
+                "last_used_at": last,
+                "environments": dict(sorted(by_env.items())),
+                "by_day": by_day,
+            }
+        )
+    return stats
+
+
+def _rate(successes: int, uses: int) -> float | None:
+    return round(successes / uses, 4) if uses else None
+
+
+def usage_report(
+    conn: psycopg.Connection,
+    *,
+    since_days: int = 30,
+    types: Sequence[str] = (),
+    environment: str | None = None,
+    top: int = 10,
+    source: str = "rollup",
+    today: date | None = None,
+) -> UsageReport:
+    """The most used artifacts of the last `since_days` UTC days, with the window's success rate
+    beside the lifetime rate, the trend against the previous window, and the artifacts whose
+    success rate is falling. source="raw" computes the same from the raw events."""
+    if top < 1:
+        raise ConfigError(f"--top must be at least 1, got {top}")
+    if environment is not None and environment not in ENVIRONMENTS:
+        raise ConfigError(f"--env must be one of {', '.join(ENVIRONMENTS)}, got {environment!r}")
+    today = today or conn.execute("SELECT (now() AT TIME ZONE 'UTC')::date").fetchone()[0]  # type: ignore[index]
+    window = Window.ending(today, since_days)
+    started = time.perf_counter()
+    stats = window_stats(conn, window, types=types, environment=environment, source=source)
+    query_ms = (time.perf_counter() - started) * 1000
+    entries = []
+    for s in stats:
+        rate, previous_rate = (
+            _rate(s["successes"], s["uses"]),
+            _rate(s["previous_successes"], s["previous_uses"]),
+        )
+        entries.append(
+            ArtifactUsage(
+                artifact_type=s["artifact_type"],
+                artifact_id=s["artifact_id"],
+                version=s["version"],
+                uses=s["uses"],
+                successes=s["successes"],
+                success_rate=rate,
+                previous_uses=s["previous_uses"],
+                previous_success_rate=previous_rate,
+                uses_change=round((s["uses"] - s["previous_uses"]) / s["previous_uses"], 4)
+                if s["previous_uses"]
+                else None,
+                rate_change=round(rate - previous_rate, 4)
+                if rate is not None and previous_rate is not None
+                else None,
+                lifetime_uses=s["lifetime_uses"],
+                lifetime_success_rate=None
+                if s["lifetime_success_rate"] is None
+                else round(s["lifetime_success_rate"], 4),
+                p50_ms=histogram_percentile(s["histogram"], 0.5),
+                p95_ms=histogram_percentile(s["histogram"], 0.95),
+                environments=s["environments"],
+                daily=[
+                    s["by_day"].get(window.start + timedelta(days=n), 0) for n in range(window.days)
+                ],
+                last_used_at=s["last_used_at"],
+            )
+        )
+    used = [e for e in entries if e.uses]
+    used.sort(key=lambda e: (-e.uses, e.artifact_type, e.artifact_id, e.version))
+    falling = [
+        e
+        for e in entries
+        if e.rate_change is not None
+        and e.rate_change <= -FALLING_BY
+        and e.uses >= FALLING_MIN_USES
+        and e.previous_uses >= FALLING_MIN_USES
+    ]
+    falling.sort(key=lambda e: (e.rate_change, e.artifact_type, e.artifact_id))
+    return UsageReport(
+        window_days=since_days,
+        start=window.start,
+        end=window.end,
+        previous_start=window.previous_start,
+        source=source,
+        uses=sum(e.uses for e in entries),
+        successes=sum(e.successes for e in entries),
+        previous_uses=sum(e.previous_uses for e in entries),
+        top=used[:top],
+        falling=falling,
+        query_ms=round(query_ms, 1),
+    )
+
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[int]) -> str:
+    """One character per value, scaled to the largest."""
+    high = max(values, default=0)
+    if not high:
+        return SPARKS[0] * len(values)
+    return "".join(
+        SPARKS[min(len(SPARKS) - 1, (v * (len(SPARKS) - 1) + high - 1) // high)] if v else " "
+        for v in values
+    )
+
+
+# --- keeping the rollup and the raw events ---------------------------------------------------
+
+
+@dataclass
+class RefreshResult:
+    """What `usage refresh` rebuilt."""
+
+    first_day: date | None
+    last_day: date | None
+    days: int
+    rows: int
+
+
+def refresh_rollup(conn: psycopg.Connection, *, since_days: int | None = None) -> RefreshResult:
+    """Rebuild the rollup from the raw events (after events were written around the toolkit,
+    e.g. by hand or by an old restore). Only whole days the raw events still cover are
+    rebuilt: days whose raw events were pruned keep their rollup rows."""
+    with conn.transaction():
+        oldest = conn.execute("SELECT min(used_at) FROM artifact_usage").fetchone()[0]  # type: ignore[index]
+        today = conn.execute("SELECT (now() AT TIME ZONE 'UTC')::date").fetchone()[0]  # type: ignore[index]
+        if oldest is None:
+            return RefreshResult(None, None, 0, 0)
+        oldest_utc = oldest.astimezone(UTC)
+        first = (
+            oldest_utc.date()
+            if oldest_utc.time() == datetime.min.time()
+            else oldest_utc.date() + timedelta(days=1)
+        )
+        if since_days is not None:
+            first = max(first, today - timedelta(days=since_days - 1))
+        if first > today:
+            return RefreshResult(None, None, 0, 0)
+        conn.execute("DELETE FROM artifact_usage_daily WHERE day >= %s", (first,))
+        rows = conn.execute(
+            "INSERT INTO artifact_usage_daily (day, artifact_pk, environment, uses, successes, timed,"
+            " duration_ms_sum, duration_histogram, last_used_at)"
+            " SELECT (used_at AT TIME ZONE 'UTC')::date, artifact_pk, environment, count(*),"
+            " count(*) FILTER (WHERE success), count(duration_ms), coalesce(sum(duration_ms), 0),"
+            " knowledge_histogram(array_agg(knowledge_duration_bucket(duration_ms)),"
+            " array_fill(1::bigint, ARRAY[count(*)::int])), max(used_at)"
+            " FROM artifact_usage WHERE used_at >= %s::date::timestamp AT TIME ZONE 'UTC'"
+            " GROUP BY 1, 2, 3",
+            (first,),
+        ).rowcount
+    return RefreshResult(first, today, (today - first).days + 1, rows)
+
+
+@dataclass
+class PruneResult:
+    """What `usage prune` removed."""
+
+    older_than_days: int
+    events: int
+    chunks: int
+    dry_run: bool
+
+
+def prune_raw_events(
+    conn: psycopg.Connection, older_than_days: int, *, dry_run: bool = False
+) -> PruneResult:
+    """Drop raw events older than N days. Counters, the rollup and the idempotency keys stay:
+    reports and exports keep every day, and re-ingesting old logs still counts nothing twice.
+    A hypertable loses whole chunks (drop_chunks), a plain table the rows."""
+    if older_than_days < 1:
+        raise ConfigError(f"--older-than must be at least 1 day, got {older_than_days}")
+    cutoff = sql.Literal(f"{older_than_days} days")
+    hypertable = (
+        relation_exists(conn, "timescaledb_information.hypertables")
+        and conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM timescaledb_information.hypertables"
+            " WHERE hypertable_name = 'artifact_usage')"
+        ).fetchone()[0]
+    )  # type: ignore[index]
+    with conn.transaction():
+        if hypertable:
+            chunks = [
+                r[0]
+                for r in conn.execute(
+                    sql.SQL(
+                        "SELECT show_chunks('artifact_usage', older_than => {}::interval)"
+                    ).format(cutoff)
+                )
+            ]
+            events = 0
+            for chunk in chunks:
+                events += conn.execute(
+                    sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(chunk))
+                ).fetchone()[0]  # type: ignore[index]
+            if not dry_run and chunks:
+                conn.execute(
+                    sql.SQL(
+                        "SELECT drop_chunks('artifact_usage', older_than => {}::interval)"
+                    ).format(cutoff)
+                )
+            return PruneResult(older_than_days, events, len(chunks), dry_run)
+        where = sql.SQL("used_at < now() - {}::interval").format(cutoff)
+        if dry_run:
+            events = conn.execute(
+                sql.SQL("SELECT count(*) FROM artifact_usage WHERE {}").format(where)
+            ).fetchone()[0]  # type: ignore[index]
+        else:
+            events = conn.execute(
+                sql.SQL("DELETE FROM artifact_usage WHERE {}").format(where)
+            ).rowcount
+    return PruneResult(older_than_days, events, 0, dry_run)
+
+
+@dataclass(frozen=True)
+class UsageStatus:
+    """The usage part of `status`."""
+
+    last_event_at: datetime | None
+    events_last_24h: int
+    rollup_up_to_date: bool
+    rollup_missing_events: int  # raw events of today and yesterday the rollup does not count
+
+
+def usage_status(conn: psycopg.Connection) -> UsageStatus:
+    """Last event, events in the last 24 h, and whether the rollup counts every recent event."""
+    row = conn.execute(
+        """
+        SELECT (SELECT max(used_at) FROM artifact_usage),
+               (SELECT count(*) FROM artifact_usage WHERE used_at > now() - interval '24 hours'),
+               (SELECT count(*) FROM artifact_usage
+                 WHERE used_at >= ((now() AT TIME ZONE 'UTC')::date - 1)::timestamp AT TIME ZONE 'UTC'),
+               (SELECT coalesce(sum(uses), 0)::bigint FROM artifact_usage_daily
+                 WHERE day >= (now() AT TIME ZONE 'UTC')::date - 1)
+        """
+    ).fetchone()
+    assert row is not None
+    last, recent, raw, rolled = row
+    return UsageStatus(last, recent, raw == rolled, max(raw - rolled, 0))
