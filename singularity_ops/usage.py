@@ -625,19 +625,23 @@ class RefreshResult:
 
 def refresh_rollup(conn: psycopg.Connection, *, since_days: int | None = None) -> RefreshResult:
     """Rebuild the rollup from the raw events (after events were written around the toolkit,
-    e.g. by hand or by an old restore). Only whole days the raw events still cover are
-    rebuilt: days whose raw events were pruned keep their rollup rows."""
+    e.g. by hand or by an old restore). Only days the raw events still cover are rebuilt:
+    days whose raw events were pruned (wholly, or partly: the rollup counts more than the raw
+    events hold) keep their rollup rows."""
     with conn.transaction():
         oldest = conn.execute("SELECT min(used_at) FROM artifact_usage").fetchone()[0]  # type: ignore[index]
         today = conn.execute("SELECT (now() AT TIME ZONE 'UTC')::date").fetchone()[0]  # type: ignore[index]
         if oldest is None:
             return RefreshResult(None, None, 0, 0)
-        oldest_utc = oldest.astimezone(UTC)
-        first = (
-            oldest_utc.date()
-            if oldest_utc.time() == datetime.min.time()
-            else oldest_utc.date() + timedelta(days=1)
-        )
+        first = oldest.astimezone(UTC).date()
+        raw_first, rolled_first = conn.execute(
+            "SELECT (SELECT count(*) FROM artifact_usage WHERE used_at >= %(d)s::date::timestamp"
+            " AT TIME ZONE 'UTC' AND used_at < (%(d)s::date + 1)::timestamp AT TIME ZONE 'UTC'),"
+            " (SELECT coalesce(sum(uses), 0)::bigint FROM artifact_usage_daily WHERE day = %(d)s)",
+            {"d": first},
+        ).fetchone()  # type: ignore[misc]
+        if raw_first < rolled_first:
+            first += timedelta(days=1)  # pruned part way through: the rollup knows more of it
         if since_days is not None:
             first = max(first, today - timedelta(days=since_days - 1))
         if first > today:

@@ -213,3 +213,32 @@ def test_force_restore_succeeds_while_clients_keep_reconnecting(full_db, tmp_pat
             "SELECT datallowconn FROM pg_database WHERE datname = %s", (full_db.dbname,)
         ).fetchone()[0]
     assert allowed
+
+
+def test_knowledge_only_restore_keeps_the_rollup_and_the_idempotency_keys(full_db, tmp_path):
+    import io
+
+    from singularity_ops.db import connect
+    from singularity_ops.usage import ingest_usage, usage_report
+
+    log = "\n".join(
+        json.dumps(
+            {
+                "artifact_type": "pattern",
+                "artifact_id": f"p{n % 7 + 1}",
+                "success": n % 3 > 0,
+                "duration_ms": n * 13,
+                "event_id": f"e{n}",
+            }
+        )
+        for n in range(40)
+    )
+    with connect(full_db, autocommit=True) as conn:
+        assert ingest_usage(conn, io.StringIO(log)).recorded == 40
+        before = usage_report(conn, since_days=30)
+    dump = backup(full_db, tmp_path / "b", knowledge_only=True).path
+    restore(full_db, dump, force=True)
+    with connect(full_db, autocommit=True) as conn:
+        after = usage_report(conn, since_days=30)
+        assert (after.top, after.uses) == (before.top, before.uses)
+        assert ingest_usage(conn, io.StringIO(log)).recorded == 0, "the keys came along"
