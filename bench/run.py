@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -477,7 +477,7 @@ class Bench:
         ]
         st_runs = [
             timed_rss([sys.executable, str(ROOT / "bench" / "st_search.py"), str(config), query])
-            for _ in range(max(3, runs // 2))
+            for _ in range(1 if self.args.quick else max(3, runs // 2))
         ]
         wall = statistics.median(w for w, _ in ours_runs)
         rss = max(m for _, m in ours_runs) / 1024
@@ -552,7 +552,158 @@ class Bench:
                     )
                 )
 
-    # -- 5. backup and restore ------------------------------------------------------------
+    # -- 5. usage history ------------------------------------------------------------------
+    def bench_usage(self, events: int, big: int, per_event: int) -> None:
+        print(f"usage ingest {events}", flush=True)
+        from singularity_ops.artifacts import record_usage
+        from singularity_ops.corpus import scan
+        from singularity_ops.importer import import_artifacts
+
+        settings = self.fresh_db("bench_usage")
+        with connect(settings, autocommit=True) as conn:
+            import_artifacts(conn, scan(ROOT / "templates_data", type_map=self.base.type_map))
+            identities = conn.execute(
+                "SELECT artifact_type, artifact_id, id FROM knowledge_artifacts ORDER BY 1, 2"
+            ).fetchall()
+        rng = random.Random(3)
+        now = datetime.now(UTC)
+        log = self.work / "usage.jsonl"
+        copy_rows = self.work / "usage.copy"
+        chosen = []
+        with open(log, "w") as fh, open(copy_rows, "w") as raw:
+            for n in range(events):
+                t, i, pk = rng.choice(identities)
+                ok, ms = rng.random() < 0.85, rng.randint(5, 5000)
+                at = now - timedelta(seconds=rng.randint(0, 60 * 86400))
+                chosen.append((t, i, ok, ms, at, f"ev{n}"))
+                fh.write(
+                    json.dumps(
+                        {
+                            "artifact_type": t,
+                            "artifact_id": i,
+                            "success": ok,
+                            "duration_ms": ms,
+                            "used_at": at.isoformat(),
+                            "environment": "prod",
+                            "event_id": f"ev{n}",
+                        }
+                    )
+                    + "\n"
+                )
+                raw.write(
+                    f"{at.isoformat()}\t{pk}\t{'t' if ok else 'f'}\tprod\t{ms}\t{{}}\tev{n}\n"
+                )
+        config = self.config_for(settings, ROOT / "templates_data")
+        reset = self.psql_cmd(
+            settings,
+            "-c",
+            "TRUNCATE artifact_usage, artifact_usage_daily, usage_event_keys;"
+            " UPDATE knowledge_artifacts SET usage_count = 0, success_count = 0, last_used_at = NULL",
+        )
+        copy = self.psql_cmd(
+            settings,
+            "-c",
+            "COPY artifact_usage (used_at, artifact_pk, success, environment, duration_ms, metadata,"
+            " event_id) FROM STDIN",
+        )
+
+        def tool() -> float:
+            subprocess.run(reset, check=True, capture_output=True)
+            return timed([*OPS, "--config", str(config), "-q", "record-usage", "--from", str(log)])
+
+        def limit() -> float:
+            subprocess.run(reset, check=True, capture_output=True)
+            return timed(copy, stdin_path=copy_rows)
+
+        pairs = [(tool(), limit()) for _ in range(self.args.repeat)]
+        t, r = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+        self.add(
+            Row(
+                f"record-usage --from, {events:,} events (vs psql COPY of the same rows)",
+                t,
+                r,
+                "within 2x",
+                t <= 2 * r,
+            )
+        )
+        subprocess.run(reset, check=True, capture_output=True)
+        sample = chosen[:per_event]
+        with connect(settings, autocommit=True) as conn:
+            started = time.perf_counter()
+            for t_, i_, ok, ms, at, event_id in sample:
+                record_usage(
+                    conn,
+                    t_,
+                    i_,
+                    success=ok,
+                    duration_ms=ms,
+                    used_at=at,
+                    environment="prod",
+                    event_id=event_id,
+                )
+            one_by_one = (time.perf_counter() - started) * events / len(sample)
+        note = (
+            "" if len(sample) == events else f"; {len(sample):,} calls timed, scaled to {events:,}"
+        )
+        self.add(
+            Row(
+                f"the same events through record_usage() one by one (one connection{note})",
+                t,
+                one_by_one,
+                "at least 20x faster",
+                one_by_one >= 20 * t,
+                f"{one_by_one / t:.0f}x faster",
+            )
+        )
+
+        print(f"usage report over {big:,} events", flush=True)
+        from singularity_ops.usage import refresh_rollup, usage_report
+
+        report_db = self.fresh_db("bench_usage_report")
+        artifacts = 1000
+        with psycopg.connect(**report_db.conninfo(), autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO knowledge_artifacts (artifact_type, artifact_id, content_raw, content)"
+                " SELECT 'bench', 'u' || g, '{}', '{}' FROM generate_series(1, %s) g",
+                (artifacts,),
+            )
+            started = time.perf_counter()
+            conn.execute(
+                "INSERT INTO artifact_usage (used_at, artifact_pk, success, environment, duration_ms)"
+                " SELECT now() - (g %% (90 * 1440)) * interval '1 minute', a.ids[1 + g %% %s],"
+                " (g * 7) %% 10 <> 0, (ARRAY['dev','test','prod'])[1 + g %% 3], (g * 13) %% 4000"
+                " FROM generate_series(1, %s) g,"
+                " (SELECT array_agg(id ORDER BY artifact_id) AS ids FROM knowledge_artifacts) a",
+                (artifacts, big),
+            )
+            load = time.perf_counter() - started
+            conn.execute("ANALYZE artifact_usage")
+        with connect(report_db, autocommit=True) as conn:
+            started = time.perf_counter()
+            refresh_rollup(conn)
+            build = time.perf_counter() - started
+            conn.execute("ANALYZE artifact_usage_daily")
+            rolled = [usage_report(conn, since_days=30) for _ in range(max(self.args.repeat, 5))]
+            raw = usage_report(conn, since_days=30, source="raw")
+        same = all(
+            {k: v for k, v in vars(r).items() if k not in ("query_ms", "source")}
+            == {k: v for k, v in vars(raw).items() if k not in ("query_ms", "source")}
+            for r in rolled
+        )
+        db_ms = statistics.median(r.query_ms for r in rolled)
+        self.add(
+            Row(
+                f"usage --since 30d over {big:,} events, {artifacts} artifacts: database time"
+                " (vs the same report from the raw events)",
+                db_ms / 1000,
+                raw.query_ms / 1000,
+                "under 200 ms, same answer",
+                db_ms < 200 and same,
+                f"same answer: {'yes' if same else 'NO'}; load {load:.0f} s, rollup build {build:.1f} s",
+            )
+        )
+
+    # -- 6. backup and restore ------------------------------------------------------------
     def bench_backup(self, artifacts: int, usage_rows: int) -> None:
         print(f"backup/restore {artifacts} artifacts, {usage_rows} usage rows", flush=True)
         settings = self.fresh_db("bench_backup")
@@ -662,7 +813,7 @@ class Bench:
             )
         )
 
-    # -- 6. start-up ----------------------------------------------------------------------
+    # -- 7. start-up ----------------------------------------------------------------------
     def bench_startup(self) -> None:
         print("start-up", flush=True)
         settings = self.fresh_db("bench_startup")
@@ -747,14 +898,17 @@ def main() -> None:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["import", "embed", "search", "model", "backup", "startup"],
+        choices=["import", "embed", "search", "model", "usage", "backup", "startup"],
     )
     parser.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results", help="where latest.md goes"
     )
+    parser.add_argument(
+        "--usage-events", type=int, help="events for the usage ingest case (default by mode)"
+    )
     args = parser.parse_args()
     args.repeat = max(args.repeat, 3)
-    only = set(args.only or ["import", "embed", "search", "model", "backup", "startup"])
+    only = set(args.only or ["import", "embed", "search", "model", "usage", "backup", "startup"])
     sizes = (
         {
             "import": [200],
@@ -762,6 +916,7 @@ def main() -> None:
             "noop": 500,
             "search": (3000, 20),
             "model": (40, 3),
+            "usage": (2000, 50_000, 500),
             "backup": (200, 20_000),
         }
         if args.quick
@@ -771,6 +926,7 @@ def main() -> None:
             "noop": 10_000,
             "search": (100_000, 200),
             "model": (500, 7),
+            "usage": (100_000, 10_000_000, 100_000),
             "backup": (20_000, 3_000_000),
         }
     )
@@ -786,6 +942,11 @@ def main() -> None:
             bench.bench_search(*sizes["search"])
         if "model" in only:
             bench.bench_model(*sizes["model"])
+        if "usage" in only:
+            events, big, per_event = sizes["usage"]
+            if args.usage_events:
+                events, per_event = args.usage_events, min(per_event, args.usage_events)
+            bench.bench_usage(events, big, per_event)
         if "backup" in only:
             bench.bench_backup(*sizes["backup"])
         if "startup" in only:

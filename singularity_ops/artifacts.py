@@ -155,13 +155,14 @@ def record_usage(
     changes nothing (`recorded` is False): retries are safe. For many events use
     usage.ingest_usage, which does the same for a whole log in one transaction.
     """
-    from .usage import event_key, insert_events_sql
+    from .usage import WRITER_LOCK, event_key, write_events_sql
 
     if duration_ms is not None and duration_ms < 0:
         raise SingularityOpsError(f"duration must be zero or more milliseconds, got {duration_ms}")
     clause, params, label = _lookup(artifact_type, artifact_id, version)
     key = event_key(event_id, {}) if event_id is not None else None
     with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))  # one writer at a time
         row = conn.execute(
             f"SELECT id, version FROM knowledge_artifacts {clause}", params
         ).fetchone()
@@ -180,12 +181,16 @@ def record_usage(
         counts = conn.execute(
             "WITH "
             + keys
-            + insert_events_sql(
-                "SELECT coalesce(%(used_at)s, now()), %(pk)s, %(success)s, %(environment)s,"
-                " %(duration)s, %(metadata)s::jsonb, %(event_id)s, %(key)s FROM new_keys"
+            + write_events_sql(
+                "SELECT coalesce(%(used_at)s, now()) AS used_at, %(pk)s::uuid AS artifact_pk,"
+                " %(success)s AS success, %(environment)s AS environment,"
+                " %(duration)s::int AS duration_ms, %(metadata)s::jsonb AS metadata,"
+                " %(event_id)s AS event_id, %(key)s::uuid AS event_key,"
+                " (coalesce(%(used_at)s, now()) AT TIME ZONE 'UTC')::date AS day,"
+                " knowledge_duration_bucket(%(duration)s) AS bucket FROM new_keys"
             )
-            + "SELECT c.usage_count, c.success_count, c.success_rate, i.used_at"
-            " FROM counted c, inserted i",
+            + "SELECT c.usage_count, c.success_count, c.success_rate, e.used_at"
+            " FROM counted c, events e",
             {
                 "key": key,
                 "used_at": used_at,

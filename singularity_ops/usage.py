@@ -16,12 +16,15 @@ events uses drop_chunks (Apache-licensed) on the hypertable, or DELETE on a plai
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import queue
 import re
+import threading
 import time
-import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import IO, Any
@@ -30,7 +33,7 @@ import psycopg
 from psycopg import sql
 
 from .config import ENVIRONMENTS
-from .db import relation_exists
+from .db import lock_key, relation_exists
 from .errors import ConfigError, SingularityOpsError
 
 # knowledge_duration_bounds() in migration 0006: ten log-spaced buckets per decade, in ms.
@@ -51,19 +54,35 @@ EVENT_FIELDS = {
 FALLING_BY = 0.10  # a success rate this much lower than in the previous window is "falling"
 FALLING_MIN_USES = 5  # ... with at least this many uses in both windows
 
-# The statement every write path ends with, fed by the CTE `inserted` (rows just added to
-# artifact_usage): roll them up per artifact, UTC day and environment, and count them in the
-# artifacts' lifetime counters.
-_ROLL_UP_AND_COUNT = """
+# What every write path runs after its own WITH: `events` (a query it passes in, yielding the
+# artifact_usage columns of the new events, plus each one's UTC `day` and duration `bucket`,
+# knowledge_duration_bucket()) is inserted, rolled up per artifact, UTC day and
+# environment (durations binned first, so the histograms are built from a few rows per day),
+# and counted in the artifacts' lifetime counters. The rollup and the counters read `events`,
+# not the rows the INSERT returns: the same rows, without materialising them a second time.
+_INSERT_EVENTS = """
+events AS MATERIALIZED ({events}),
+inserted AS (
+    INSERT INTO artifact_usage (used_at, artifact_pk, success, environment, duration_ms,
+                                metadata, event_id, event_key)
+    SELECT used_at, artifact_pk, success, environment, duration_ms, metadata, event_id, event_key
+    FROM events
+),
+"""
+_ROLL_UP = """
+binned AS (
+    SELECT day, artifact_pk, environment, bucket, count(*) AS uses,
+           count(*) FILTER (WHERE success) AS successes, count(duration_ms) AS timed,
+           coalesce(sum(duration_ms), 0) AS duration_ms_sum, max(used_at) AS last_used_at
+    FROM events GROUP BY 1, 2, 3, 4
+),
 rolled AS (
     INSERT INTO artifact_usage_daily AS d (day, artifact_pk, environment, uses, successes, timed,
                                            duration_ms_sum, duration_histogram, last_used_at)
-    SELECT (used_at AT TIME ZONE 'UTC')::date, artifact_pk, environment, count(*),
-           count(*) FILTER (WHERE success), count(duration_ms), coalesce(sum(duration_ms), 0),
-           knowledge_histogram(array_agg(knowledge_duration_bucket(duration_ms)),
-                               array_fill(1::bigint, ARRAY[count(*)::int])),
-           max(used_at)
-    FROM inserted GROUP BY 1, 2, 3
+    SELECT day, artifact_pk, environment, sum(uses), sum(successes), sum(timed),
+           sum(duration_ms_sum), knowledge_histogram(array_agg(bucket), array_agg(uses)),
+           max(last_used_at)
+    FROM binned GROUP BY 1, 2, 3
     ON CONFLICT (artifact_pk, day, environment) DO UPDATE SET
         uses = d.uses + EXCLUDED.uses,
         successes = d.successes + EXCLUDED.successes,
@@ -72,45 +91,69 @@ rolled AS (
         duration_histogram = knowledge_histogram_merge(d.duration_histogram, EXCLUDED.duration_histogram),
         last_used_at = greatest(d.last_used_at, EXCLUDED.last_used_at)
 ),
+per_artifact AS (
+    SELECT artifact_pk, sum(uses)::bigint AS uses, sum(successes)::bigint AS successes,
+           max(last_used_at) AS last_used_at
+    FROM binned GROUP BY 1
+),
 counted AS (
     UPDATE knowledge_artifacts k SET
-        usage_count = k.usage_count + c.n,
-        success_count = k.success_count + c.ok,
-        last_used_at = greatest(k.last_used_at, c.last)
-    FROM (SELECT artifact_pk, count(*) AS n, count(*) FILTER (WHERE success) AS ok,
-                 max(used_at) AS last FROM inserted GROUP BY 1) c
+        usage_count = k.usage_count + c.uses,
+        success_count = k.success_count + c.successes,
+        last_used_at = greatest(k.last_used_at, c.last_used_at)
+    FROM per_artifact c
     WHERE k.id = c.artifact_pk
     RETURNING k.id, k.usage_count, k.success_count, k.success_rate
 )
 """
+_WRITE_EVENTS = _INSERT_EVENTS + _ROLL_UP
+
+
+def write_events_sql(events: str) -> str:
+    """The CTEs every write path runs after its own WITH (see _WRITE_EVENTS); `events` selects
+    used_at, artifact_pk, success, environment, duration_ms, metadata, event_id, event_key."""
+    return _INSERT_EVENTS.format(events=events) + _ROLL_UP
+
+
+WRITER_LOCK = lock_key("usage-writer")
 
 
 class UsageError(SingularityOpsError):
     """Usage events were refused (bad lines, unknown artifacts); nothing was recorded."""
 
 
-def event_key(event_id: str | None, event: Mapping[str, Any]) -> uuid.UUID:
-    """The idempotency key of an event: from its event_id when it has one, else from its
-    content (every field as given, keys sorted), so the same line ingested twice counts once."""
+def event_key(event_id: str | None, event: Mapping[str, Any]) -> str:
+    """The idempotency key of an event (a uuid, as 32 hex digits): from its event_id when it
+    has one, else from its content (every field as given, keys sorted), so the same line
+    ingested twice counts once."""
     if event_id is not None:
         material = b"event_id\0" + event_id.encode("utf-8")
     else:
         canonical = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         material = b"content\0" + canonical.encode("utf-8")
-    return uuid.UUID(bytes=hashlib.sha256(material).digest()[:16])
-
-
-def insert_events_sql(source: str) -> str:
-    """The CTEs `inserted AS (INSERT ... {source} RETURNING ...), rolled, counted` that every
-    write path runs (after its own WITH); `source` yields the artifact_usage columns below."""
-    return (
-        "inserted AS (INSERT INTO artifact_usage (used_at, artifact_pk, success, environment,"
-        " duration_ms, metadata, event_id, event_key) " + source + " RETURNING artifact_pk,"
-        " used_at, success, environment, duration_ms), " + _ROLL_UP_AND_COUNT
-    )
+    return hashlib.sha256(material).digest()[:16].hex()
 
 
 # --- bulk ingest ---------------------------------------------------------------------------
+
+# One batch: keys in order (a btree fills page after page), new events in time order (chunk
+# after chunk), then the rollup and the counters; returns (artifact, events recorded).
+_INGEST_BATCH = (
+    "WITH new_keys AS (INSERT INTO usage_event_keys (event_key)"
+    " SELECT event_key FROM usage_staging ORDER BY event_key"
+    " ON CONFLICT DO NOTHING RETURNING event_key), "
+    + _INSERT_EVENTS.format(
+        events="SELECT coalesce(s.used_at, now()) AS used_at, s.artifact_pk, s.success,"
+        " s.environment, s.duration_ms, s.metadata, s.event_id, s.event_key, s.day, s.bucket"
+        " FROM usage_staging s JOIN new_keys USING (event_key) ORDER BY s.used_at"
+    )
+    + "noted AS (INSERT INTO usage_new SELECT used_at, artifact_pk, success, environment,"
+    " duration_ms, day, bucket FROM events) SELECT count(*) FROM events"
+)
+# After the last batch, once for the whole input: each day touched is rolled up once.
+_INGEST_ROLL_UP = (
+    "WITH events AS (SELECT * FROM usage_new), " + _ROLL_UP + ("SELECT count(*) FROM per_artifact")
+)
 
 
 @dataclass
@@ -128,11 +171,12 @@ class IngestResult:
 
 
 def _identity_map(conn: psycopg.Connection) -> tuple[dict, dict]:
-    """(type, id, version) -> pk, and (type, id) -> pk of the latest version."""
-    exact: dict[tuple[str, str, str], Any] = {}
-    latest: dict[tuple[str, str], Any] = {}
+    """(type, id, version) -> pk, and (type, id) -> pk of the latest version (pks as text,
+    the form COPY wants)."""
+    exact: dict[tuple[str, str, str], str] = {}
+    latest: dict[tuple[str, str], str] = {}
     rows = conn.execute(
-        "SELECT artifact_type, artifact_id, version, id FROM knowledge_artifacts"
+        "SELECT artifact_type, artifact_id, version, id::text FROM knowledge_artifacts"
         " ORDER BY artifact_type, artifact_id, knowledge_version_key(version) DESC, version DESC"
     )
     for artifact_type, artifact_id, version, pk in rows:
@@ -141,106 +185,217 @@ def _identity_map(conn: psycopg.Connection) -> tuple[dict, dict]:
     return exact, latest
 
 
-def _text(value: Any, name: str, *, allow_int: bool = False) -> str:
-    if isinstance(value, bool) or not (
-        isinstance(value, str) or (allow_int and isinstance(value, int))
-    ):
+def _text(event: Mapping[str, Any], name: str, allow_int: bool = False) -> str | None:
+    value = event.get(name)
+    if value is None:
+        return None
+    if type(value) is str:
+        text = value.strip()
+    elif allow_int and type(value) is int:
+        text = str(value)
+    else:
         raise ValueError(f'"{name}" must be a string, got {json.dumps(value)[:40]}')
-    text = str(value).strip()
     if not text:
         raise ValueError(f'"{name}" must not be empty')
     return text
 
 
-def parse_event(
-    line: str, now: datetime, default_environment: str
-) -> tuple[tuple[str, str, str | None], tuple]:
-    """One JSON line -> ((type, id, version), the row to stage); ValueError says what is wrong."""
+@dataclass(frozen=True)
+class ParsedEvent:
+    """One valid usage event, as parse_event reads it."""
+
+    artifact_type: str
+    artifact_id: str
+    version: str | None
+    success: bool
+    used_at: str | None  # ISO 8601 with an offset, as given (checked, passed on verbatim)
+    environment: str
+    duration_ms: int | None
+    metadata: str  # JSON text
+    event_id: str | None
+    key: str  # event_key()
+    day: str  # the UTC day it falls on (of `now` when it has no used_at), ISO format
+
+
+def parse_event(line: str, now: datetime, default_environment: str) -> ParsedEvent:
+    """One JSON line of a usage log; ValueError says what is wrong with it."""
     try:
         event = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
     except RecursionError:
         raise ValueError("nested too deeply") from None
-    if not isinstance(event, dict):
+    if type(event) is not dict:
         raise ValueError(f"must be a JSON object, got a {type(event).__name__}")
-    unknown = sorted(set(event) - EVENT_FIELDS)
-    if unknown:
+    if not event.keys() <= EVENT_FIELDS:
+        unknown = sorted(set(event) - EVENT_FIELDS)
         raise ValueError(
             f"unknown field(s) {', '.join(map(repr, unknown))}; the fields are "
             f"{', '.join(sorted(EVENT_FIELDS))}"
         )
-    for required in ("artifact_type", "artifact_id", "success"):
-        if required not in event:
-            raise ValueError(f'"{required}" is missing')
-    artifact_type = _text(event["artifact_type"], "artifact_type")
-    artifact_id = _text(event["artifact_id"], "artifact_id")
-    version = (
-        _text(event["version"], "version", allow_int=True)
-        if event.get("version") is not None
-        else None
-    )
-    success = event["success"]
-    if not isinstance(success, bool):
+    artifact_type, artifact_id = _text(event, "artifact_type"), _text(event, "artifact_id")
+    success = event.get("success")
+    for name, value in (
+        ("artifact_type", artifact_type),
+        ("artifact_id", artifact_id),
+        ("success", success),
+    ):
+        if value is None:
+            raise ValueError(f'"{name}" is missing')
+    if type(success) is not bool:
         raise ValueError(f'"success" must be true or false, got {json.dumps(success)[:40]}')
     duration = event.get("duration_ms")
-    if duration is not None and (
-        isinstance(duration, bool) or not isinstance(duration, int) or not 0 <= duration < 2**31
-    ):
+    if duration is not None and (type(duration) is not int or not 0 <= duration < 2**31):
         raise ValueError(
             f'"duration_ms" must be a whole number of milliseconds >= 0, got {json.dumps(duration)[:40]}'
         )
-    used_at = None
-    if event.get("used_at") is not None:
-        raw = event["used_at"]
-        if not isinstance(raw, str):
+    used_at = event.get("used_at")
+    if used_at is not None:
+        if type(used_at) is not str:
             raise ValueError('"used_at" must be an ISO 8601 string, e.g. "2026-11-26T09:30:00Z"')
         try:
-            used_at = datetime.fromisoformat(
-                raw.replace("Z", "+00:00") if raw.endswith("Z") else raw
-            )
+            when = datetime.fromisoformat(used_at)
         except ValueError:
-            raise ValueError(f'"used_at" is not an ISO 8601 time: {raw[:40]!r}') from None
-        if used_at.tzinfo is None:
-            raise ValueError(f'"used_at" needs a time zone (Z or +00:00): {raw[:40]!r}')
-        if used_at > now + timedelta(minutes=5):
-            raise ValueError(f'"used_at" is in the future: {raw[:40]!r}')
+            raise ValueError(f'"used_at" is not an ISO 8601 time: {used_at[:40]!r}') from None
+        if when.tzinfo is None:
+            raise ValueError(f'"used_at" needs a time zone (Z or +00:00): {used_at[:40]!r}')
+        if when > now + timedelta(minutes=5):
+            raise ValueError(f'"used_at" is in the future: {used_at[:40]!r}')
+        day = when.astimezone(UTC).date().isoformat()
+    else:
+        day = now.astimezone(UTC).date().isoformat()
     environment = event.get("environment", default_environment)
     if environment not in ENVIRONMENTS:
         raise ValueError(
             f'"environment" must be one of {", ".join(ENVIRONMENTS)}, got {json.dumps(environment)[:40]}'
         )
-    metadata = event.get("metadata", {})
-    if not isinstance(metadata, dict):
+    metadata = event.get("metadata")
+    if metadata is not None and type(metadata) is not dict:
         raise ValueError('"metadata" must be a JSON object')
-    event_id = (
-        _text(event["event_id"], "event_id", allow_int=True)
-        if event.get("event_id") is not None
-        else None
-    )
+    event_id = _text(event, "event_id", allow_int=True)
     if event_id is not None and len(event_id) > 200:
         raise ValueError('"event_id" must be at most 200 characters')
-    key = event_key(event_id, event)
-    row = (
-        used_at,
+    return ParsedEvent(
+        artifact_type,  # type: ignore[arg-type]
+        artifact_id,  # type: ignore[arg-type]
+        _text(event, "version", allow_int=True),
         success,
+        used_at,
         environment,
         duration,
-        json.dumps(metadata, ensure_ascii=False),
+        json.dumps(metadata, ensure_ascii=False) if metadata else "{}",
         event_id,
-        key,
+        event_key(event_id, event),
+        day,
     )
-    return (artifact_type, artifact_id, version), row
 
 
-def _lines(stream: IO[str], name: str) -> Iterator[tuple[int, str]]:
-    for number, line in enumerate(stream, 1):
-        if len(line) > MAX_LINE_BYTES:
-            raise UsageError(
-                f"{name}:{number}: line longer than {MAX_LINE_BYTES} bytes; nothing was recorded"
+NULL = "\\N"  # NULL in COPY's text format
+BATCH_LINES = 20_000
+
+
+def _copy_text(value: str) -> str:
+    """A text field of COPY's text format."""
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return (
+            value.replace("\\", "\\\\")
+            .replace("\t", "\\t")
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
+        )
+    return value
+
+
+def _parse_batches(
+    stream: Iterable[str],
+    name: str,
+    now: datetime,
+    environment: str,
+    identities: tuple[dict, dict],
+    result: IngestResult,
+    batches: queue.Queue,
+    stop: threading.Event,
+) -> None:
+    """The parser thread: lines -> COPY text of valid events, BATCH_LINES at a time, onto the
+    queue (None at the end, an exception if reading failed). Gives up when `stop` is set: the
+    writer failed and reads no more."""
+    exact, latest = identities
+    buffer: list[str] = []
+    seen: set[str] = set()
+
+    def hand_over(item: Any) -> None:
+        while not stop.is_set():
+            try:
+                batches.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+    try:
+        for number, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            result.lines += 1
+            try:
+                if len(line) > MAX_LINE_BYTES:
+                    raise ValueError(f"longer than {MAX_LINE_BYTES} bytes")
+                e = parse_event(line, now, environment)
+                pk = (
+                    exact.get((e.artifact_type, e.artifact_id, e.version))
+                    if e.version is not None
+                    else latest.get((e.artifact_type, e.artifact_id))
+                )
+                if pk is None:
+                    label = f"{e.artifact_type}/{e.artifact_id}" + (
+                        f" version {e.version}" if e.version else ""
+                    )
+                    raise ValueError(
+                        f"no artifact {label} (artifacts are looked up by type and id); "
+                        "check the spelling or import it first"
+                    )
+            except ValueError as exc:
+                result.invalid += 1
+                if len(result.problems) < MAX_PROBLEMS_SHOWN:
+                    result.problems.append(f"{name}:{number}: {exc}")
+                continue
+            if e.key in seen:  # the same event twice in this input: the first one counts
+                continue
+            seen.add(e.key)
+            buffer.append(
+                "\t".join(
+                    (
+                        NULL if e.used_at is None else e.used_at,
+                        pk,
+                        "t" if e.success else "f",
+                        e.environment,
+                        NULL if e.duration_ms is None else str(e.duration_ms),
+                        _copy_text(e.metadata),
+                        NULL if e.event_id is None else _copy_text(e.event_id),
+                        e.key,
+                        e.day,
+                        NULL
+                        if e.duration_ms is None
+                        else str(bisect_right(DURATION_BOUNDS, e.duration_ms)),
+                    )
+                )
+                + "\n"
             )
-        if line.strip():
-            yield number, line
+            if len(buffer) >= BATCH_LINES:
+                hand_over("".join(buffer))
+                buffer.clear()
+        if buffer:
+            hand_over("".join(buffer))
+        hand_over(None)
+    except _Stopped:
+        return
+    except BaseException as exc:  # handed to the writer, which raises it
+        with contextlib.suppress(_Stopped):
+            hand_over(exc)
+
+
+class _Stopped(Exception):
+    """The writer stopped reading batches."""
 
 
 def ingest_usage(
@@ -251,8 +406,9 @@ def ingest_usage(
     skip_invalid: bool = False,
     environment: str = "dev",
 ) -> IngestResult:
-    """Record usage events from JSON lines: one COPY, then one statement that inserts the new
-    events, rolls them up and bumps each artifact's counters once, in one transaction.
+    """Record usage events from JSON lines in one transaction: a thread parses while the
+    database writes, batch by batch: a COPY into a staging table, then one statement that
+    inserts the new events, rolls them up and bumps each artifact's counters once.
 
     Strict unless skip_invalid: a bad line (its file:line and what is wrong, or an artifact
     that does not exist) means nothing is recorded. Events already ingested (same event_key)
@@ -261,43 +417,48 @@ def ingest_usage(
     started = time.monotonic()
     result = IngestResult(source=name)
     with conn.transaction():
-        now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
-        exact, latest = _identity_map(conn)
+        now = conn.execute(
+            "SELECT now(), set_config('work_mem', '64MB', true), set_config('temp_buffers', '128MB', true)"
+        ).fetchone()[0]  # type: ignore[index]
+        # One usage writer at a time (record_usage takes the same lock): batches lock
+        # artifacts, keys and rollup rows in no global order, so writers must not interleave.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+        identities = _identity_map(conn)
         conn.execute(
-            "CREATE TEMP TABLE usage_staging (line int, used_at timestamptz, artifact_pk uuid,"
+            "CREATE TEMP TABLE usage_staging (used_at timestamptz, artifact_pk uuid,"
             " success bool, environment text, duration_ms int, metadata jsonb, event_id text,"
-            " event_key uuid) ON COMMIT DROP"
+            " event_key uuid, day date, bucket int) ON COMMIT DROP"
         )
-        with conn.cursor().copy(
-            "COPY usage_staging (line, used_at, artifact_pk, success, environment, duration_ms,"
-            " metadata, event_id, event_key) FROM STDIN"
-        ) as copy:
-            for number, line in _lines(stream, name):  # type: ignore[arg-type]
-                result.lines += 1
-                try:
-                    (artifact_type, artifact_id, version), row = parse_event(line, now, environment)
-                    pk = (
-                        exact.get((artifact_type, artifact_id, version))
-                        if version is not None
-                        else latest.get((artifact_type, artifact_id))
-                    )
-                    if pk is None:
-                        label = f"{artifact_type}/{artifact_id}" + (
-                            f" version {version}" if version else ""
-                        )
-                        raise ValueError(
-                            f"no artifact {label} (artifacts are looked up by type and id); "
-                            "check the spelling or import it first"
-                        )
-                except ValueError as exc:
-                    result.invalid += 1
-                    if len(result.problems) < MAX_PROBLEMS_SHOWN:
-                        result.problems.append(f"{name}:{number}: {exc}")
-                    continue
-                used_at, success, env, duration, metadata, event_id, key = row
-                copy.write_row(
-                    (number, used_at, pk, success, env, duration, metadata, event_id, key)
-                )
+        conn.execute(
+            "CREATE TEMP TABLE usage_new (used_at timestamptz, artifact_pk uuid, success bool,"
+            " environment text, duration_ms int, day date, bucket int) ON COMMIT DROP"
+        )
+        batches: queue.Queue = queue.Queue(maxsize=2)
+        stop = threading.Event()
+        parser = threading.Thread(
+            target=_parse_batches,
+            args=(stream, name, now, environment, identities, result, batches, stop),
+            daemon=True,
+        )
+        parser.start()
+        try:
+            while (batch := batches.get()) is not None:
+                if isinstance(batch, BaseException):
+                    raise batch
+                if result.invalid and not skip_invalid:
+                    continue  # all of it will be rolled back: just finish reading the problems
+                with conn.cursor().copy(
+                    "COPY usage_staging (used_at, artifact_pk, success, environment, duration_ms,"
+                    " metadata, event_id, event_key, day, bucket) FROM STDIN"
+                ) as copy:
+                    copy.write(batch)
+                result.recorded += conn.execute(_INGEST_BATCH).fetchone()[0]  # type: ignore[index]
+                conn.execute("TRUNCATE usage_staging")
+        finally:
+            stop.set()  # a failing writer must not leave the parser blocked on a full queue
+            parser.join()
+        if result.recorded:
+            result.artifacts = conn.execute(_INGEST_ROLL_UP).fetchone()[0]  # type: ignore[index]
         if result.invalid and not skip_invalid:
             shown = "\n".join(f"  {p}" for p in result.problems)
             more = result.invalid - len(result.problems)
@@ -306,18 +467,6 @@ def ingest_usage(
                 f"or pass --skip-invalid to record the rest):\n{shown}"
                 + (f"\n  ... and {more} more" if more > 0 else "")
             )
-        row = conn.execute(
-            "WITH new_keys AS (INSERT INTO usage_event_keys (event_key)"
-            " SELECT DISTINCT event_key FROM usage_staging ON CONFLICT DO NOTHING RETURNING event_key), "
-            + insert_events_sql(
-                "SELECT DISTINCT ON (s.event_key) coalesce(s.used_at, now()), s.artifact_pk,"
-                " s.success, s.environment, s.duration_ms, s.metadata, s.event_id, s.event_key"
-                " FROM usage_staging s JOIN new_keys USING (event_key) ORDER BY s.event_key, s.line"
-            )
-            + "SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM counted)"
-        ).fetchone()
-        assert row is not None
-        result.recorded, result.artifacts = row
     result.duplicates = result.lines - result.invalid - result.recorded
     result.seconds = time.monotonic() - started
     return result
@@ -424,6 +573,14 @@ def _raw_daily(since: date) -> sql.Composed:
     ).format(since=sql.Literal(since))
 
 
+def _daily_source(window: Window, source: str) -> sql.Composable:
+    if source not in ("rollup", "raw"):
+        raise ConfigError(f"source must be rollup or raw, got {source!r}")
+    return (
+        sql.SQL("artifact_usage_daily") if source == "rollup" else _raw_daily(window.previous_start)
+    )
+
+
 def window_stats(
     conn: psycopg.Connection,
     window: Window,
@@ -433,12 +590,8 @@ def window_stats(
     source: str = "rollup",
 ) -> list[dict[str, Any]]:
     """Per artifact with uses in the window or the one before: the window's and the previous
-    window's numbers, merged duration histogram and environment split."""
-    if source not in ("rollup", "raw"):
-        raise ConfigError(f"source must be rollup or raw, got {source!r}")
-    daily = (
-        sql.SQL("artifact_usage_daily") if source == "rollup" else _raw_daily(window.previous_start)
-    )
+    window's uses, successes and last use, beside the lifetime counters. Plain sums over the
+    rollup's rows, so it stays fast however many events there are."""
     where = [sql.SQL("d.day BETWEEN %(previous_start)s AND %(end)s")]
     if environment:
         where.append(sql.SQL("d.environment = %(environment)s"))
@@ -447,18 +600,16 @@ def window_stats(
     query = sql.SQL(
         """
         SELECT k.id, k.artifact_type, k.artifact_id, k.version, k.usage_count, k.success_rate,
-               coalesce(sum(d.uses) FILTER (WHERE d.day >= %(start)s), 0),
-               coalesce(sum(d.successes) FILTER (WHERE d.day >= %(start)s), 0),
-               coalesce(sum(d.uses) FILTER (WHERE d.day < %(start)s), 0),
-               coalesce(sum(d.successes) FILTER (WHERE d.day < %(start)s), 0),
-               knowledge_histogram_sum(d.duration_histogram) FILTER (WHERE d.day >= %(start)s),
-               max(d.last_used_at) FILTER (WHERE d.day >= %(start)s),
-               jsonb_object_agg(d.environment || '|' || d.day, d.uses) FILTER (WHERE d.day >= %(start)s)
+               coalesce(sum(d.uses) FILTER (WHERE d.day >= %(start)s), 0)::bigint,
+               coalesce(sum(d.successes) FILTER (WHERE d.day >= %(start)s), 0)::bigint,
+               coalesce(sum(d.uses) FILTER (WHERE d.day < %(start)s), 0)::bigint,
+               coalesce(sum(d.successes) FILTER (WHERE d.day < %(start)s), 0)::bigint,
+               max(d.last_used_at) FILTER (WHERE d.day >= %(start)s)
         FROM {daily} d JOIN knowledge_artifacts k ON k.id = d.artifact_pk
         WHERE {where}
         GROUP BY k.id
         """
-    ).format(daily=daily, where=sql.SQL(" AND ").join(where))
+    ).format(daily=_daily_source(window, source), where=sql.SQL(" AND ").join(where))
     params = {
         "previous_start": window.previous_start,
         "start": window.start,
@@ -466,47 +617,62 @@ def window_stats(
         "environment": environment,
         "types": list(types),
     }
-    stats = []
-    for (
-        pk,
-        t,
-        i,
-        v,
-        lifetime,
-        lifetime_rate,
-        uses,
-        ok,
-        prev,
-        prev_ok,
-        hist,
-        last,
-        cells,
-    ) in conn.execute(query, params):
-        by_env: dict[str, int] = {}
-        by_day: dict[date, int] = {}
-        for cell, count in (cells or {}).items():
-            env, day = cell.split("|")
-            by_env[env] = by_env.get(env, 0) + count
-            by_day[date.fromisoformat(day)] = by_day.get(date.fromisoformat(day), 0) + count
-        stats.append(
-            {
-                "pk": pk,
-                "artifact_type": t,
-                "artifact_id": i,
-                "version": v,
-                "lifetime_uses": lifetime,
-                "lifetime_success_rate": lifetime_rate,
-                "uses": int(uses),
-                "successes": int(ok),
-                "previous_uses": int(prev),
-                "previous_successes": int(prev_ok),
-                "histogram": hist or [],
-                "last_used_at": last,
-                "environments": dict(sorted(by_env.items())),
-                "by_day": by_day,
-            }
+    keys = (
+        "pk",
+        "artifact_type",
+        "artifact_id",
+        "version",
+        "lifetime_uses",
+        "lifetime_success_rate",
+        "uses",
+        "successes",
+        "previous_uses",
+        "previous_successes",
+        "last_used_at",
+    )
+    return [dict(zip(keys, row, strict=True)) for row in conn.execute(query, params)]
+
+
+def window_details(
+    conn: psycopg.Connection,
+    window: Window,
+    pks: Sequence[Any],
+    *,
+    environment: str | None = None,
+    source: str = "rollup",
+) -> dict[Any, dict[str, Any]]:
+    """For a few artifacts: uses per day and per environment, and the merged duration
+    histogram of the window (what the report shows for its top and falling artifacts)."""
+    where = [
+        sql.SQL("d.day BETWEEN %(start)s AND %(end)s"),
+        sql.SQL("d.artifact_pk = ANY(%(pks)s)"),
+    ]
+    if environment:
+        where.append(sql.SQL("d.environment = %(environment)s"))
+    query = sql.SQL(
+        "SELECT d.artifact_pk, d.day, d.environment, d.uses, d.duration_histogram"
+        " FROM {daily} d WHERE {where}"
+    ).format(daily=_daily_source(window, source), where=sql.SQL(" AND ").join(where))
+    params = {
+        "start": window.start,
+        "end": window.end,
+        "pks": list(pks),
+        "environment": environment,
+    }
+    details: dict[Any, dict[str, Any]] = {
+        pk: {"by_day": {}, "environments": {}, "histogram": []} for pk in pks
+    }
+    for pk, day, env, uses, histogram in conn.execute(query, params):
+        entry = details[pk]
+        entry["by_day"][day] = entry["by_day"].get(day, 0) + uses
+        entry["environments"][env] = entry["environments"].get(env, 0) + uses
+        merged = entry["histogram"]
+        entry["histogram"] = (
+            [a + b for a, b in zip(merged, histogram, strict=True)] if merged else list(histogram)
         )
-    return stats
+    for entry in details.values():
+        entry["environments"] = dict(sorted(entry["environments"].items()))
+    return details
 
 
 def _rate(successes: int, uses: int) -> float | None:
@@ -534,64 +700,79 @@ def usage_report(
     window = Window.ending(today, since_days)
     started = time.perf_counter()
     stats = window_stats(conn, window, types=types, environment=environment, source=source)
-    query_ms = (time.perf_counter() - started) * 1000
     entries = []
     for s in stats:
-        rate, previous_rate = (
-            _rate(s["successes"], s["uses"]),
-            _rate(s["previous_successes"], s["previous_uses"]),
-        )
+        rate = _rate(s["successes"], s["uses"])
+        previous_rate = _rate(s["previous_successes"], s["previous_uses"])
         entries.append(
-            ArtifactUsage(
-                artifact_type=s["artifact_type"],
-                artifact_id=s["artifact_id"],
-                version=s["version"],
-                uses=s["uses"],
-                successes=s["successes"],
-                success_rate=rate,
-                previous_uses=s["previous_uses"],
-                previous_success_rate=previous_rate,
-                uses_change=round((s["uses"] - s["previous_uses"]) / s["previous_uses"], 4)
-                if s["previous_uses"]
-                else None,
-                rate_change=round(rate - previous_rate, 4)
-                if rate is not None and previous_rate is not None
-                else None,
-                lifetime_uses=s["lifetime_uses"],
-                lifetime_success_rate=None
-                if s["lifetime_success_rate"] is None
-                else round(s["lifetime_success_rate"], 4),
-                p50_ms=histogram_percentile(s["histogram"], 0.5),
-                p95_ms=histogram_percentile(s["histogram"], 0.95),
-                environments=s["environments"],
-                daily=[
-                    s["by_day"].get(window.start + timedelta(days=n), 0) for n in range(window.days)
-                ],
-                last_used_at=s["last_used_at"],
+            (
+                s["pk"],
+                ArtifactUsage(
+                    artifact_type=s["artifact_type"],
+                    artifact_id=s["artifact_id"],
+                    version=s["version"],
+                    uses=s["uses"],
+                    successes=s["successes"],
+                    success_rate=rate,
+                    previous_uses=s["previous_uses"],
+                    previous_success_rate=previous_rate,
+                    uses_change=round((s["uses"] - s["previous_uses"]) / s["previous_uses"], 4)
+                    if s["previous_uses"]
+                    else None,
+                    rate_change=round(rate - previous_rate, 4)
+                    if rate is not None and previous_rate is not None
+                    else None,
+                    lifetime_uses=s["lifetime_uses"],
+                    lifetime_success_rate=None
+                    if s["lifetime_success_rate"] is None
+                    else round(s["lifetime_success_rate"], 4),
+                    p50_ms=None,
+                    p95_ms=None,
+                    environments={},
+                    daily=[],
+                    last_used_at=s["last_used_at"],
+                ),
             )
         )
-    used = [e for e in entries if e.uses]
-    used.sort(key=lambda e: (-e.uses, e.artifact_type, e.artifact_id, e.version))
-    falling = [
-        e
-        for e in entries
-        if e.rate_change is not None
-        and e.rate_change <= -FALLING_BY
-        and e.uses >= FALLING_MIN_USES
-        and e.previous_uses >= FALLING_MIN_USES
-    ]
-    falling.sort(key=lambda e: (e.rate_change, e.artifact_type, e.artifact_id))
+    used = sorted(
+        (e for e in entries if e[1].uses),
+        key=lambda e: (-e[1].uses, e[1].artifact_type, e[1].artifact_id, e[1].version),
+    )[:top]
+    falling = sorted(
+        (
+            e
+            for e in entries
+            if e[1].rate_change is not None
+            and e[1].rate_change <= -FALLING_BY
+            and e[1].uses >= FALLING_MIN_USES
+            and e[1].previous_uses >= FALLING_MIN_USES
+        ),
+        key=lambda e: (e[1].rate_change, e[1].artifact_type, e[1].artifact_id),
+    )
+    details = window_details(
+        conn, window, list({pk for pk, _ in used + falling}), environment=environment, source=source
+    )
+    query_ms = (time.perf_counter() - started) * 1000
+    for pk, entry in used + falling:
+        detail = details[pk]
+        entry.environments = detail["environments"]
+        entry.daily = [
+            detail["by_day"].get(window.start + timedelta(days=n), 0) for n in range(window.days)
+        ]
+        entry.p50_ms = histogram_percentile(detail["histogram"], 0.5)
+        entry.p95_ms = histogram_percentile(detail["histogram"], 0.95)
+    totals = [e for _, e in entries]
     return UsageReport(
         window_days=since_days,
         start=window.start,
         end=window.end,
         previous_start=window.previous_start,
         source=source,
-        uses=sum(e.uses for e in entries),
-        successes=sum(e.successes for e in entries),
-        previous_uses=sum(e.previous_uses for e in entries),
-        top=used[:top],
-        falling=falling,
+        uses=sum(e.uses for e in totals),
+        successes=sum(e.successes for e in totals),
+        previous_uses=sum(e.previous_uses for e in totals),
+        top=[e for _, e in used],
+        falling=[e for _, e in falling],
         query_ms=round(query_ms, 1),
     )
 

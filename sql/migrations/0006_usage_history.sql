@@ -47,12 +47,6 @@ BEGIN ATOMIC
            END;
 END;
 
-CREATE AGGREGATE knowledge_histogram_sum(bigint[]) (
-    SFUNC = knowledge_histogram_merge,
-    STYPE = bigint[],
-    PARALLEL = SAFE
-);
-
 -- One row per artifact, UTC day and environment. Maintained in the same transaction as the
 -- events by every toolkit write path (record-usage, bulk ingest), so it is never behind them;
 -- `usage refresh` rebuilds days from the raw events, and `usage prune` drops raw events
