@@ -204,9 +204,14 @@ def cli(ctx: click.Context, config_file, database_url, dbname, quiet, verbose) -
     type=click.Choice(["ensure-db", "create-extensions", "migrate", "import", "embed"]),
     help="Run only this step (repeatable).",
 )
+@click.option(
+    "--templates",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The curated corpus to import (default: import.root, templates_data/ of the project).",
+)
 @json_option
 @click.pass_context
-def setup_cmd(ctx: click.Context, skip, only, as_json: bool) -> None:
+def setup_cmd(ctx: click.Context, skip, only, templates, as_json: bool) -> None:
     """Run the whole chain: ensure-db, create-extensions, migrate, import, embed; then verify.
 
     Stops at the first failing step with its error. A second run does no work and says so.
@@ -215,9 +220,13 @@ def setup_cmd(ctx: click.Context, skip, only, as_json: bool) -> None:
     Example:
       singularity-ops setup --skip embed
     """
+    from dataclasses import replace
+
     from .setup import run_setup, select_steps
 
     settings = settings_of(ctx)
+    if templates is not None:
+        settings = replace(settings, templates_dir=templates.resolve())
     steps = select_steps(skip, only)
     quiet = as_json or ctx.obj.get("quiet")
 
@@ -1418,6 +1427,30 @@ def server_start(ctx: click.Context, timeout: float, as_json: bool) -> None:
     info(
         ctx, ("initialised and " if created else "") + ("started" if started else "already running")
     )
+
+
+@server.command("update-extensions")
+@click.option("--timeout", type=click.FloatRange(min=1), default=60, show_default=True)
+@json_option
+@click.pass_context
+def server_update_extensions(ctx: click.Context, timeout: float, as_json: bool) -> None:
+    """Update timescaledb, vector and postgis in every database of the local cluster to the
+    versions of the PostgreSQL build now serving it (after switching builds, e.g. to Nix).
+
+    \b
+    Example:
+      singularity-ops server update-extensions
+    """
+    from .db import update_extensions
+
+    settings = _local_cluster(ctx)
+    done = update_extensions(settings, timeout)
+    if as_json:
+        emit_json(done)
+        return
+    for u in done:
+        info(ctx, f"{u.database}: {u.extension} {u.before} -> {u.after}")
+    info(ctx, f"updated the extensions of {len({u.database for u in done})} database(s)")
 
 
 @server.command("stop")

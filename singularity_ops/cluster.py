@@ -8,6 +8,7 @@ from this machine), and a log file beside the data directory.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pwd
 import socket
@@ -19,9 +20,12 @@ from pathlib import Path
 
 from .config import LocalCluster
 from .errors import ClusterError
+from .files import write_atomically
 from .pgbin import PgProgram, find_program, is_root_wrapper, require_major
 
 INCLUDE_FILE = "singularity-ops.conf"
+# Which PostgreSQL build and extension versions made (or last updated) the cluster.
+BUILD_FILE = "singularity-ops-build.json"
 SUPERUSER = "postgres"
 # When the toolkit runs as root with native binaries, the server runs as this user.
 RUN_AS = "postgres"
@@ -276,3 +280,38 @@ def _tail(path: Path, lines: int = 5) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def read_build(local: LocalCluster) -> dict | None:
+    """The build record of the cluster, or None when it has none (made before records)."""
+    try:
+        data = json.loads((local.data_dir / BUILD_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_build(local: LocalCluster, build: dict) -> None:
+    """Record the PostgreSQL build and extension versions now serving the cluster."""
+    write_atomically(
+        local.data_dir / BUILD_FILE, (json.dumps(build, indent=2, sort_keys=True) + "\n").encode()
+    )
+
+
+def build_mismatch(recorded: dict | None, current: dict) -> str | None:
+    """Why this build cannot serve a cluster another build made, or None.
+
+    TimescaleDB's loader loads the library of the version each database was created with; a
+    build without that version (Debian's 2.19 cluster opened by a newer nixpkgs build, or
+    the reverse) fails on every connection to such a database until the extension is updated.
+    """
+    if recorded is None:
+        return None
+    was = (recorded.get("extensions") or {}).get("timescaledb")
+    now = (current.get("extensions") or {}).get("timescaledb")
+    if was and now and was != now:
+        return (
+            f"timescaledb {was} ({recorded.get('server', '?')}) made this cluster, but this "
+            f"PostgreSQL build has timescaledb {now} ({current.get('server', '?')})"
+        )
+    return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +25,10 @@ DEFAULT_EXTENSIONS = ("vector", "timescaledb", "postgis")
 # Exported by `singularity-ops env`: the data directory of the project-local cluster its
 # PGHOST/PGPORT/DATABASE_URL point at.
 LOCAL_CLUSTER_VARIABLE = "SINGULARITY_LOCAL_CLUSTER"
-# A unix socket path must fit in sun_path (108 bytes) including "/.s.PGSQL.NNNNN".
-MAX_SOCKET_DIR = 90
+# A unix socket path must fit in sun_path with its terminating NUL: 108 bytes on Linux, 104 on
+# macOS and the BSDs; PostgreSQL appends "/.s.PGSQL.NNNNN" (16 characters) to the directory.
+MAX_SOCKET_PATH = 107 if sys.platform.startswith("linux") else 103
+MAX_SOCKET_DIR = MAX_SOCKET_PATH - len("/.s.PGSQL.65535")
 
 # The schema of singularity.yaml: section -> key -> expected type(s). None means a nested section.
 SCHEMA: dict[str, Any] = {
@@ -473,9 +476,7 @@ def load_settings(
         bindir=bindir,
         extensions=tuple(extensions) if extensions is not None else DEFAULT_EXTENSIONS,
         local=local,
-        migrations_dir=_resolve_path(
-            project_root, _get(data, "migrations.dir") or "sql/migrations"
-        ),
+        migrations_dir=_migrations_dir(project_root, _get(data, "migrations.dir")),
         templates_dir=_resolve_path(project_root, _get(data, "import.root") or "templates_data"),
         type_map=dict(_get(data, "import.type_map") or {}),
         max_file_bytes=_get(data, "import.max_file_bytes") or 1024 * 1024,
@@ -490,6 +491,22 @@ def load_settings(
         backup_keep_days=_get(data, "backup.keep_days"),
         backup_format=_backup_format(_get(data, "backup.format")),
     )
+
+
+def packaged_migrations() -> Path:
+    """The migrations installed with the toolkit (package data: `singularity_ops/sql`)."""
+    from importlib.resources import files
+
+    return Path(str(files("singularity_ops.sql") / "migrations"))
+
+
+def _migrations_dir(project_root: Path, configured: str | None) -> Path:
+    """migrations.dir if set; else the project's sql/migrations (a checkout); else the copy
+    installed with the toolkit, so `nix run` or a pip install works from any directory."""
+    if configured:
+        return _resolve_path(project_root, configured)
+    local = project_root / "sql" / "migrations"
+    return local if local.is_dir() else packaged_migrations()
 
 
 def _backup_format(value: str | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -15,7 +16,7 @@ from psycopg import sql
 
 from . import cluster
 from .config import Settings
-from .errors import DatabaseUnavailable, SingularityOpsError
+from .errors import ClusterError, DatabaseUnavailable, SingularityOpsError
 
 # Connection failures carry no SQLSTATE in psycopg, so they are told apart by libpq's text.
 # Worth waiting on: no server yet, starting up or shutting down, too many clients.
@@ -295,6 +296,100 @@ def _ensure_timescaledb_preloaded(
     return True
 
 
+BUILD_EXTENSIONS = ("vector", "timescaledb", "postgis")
+
+
+def current_build(conn: psycopg.Connection) -> dict:
+    """The PostgreSQL build serving `conn` and the versions of the extensions it offers."""
+    server = conn.execute("SELECT version()").fetchone()[0]  # type: ignore[index]
+    available = dict(
+        conn.execute(
+            "SELECT name, default_version FROM pg_available_extensions WHERE name = ANY(%s)",
+            (list(BUILD_EXTENSIONS),),
+        ).fetchall()
+    )
+    return {"server": server.split(",")[0], "extensions": available}
+
+
+def check_build(settings: Settings, conn: psycopg.Connection) -> None:
+    """Refuse a local cluster another PostgreSQL build made with another timescaledb, saying
+    how to go on; record the build the first time."""
+    assert settings.local is not None
+    current = current_build(conn)
+    recorded = cluster.read_build(settings.local)
+    problem = cluster.build_mismatch(recorded, current)
+    if problem:
+        raise ClusterError(
+            f"{settings.local.data_dir}: {problem}. Either update the extensions in place, "
+            "TimescaleDB's documented procedure (ALTER EXTENSION timescaledb UPDATE as the "
+            "first command of a session, in every database): `singularity-ops server "
+            "update-extensions`; or keep one data directory per build: PGDATA=<another "
+            "directory> (or postgres.local.data_dir) for this one"
+        )
+    if recorded != current:
+        cluster.write_build(settings.local, current)
+
+
+@dataclass(frozen=True)
+class ExtensionUpdate:
+    """One extension updated in one database by `server update-extensions`."""
+
+    database: str
+    extension: str
+    before: str
+    after: str
+
+
+def update_extensions(settings: Settings, timeout: float = 30) -> list[ExtensionUpdate]:
+    """TimescaleDB's documented update procedure, on every database of the local cluster:
+    a fresh session whose first command is ALTER EXTENSION timescaledb UPDATE; then vector
+    and postgis are updated too, and the build now serving the cluster is recorded."""
+    if settings.local is None:
+        raise ClusterError(
+            "update-extensions works on the project-local cluster; on another server, run "
+            "ALTER EXTENSION timescaledb UPDATE (psql -X, first command) in each database"
+        )
+    cluster.start(settings.local, settings.bindir, timeout)
+    done = []
+    with wait_for_server(settings, timeout) as admin:
+        names = [
+            r[0]
+            for r in admin.execute(
+                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1"
+            )
+        ]
+        current = current_build(admin)
+    recorded = (cluster.read_build(settings.local) or {}).get("extensions") or {}
+    for name in names:
+        # The first command of a fresh session, as TimescaleDB documents: the loader then
+        # does not load the library of the old version, which this build may not have.
+        with (
+            psycopg.connect(**settings.conninfo(name), autocommit=True) as first,
+            contextlib.suppress(psycopg.errors.UndefinedObject),  # none in this database
+        ):
+            first.execute("ALTER EXTENSION timescaledb UPDATE")
+        with psycopg.connect(**settings.conninfo(name), autocommit=True) as conn:
+            installed = dict(
+                conn.execute("SELECT extname, extversion FROM pg_extension").fetchall()
+            )
+            for extension in ("vector", "postgis"):
+                if extension in installed:
+                    conn.execute(
+                        sql.SQL("ALTER EXTENSION {} UPDATE").format(sql.Identifier(extension))
+                    )
+            after = dict(conn.execute("SELECT extname, extversion FROM pg_extension").fetchall())
+        for extension in BUILD_EXTENSIONS:
+            if extension in after:
+                before = (
+                    installed[extension]
+                    if extension != "timescaledb"
+                    else recorded.get(extension, "?")
+                )
+                done.append(ExtensionUpdate(name, extension, before, after[extension]))
+    cluster.write_build(settings.local, current)
+    return done
+
+
 def ensure_db(settings: Settings, timeout: float = 30) -> EnsureDbResult:
     """Make sure the server is up and the database exists. Idempotent.
 
@@ -315,6 +410,8 @@ def ensure_db(settings: Settings, timeout: float = 30) -> EnsureDbResult:
             if preloaded:
                 conn = wait_for_server(settings, timeout)
         version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        if settings.local is not None:
+            check_build(settings, conn)
         created = create_database(conn, settings.dbname)
     finally:
         conn.close()

@@ -97,6 +97,12 @@ def _import(settings: Settings) -> tuple[bool, str]:
     from .db import connect
     from .importer import import_artifacts, known_sources
 
+    if not settings.templates_dir.is_dir():
+        raise ConfigError(
+            f"no knowledge to import: {settings.templates_dir} does not exist (import.root); run "
+            "from a checkout that has templates_data/, pass --templates DIR, or leave the step "
+            "out with --skip import --skip embed"
+        )
     with connect(settings, autocommit=True) as conn:
         scan = corpus.scan(
             settings.templates_dir,

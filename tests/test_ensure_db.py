@@ -203,3 +203,40 @@ def test_status_reports_a_stopped_cluster_as_data_with_exit_3(own_cluster, tmp_p
     assert (
         text.returncode == 3 and "unreachable" in text.stdout and "not initialised" in text.stdout
     )
+
+
+def test_a_cluster_made_by_another_timescaledb_build_is_refused_with_both_fixes(
+    own_cluster, tmp_path
+):
+    import json
+
+    from singularity_ops.cluster import BUILD_FILE
+    from singularity_ops.db import connect
+    from singularity_ops.errors import ClusterError
+    from singularity_ops.extensions import create_extensions
+
+    ensure_db(own_cluster, timeout=60)
+    with connect(own_cluster, autocommit=True) as conn:
+        create_extensions(conn, ["vector", "timescaledb", "postgis"])
+    record = own_cluster.local.data_dir / BUILD_FILE
+    build = json.loads(record.read_text())
+    assert build["server"].startswith("PostgreSQL 17") and build["extensions"]["timescaledb"]
+    # what a Debian-made cluster looks like to a newer nixpkgs build (or the reverse)
+    build["extensions"]["timescaledb"] = "2.0.0"
+    build["server"] = "PostgreSQL 17.0 (another build)"
+    record.write_text(json.dumps(build))
+    with pytest.raises(ClusterError) as info:
+        ensure_db(own_cluster, timeout=60)
+    message = str(info.value)
+    assert "timescaledb 2.0.0 (PostgreSQL 17.0 (another build)) made this cluster" in message
+    assert "singularity-ops server update-extensions" in message and "PGDATA=" in message
+    env = {"PGDATA": str(own_cluster.local.data_dir), "PGPORT": str(own_cluster.port)}
+    updated = run_cli("server", "update-extensions", "--json", env=env, cwd=tmp_path)
+    assert updated.returncode == 0, updated.stderr
+    assert {u["extension"] for u in json.loads(updated.stdout)} == {
+        "timescaledb",
+        "vector",
+        "postgis",
+    }
+    ensure_db(own_cluster, timeout=60)
+    assert json.loads(record.read_text())["extensions"]["timescaledb"] != "2.0.0"

@@ -1,0 +1,1 @@
+"""The SQL migrations, shipped with the package (see pyproject.toml: package-dir)."""
