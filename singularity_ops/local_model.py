@@ -500,3 +500,28 @@ def _cores() -> int:
 
 def _stderr(message: str) -> None:
     print(f"singularity-ops: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m singularity_ops.local_model build --weights FILE --out DIR`: the graph from
+    a weights file into a new directory, for packagers (the Nix flake's onnx-model). Needs
+    only numpy, onnx and safetensors."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m singularity_ops.local_model")
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="build the ONNX graph into a new directory")
+    build.add_argument("--weights", type=Path, required=True, help="model.safetensors")
+    build.add_argument("--out", type=Path, required=True, help="directory to create")
+    args = parser.parse_args(argv)
+    if args.out.exists():
+        parser.error(f"{args.out} exists; give a new directory")
+    build_graph(args.weights, args.out.resolve(), _sha256_file(args.weights))
+    problem = check_graph(args.out, full=True)
+    if problem:
+        raise SystemExit(f"the graph just built is not usable: {problem}")
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
