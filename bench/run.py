@@ -119,6 +119,10 @@ class Bench:
         self.base = load_settings(
             cwd=ROOT, env={k: v for k, v in os.environ.items() if k != "PGDATABASE"}
         )
+        # The commands it times get their database from the singularity.yaml config_for()
+        # writes, which a DATABASE_URL or PG* in the environment would override.
+        for name in ("DATABASE_URL", "PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE"):
+            os.environ.pop(name, None)
         ensure_db(self.base, timeout=60)
         self.work = Path(tempfile.mkdtemp(prefix="sops-bench-"))
         self.psql = find_program("psql", self.base.bindir)

@@ -43,3 +43,23 @@ def test_quick_benchmark_produces_the_full_table(tmp_path):
         not (ROOT / "bench" / "results" / "latest.md").exists()
         or "(quick)" not in (ROOT / "bench" / "results" / "latest.md").read_text()
     ), "a quick run must not overwrite the committed results"
+
+
+QUICK_STARTUP = ("--quick", "--only", "startup", "--out")
+
+
+def test_bench_runs_against_any_server_the_toolkit_can_use(tmp_path):
+    """Not only the project-local cluster: here the session server through DATABASE_URL, as
+    after `eval "$(singularity-ops env)"` or on a shared server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL"))}
+    env["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{TEST_PORT}/postgres"
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), *QUICK_STARTUP, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "migrate with nothing to do" in (tmp_path / "latest.md").read_text()
