@@ -39,7 +39,7 @@ from .faults import pause_point
 from .files import fsync_dir, partial_path, remove, remove_orphans, write_atomically
 from .migrate import applied_migrations
 from .pgbin import PgProgram, find_program, require_major
-from .proc import popen
+from .proc import popen, run_until_done
 from .proc import run as run_child
 
 LOCK_FILE = ".singularity-backup.lock"
@@ -439,30 +439,19 @@ def backup(
 
 
 def _run_directory_dump(cmd: list[str], env: dict[str, str], partial: Path, lock_fd: int) -> None:
-    old = os.umask(0o077)
+    old = os.umask(0o077)  # pg_dump creates the directory and its files: owner only
     try:
-        proc = popen(
+        code, stderr = run_until_done(
             cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            pause="backup:during-pg_dump",
             stdin=subprocess.DEVNULL,
             env=env,
             pass_fds=(lock_fd,),
-            text=True,
         )
     finally:
         os.umask(old)
-    try:
-        pause_point("backup:during-pg_dump")
-        _out, stderr = proc.communicate()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    if proc.returncode != 0:
-        raise BackupError(
-            f"pg_dump failed (exit {proc.returncode}); nothing was kept: {_last_lines(stderr)}"
-        )
+    if code != 0:
+        raise BackupError(f"pg_dump failed (exit {code}); nothing was kept: {_last_lines(stderr)}")
     for file in partial.rglob("*"):
         if file.is_file():
             with open(file, "rb+") as fh:

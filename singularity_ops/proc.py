@@ -32,3 +32,20 @@ def popen(cmd: list[str], **kwargs: Any) -> subprocess.Popen:
 def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
     """subprocess.run whose child dies with this process."""
     return subprocess.run(cmd, preexec_fn=_die_with_parent, **kwargs)
+
+
+def run_until_done(cmd: list[str], *, pause: str, **kwargs: Any) -> tuple[int, str]:
+    """Run a PostgreSQL program to its end and return (exit code, stderr): stdout and stderr
+    captured as text, killed if this process is interrupted (and by the kernel if it dies).
+    `pause` names the fault-injection point reached while the child runs."""
+    from .faults import pause_point
+
+    proc = popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    try:
+        pause_point(pause)
+        _out, stderr = proc.communicate()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc.returncode, stderr

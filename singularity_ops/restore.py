@@ -41,7 +41,7 @@ from .db import advisory_lock, connect, database_exists, lock_key, wait_for_serv
 from .errors import SingularityOpsError
 from .faults import pause_point
 from .pgbin import find_program
-from .proc import popen
+from .proc import run_until_done
 
 RESTORE_LOCK_KEY = lock_key("restore")
 LEFTOVER = re.compile(r"^(?P<target>.+)__(?P<kind>restoring|replaced)_(?P<stamp>\d{14})$")
@@ -479,21 +479,12 @@ def _run_restore(settings: Settings, dump: Path, manifest: dict, dbname: str) ->
             stdin_path = dump  # streamed: works through wrappers, never read into memory
     stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL  # noqa: SIM115
     try:
-        proc = popen(
-            cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-        )
-        try:
-            pause_point("restore:during-pg_restore")
-            _out, stderr = proc.communicate()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+        code, stderr = run_until_done(cmd, pause="restore:during-pg_restore", stdin=stdin, env=env)
     finally:
         if stdin_path:
             stdin.close()  # type: ignore[union-attr]
-    if proc.returncode != 0:
+    if code != 0:
         lines = [line for line in stderr.strip().splitlines() if line.strip()]
         raise BackupError(
-            f"restoring {dump.name} failed (exit {proc.returncode}); target left unchanged: {' | '.join(lines[-4:])}"
+            f"restoring {dump.name} failed (exit {code}); target left unchanged: {' | '.join(lines[-4:])}"
         )

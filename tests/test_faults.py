@@ -258,7 +258,7 @@ def test_fault_suite_covers_every_pause_point_in_the_code():
 
     used = set()
     for path in (ROOT / "singularity_ops").glob("*.py"):
-        used |= set(re.findall(r'pause_point\("([^"]+)"\)', path.read_text()))
+        used |= set(re.findall(r'(?:pause_point\(|pause=)"([^"]+)"', path.read_text()))
     tested = set(
         re.findall(
             r'"((?:import|embed|backup|restore|model-build):[a-z_-]+)"', Path(__file__).read_text()
