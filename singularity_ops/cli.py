@@ -88,6 +88,11 @@ def _database_failure(exc: Exception) -> str | None:
             f"the database refused: {exc.diag.message_primary}; the connecting user lacks a "
             "privilege (GRANT it, or connect as the owner of the knowledge base)"
         )
+    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction):
+        return (
+            f"the database is not migrated to this toolkit's schema ({exc.diag.message_primary}); "
+            "run `singularity-ops migrate` (or `singularity-ops setup`)"
+        )
     if isinstance(exc, psycopg.OperationalError):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"lost the database connection or the server failed: {first}; try again"

@@ -2,8 +2,7 @@
 
 Every toolkit write path (record_usage, ingest_usage) inserts the raw events into
 artifact_usage, adds them to the daily rollup artifact_usage_daily and bumps the lifetime
-counters of knowledge_artifacts, all in one statement inside one transaction: the three never
-disagree. Reports read the rollup (a few hundred rows a day at most, whatever the number of
+counters of knowledge_artifacts in one transaction: the three never disagree. Reports read the rollup (a few hundred rows a day at most, whatever the number of
 events); the same report can be computed from the raw events (source="raw"), which is how the
 tests prove the rollup right, and what works for any day the rollup was not kept for.
 
@@ -54,12 +53,12 @@ EVENT_FIELDS = {
 FALLING_BY = 0.10  # a success rate this much lower than in the previous window is "falling"
 FALLING_MIN_USES = 5  # ... with at least this many uses in both windows
 
-# What every write path runs after its own WITH: `events` (a query it passes in, yielding the
-# artifact_usage columns of the new events, plus each one's UTC `day` and duration `bucket`,
-# knowledge_duration_bucket()) is inserted, rolled up per artifact, UTC day and
-# environment (durations binned first, so the histograms are built from a few rows per day),
-# and counted in the artifacts' lifetime counters. The rollup and the counters read `events`,
-# not the rows the INSERT returns: the same rows, without materialising them a second time.
+# What every write path runs after its own WITH: `events` (a query yielding the artifact_usage
+# columns of the new events, plus each one's UTC `day` and duration `bucket`, as
+# knowledge_duration_bucket() computes it) is inserted (_INSERT_EVENTS), then rolled up per
+# artifact, UTC day and environment (durations binned first, so each day's histogram is built
+# from a few rows) and counted in the artifacts' lifetime counters (_ROLL_UP). Both read
+# `events`, not the rows the INSERT returns: the same rows, not materialised a second time.
 _INSERT_EVENTS = """
 events AS MATERIALIZED ({events}),
 inserted AS (
@@ -106,12 +105,13 @@ counted AS (
     RETURNING k.id, k.usage_count, k.success_count, k.success_rate
 )
 """
-_WRITE_EVENTS = _INSERT_EVENTS + _ROLL_UP
 
 
 def write_events_sql(events: str) -> str:
-    """The CTEs every write path runs after its own WITH (see _WRITE_EVENTS); `events` selects
-    used_at, artifact_pk, success, environment, duration_ms, metadata, event_id, event_key."""
+    """The CTEs record_usage runs after its own WITH: insert, roll up and count the events
+    `events` selects (used_at, artifact_pk, success, environment, duration_ms, metadata,
+    event_id, event_key, day, bucket). Bulk ingest runs the same two halves apart: the
+    inserts batch by batch, the roll-up once for the whole input."""
     return _INSERT_EVENTS.format(events=events) + _ROLL_UP
 
 
