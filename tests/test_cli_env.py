@@ -71,7 +71,11 @@ def test_help_does_not_import_psycopg_or_heavy_modules():
 def test_commands_on_an_unmigrated_database_say_to_migrate(db_settings, tmp_path):
     (tmp_path / "a.json").write_text('{"id": "a", "type": "pattern", "content": {"x": 1}}')
     url = db_settings.url()
-    for args in (["import", str(tmp_path)], ["usage"], ["record-usage", "pattern", "a", "--success"]):
+    for args in (
+        ["import", str(tmp_path)],
+        ["usage"],
+        ["record-usage", "pattern", "a", "--success"],
+    ):
         result = run_cli("--database-url", url, *args)
         assert result.returncode == 1, (args, result.stderr)
         assert "run `singularity-ops migrate`" in result.stderr, (args, result.stderr)
