@@ -196,6 +196,25 @@ def cli(ctx: click.Context, config_file, database_url, dbname, quiet, verbose) -
     )
 
 
+templates_option = click.option(
+    "--templates",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="The curated corpus (default: import.root, templates_data/ of the project).",
+)
+
+
+def _with_templates(ctx: click.Context, templates: Path | None):
+    """The settings, with the import root replaced by --templates when given."""
+    from dataclasses import replace
+
+    settings = settings_of(ctx)
+    if templates is not None:
+        settings = replace(settings, templates_dir=templates.resolve())
+        ctx.obj["settings"] = settings
+    return settings
+
+
 @cli.command("setup")
 @click.option(
     "--skip",
@@ -209,11 +228,7 @@ def cli(ctx: click.Context, config_file, database_url, dbname, quiet, verbose) -
     type=click.Choice(["ensure-db", "create-extensions", "migrate", "import", "embed"]),
     help="Run only this step (repeatable).",
 )
-@click.option(
-    "--templates",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The curated corpus to import (default: import.root, templates_data/ of the project).",
-)
+@templates_option
 @json_option
 @click.pass_context
 def setup_cmd(ctx: click.Context, skip, only, templates, as_json: bool) -> None:
@@ -225,13 +240,9 @@ def setup_cmd(ctx: click.Context, skip, only, templates, as_json: bool) -> None:
     Example:
       singularity-ops setup --skip embed
     """
-    from dataclasses import replace
-
     from .setup import run_setup, select_steps
 
-    settings = settings_of(ctx)
-    if templates is not None:
-        settings = replace(settings, templates_dir=templates.resolve())
+    settings = _with_templates(ctx, templates)
     steps = select_steps(skip, only)
     quiet = as_json or ctx.obj.get("quiet")
 
@@ -340,17 +351,34 @@ def create_extensions_cmd(ctx: click.Context, names: tuple[str, ...], as_json: b
         info(ctx, f"{r.name} {r.version}{' (created)' if r.created else ''}")
 
 
+def _within(path: Path, root: Path) -> bool:
+    path = Path(os.path.normpath(path))
+    return path == root or root in path.parents
+
+
 def _scan(ctx: click.Context, paths: tuple[Path, ...], include_learned: bool, known=None):
     """Scan templates_data (or PATHs inside it), with a progress bar on a terminal."""
     from . import corpus
 
     settings = settings_of(ctx)
     root = settings.templates_dir
+    for path in paths:
+        # Lexically inside (a symlink out of the root is then the scan's per-file problem)
+        # or resolved inside; anything else is a mistaken argument, not a bad file.
+        if not (
+            _within(path.absolute(), root.absolute()) or _within(path.resolve(), root.resolve())
+        ):
+            raise click.UsageError(
+                f"{path} is outside the import root {root}; a PATH picks part of the root. "
+                f"To read another corpus, pass --templates {path} (or set import.root in "
+                "singularity.yaml)"
+            )
     if not root.is_dir():
         from .errors import ConfigError
 
         raise ConfigError(
-            f"import root {root} does not exist; create it or set import.root in singularity.yaml"
+            f"import root {root} does not exist; create it, pass --templates DIR, or set "
+            "import.root in singularity.yaml"
         )
     kwargs = dict(
         type_map=settings.type_map,
@@ -389,9 +417,12 @@ learned_option = click.option(
 @cli.command("validate")
 @paths_argument
 @learned_option
+@templates_option
 @json_option
 @click.pass_context
-def validate_cmd(ctx: click.Context, paths, include_learned: bool, as_json: bool) -> None:
+def validate_cmd(
+    ctx: click.Context, paths, include_learned: bool, templates, as_json: bool
+) -> None:
     """Check artifact files without touching the database. Exit 1 if any is invalid.
 
     Reports JSON syntax errors as file:line:column, invalid UTF-8, non-object JSON, oversized
@@ -401,6 +432,7 @@ def validate_cmd(ctx: click.Context, paths, include_learned: bool, as_json: bool
     Example:
       singularity-ops validate templates_data/prompts
     """
+    _with_templates(ctx, templates)
     result = _scan(ctx, paths, include_learned)
     if as_json:
         emit_json(
@@ -431,10 +463,18 @@ def validate_cmd(ctx: click.Context, paths, include_learned: bool, as_json: bool
 @click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
 @click.option("--prune", is_flag=True, help="Delete rows from git whose file is gone.")
 @learned_option
+@templates_option
 @json_option
 @click.pass_context
 def import_cmd(
-    ctx, paths, skip_invalid: bool, dry_run: bool, prune: bool, include_learned: bool, as_json: bool
+    ctx,
+    paths,
+    skip_invalid: bool,
+    dry_run: bool,
+    prune: bool,
+    include_learned: bool,
+    templates,
+    as_json: bool,
 ):
     """Upsert artifacts from templates_data/ (or PATHs inside it) into knowledge_artifacts.
 
@@ -448,7 +488,7 @@ def import_cmd(
     from .db import connect
     from .importer import import_artifacts, known_sources
 
-    settings = settings_of(ctx)
+    settings = _with_templates(ctx, templates)
     with connect(settings, autocommit=True) as conn:
         scan = _scan(ctx, paths, include_learned, known=known_sources(conn))
         result = import_artifacts(

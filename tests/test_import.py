@@ -231,3 +231,19 @@ def test_hostile_files_never_hang_or_stop_a_skip_invalid_import(kb_settings, tmp
     result = json.loads(out.stdout)
     assert (result["inserted"], result["invalid"]) == (10, 4)
     assert all("hunter2" not in raw for raw, *_ in rows(kb_settings).values())
+
+
+def test_templates_names_another_corpus_and_a_path_outside_the_root_says_so(kb_settings, tmp_path):
+    other = tmp_path / "other"
+    write(other, "prompt/p.json", {"id": "p", "type": "prompt", "content": {"x": 1}})
+    config = write_cli_config(tmp_path, kb_settings)  # import.root: templates_data, absent
+    outside = run_cli("--config", str(config), "import", str(other), cwd=tmp_path)
+    assert outside.returncode == 2
+    assert f"{other} is outside the import root" in outside.stderr
+    assert f"pass --templates {other}" in outside.stderr
+    assert rows(kb_settings) == {}
+    checked = run_cli("--config", str(config), "validate", "--templates", str(other), cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    out = run_cli("--config", str(config), "import", "--templates", str(other), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert [key[:2] for key in rows(kb_settings)] == [("prompt", "p")]
