@@ -656,7 +656,10 @@ def _print_hits(hits, mode: str) -> None:
     if not hits:
         click.echo("no results (is everything embedded? try `singularity-ops embed`)", err=True)
         return
-    for hit in hits:
+    # Position first: in hybrid mode the order is the fused rank, so the similarity column
+    # need not decrease (a better text match can lift a less similar artifact).
+    width = len(str(len(hits)))
+    for position, hit in enumerate(hits, 1):
         label = f"{hit.artifact_type}/{hit.artifact_id}@{hit.version}"
         extra = f"  {hit.name}" if hit.name else ""
         stale = "  (stale embedding)" if hit.stale else ""
@@ -664,7 +667,7 @@ def _print_hits(hits, mode: str) -> None:
             lead = f"{hit.score:.3f}"
         else:
             lead = "  -  " if hit.similarity is None else f"{hit.similarity:.3f}"
-        click.echo(f"{lead}  {label}{extra}{stale}")
+        click.echo(f"{position:>{width}}  {lead}  {label}{extra}{stale}")
 
 
 @cli.command("backup")

@@ -18,12 +18,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import LocalCluster
+from .config import LOCAL_SETTINGS_FILE, LocalCluster
 from .errors import ClusterError
 from .files import write_atomically
 from .pgbin import PgProgram, find_program, is_root_wrapper, require_major
 
-INCLUDE_FILE = "singularity-ops.conf"
+INCLUDE_FILE = LOCAL_SETTINGS_FILE
 # Which PostgreSQL build and extension versions made (or last updated) the cluster.
 BUILD_FILE = "singularity-ops-build.json"
 SUPERUSER = "postgres"
@@ -56,7 +56,7 @@ def status(local: LocalCluster) -> ClusterStatus:
         initialized=initialized,
         running=pid is not None,
         pid=pid,
-        port=local.port,
+        port=(running_port(local.data_dir) if pid is not None else None) or local.port,
         socket_dir=local.socket_dir,
         log_file=local.log_file,
         data_version=version_file.read_text().strip() if initialized else None,
@@ -80,6 +80,14 @@ def _live_postmaster_pid(data_dir: Path) -> int | None:
     except OSError:
         return pid  # no /proc (macOS): trust kill(0)
     return pid if comm in ("postgres", "postmaster") else None
+
+
+def running_port(data_dir: Path) -> int | None:
+    """The port the running postmaster listens on (line 4 of postmaster.pid)."""
+    try:
+        return int((data_dir / "postmaster.pid").read_text().splitlines()[3])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 @contextmanager
@@ -200,6 +208,14 @@ def start(local: LocalCluster, bindir: Path | None, timeout: float = 60) -> bool
     """Start the cluster detached if it is not running. Returns True when it was started."""
     with _cluster_lock(local):
         if _live_postmaster_pid(local.data_dir) is not None:
+            listening = running_port(local.data_dir)
+            if listening is not None and listening != local.port:
+                raise ClusterError(
+                    f"the local cluster in {local.data_dir} is already running on port "
+                    f"{listening}, not {local.port}; unset PGPORT (or postgres.local.port) to "
+                    f"use it there, or `singularity-ops server stop` it and start it on "
+                    f"{local.port}"
+                )
             return False
         if not (local.data_dir / "PG_VERSION").is_file():
             raise ClusterError(f"no cluster in {local.data_dir}; run `singularity-ops ensure-db`")

@@ -21,6 +21,8 @@ from .errors import ConfigError
 CONFIG_NAME = "singularity.yaml"
 ENVIRONMENTS = ("dev", "test", "prod")
 DEFAULT_LOCAL_PORT = 54329
+# In the local cluster's data directory: the settings the toolkit writes on every start.
+LOCAL_SETTINGS_FILE = "singularity-ops.conf"
 DEFAULT_EXTENSIONS = ("vector", "timescaledb", "postgis")
 # Exported by `singularity-ops env`: the data directory of the project-local cluster its
 # PGHOST/PGPORT/DATABASE_URL point at.
@@ -340,6 +342,20 @@ def local_socket_dir(data_dir: Path) -> Path:
     return Path("/tmp") / f"singularity-ops-{digest}"
 
 
+def last_started_port(data_dir: Path) -> int | None:
+    """The port the local cluster was last started on, from the settings file of its start.
+
+    Used when nothing names a port, so that `PGPORT=N ./scripts/setup` once is enough: later
+    commands without PGPORT still reach that cluster.
+    """
+    try:
+        text = (data_dir / LOCAL_SETTINGS_FILE).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    found = re.search(r"^port = (\d{1,5})$", text, re.MULTILINE)
+    return int(found.group(1)) if found else None
+
+
 def make_local_cluster(data_dir: Path, port: int, socket_dir: Path | None = None) -> LocalCluster:
     """Describe a cluster in `data_dir`; its log sits beside it as <data_dir>.log."""
     socket_dir = socket_dir or local_socket_dir(data_dir)
@@ -447,7 +463,10 @@ def load_settings(
             env.get("PGDATA") or _get(data, "postgres.local.data_dir") or ".singularity/pgdata",
         )
         local_port = _int_setting(
-            port or _get(data, "postgres.local.port") or DEFAULT_LOCAL_PORT,
+            port
+            or _get(data, "postgres.local.port")
+            or last_started_port(data_dir)
+            or DEFAULT_LOCAL_PORT,
             "PGPORT" if env.get("PGPORT") else "postgres.local.port",
         )
         socket_value = _get(data, "postgres.local.socket_dir")
