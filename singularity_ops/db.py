@@ -191,7 +191,15 @@ def _explain(settings: Settings, dbname: str, exc: psycopg.Error) -> str:
     elif "authentication failed" in text or ("role" in text and "does not exist" in text):
         hint = "check the user and password (PGPASSWORD or ~/.pgpass; never put them in output)"
     elif settings.is_local:
-        hint = "start the project-local cluster with `singularity-ops ensure-db`"
+        running = cluster.status(settings.local).running
+        listening = cluster.running_port(settings.local.data_dir) if running else None
+        if listening is not None and listening != settings.port:
+            hint = (
+                f"the project-local cluster is running on port {listening}, not {settings.port}; "
+                "unset PGPORT (or postgres.local.port) to use it"
+            )
+        else:
+            hint = "start the project-local cluster with `singularity-ops ensure-db`"
     else:
         hint = "is the server running? check DATABASE_URL / PGHOST / PGPORT or --database-url"
     return f"cannot connect to {where}: {detail}; {hint}"

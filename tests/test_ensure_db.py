@@ -240,3 +240,23 @@ def test_a_cluster_made_by_another_timescaledb_build_is_refused_with_both_fixes(
     }
     ensure_db(own_cluster, timeout=60)
     assert json.loads(record.read_text())["extensions"]["timescaledb"] != "2.0.0"
+
+
+def test_the_cluster_keeps_its_port_and_another_port_is_named_not_waited_for(own_cluster, tmp_path):
+    ensure_db(own_cluster, timeout=60)
+    data_env = {"PGDATA": str(own_cluster.local.data_dir)}
+    # PGPORT=N once (./scripts/setup); later commands without it still mean that cluster.
+    remembered = load_settings(cwd=tmp_path, env=data_env)
+    assert remembered.port == own_cluster.port and remembered.local.port == own_cluster.port
+    assert run_cli("ensure-db", "--json", env=data_env, cwd=tmp_path).returncode == 0
+    status = run_cli("server", "status", env=data_env, cwd=tmp_path)
+    assert f"listening: 127.0.0.1:{own_cluster.port}," in status.stdout
+
+    other = str(free_port())
+    started = time.monotonic()
+    wrong = run_cli("ensure-db", env={**data_env, "PGPORT": other}, cwd=tmp_path)
+    assert wrong.returncode == 1
+    assert time.monotonic() - started < 10, "named at once, not after --timeout"
+    assert f"already running on port {own_cluster.port}, not {other}" in wrong.stderr
+    search = run_cli("status", "--json", env={**data_env, "PGPORT": other}, cwd=tmp_path)
+    assert f"running on port {own_cluster.port}, not {other}" in search.stdout

@@ -149,6 +149,8 @@ def test_nothing_embedded_fails_before_any_model_load(corpus_db, tmp_path):
     # text mode works without any embedding
     out = run_cli("--config", str(config), "search", "pancake", "--mode", "text")
     assert out.returncode == 0 and "code/pancakes" in out.stdout
+    lines = out.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [str(n) for n in range(1, len(lines) + 1)]
 
 
 def test_missing_database_fails_before_any_model_load(db_settings, tmp_path):
