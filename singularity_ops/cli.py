@@ -299,6 +299,12 @@ def ensure_db_cmd(ctx: click.Context, timeout: float, as_json: bool) -> None:
     from .db import ensure_db
 
     result = ensure_db(settings_of(ctx), timeout=timeout)
+    if result.password_required:
+        warn(
+            "the local cluster let any local account in without a password (trust, made by an "
+            f"earlier version); it now requires the password kept in {result.password_required} "
+            '(reconnect open clients; `eval "$(singularity-ops env)"` sets PGPASSFILE)'
+        )
     if as_json:
         emit_json(result)
         return
@@ -1450,6 +1456,10 @@ def server_status(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"  pid: {st.pid}")
         click.echo(f"  listening: 127.0.0.1:{st.port}, socket in {st.socket_dir}")
         click.echo(f"  log: {st.log_file}")
+        if st.authentication == "trust":
+            click.echo("  authentication: trust (anyone local gets in; `ensure-db` fixes it)")
+        elif st.authentication:
+            click.echo(f"  authentication: {st.authentication}, password in {st.passfile}")
     ctx.exit(0 if st.running else 3)
 
 

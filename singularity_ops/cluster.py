@@ -1,8 +1,11 @@
 """The project-local PostgreSQL cluster: initialise once, start detached, inspect, stop.
 
 Modelled on devenv's services.postgres: initdb with locale C and UTF8, listen on 127.0.0.1
-only, a short unix socket directory, trust authentication (the cluster is reachable only
-from this machine), and a log file beside the data directory.
+only, a short unix socket directory and a log file beside the data directory. Unlike devenv,
+no trust authentication: any local account could connect as the superuser and, through
+COPY ... TO PROGRAM, run commands as the cluster's owner. Every connection, over TCP and over
+the socket, needs the superuser's random password, which lives only in a passfile (libpq's
+format, mode 0600) beside the data directory; the socket directory is 0700 as well.
 """
 
 from __future__ import annotations
@@ -11,14 +14,16 @@ import fcntl
 import json
 import os
 import pwd
+import secrets
 import socket
+import stat
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import LOCAL_SETTINGS_FILE, LocalCluster
+from .config import LOCAL_SETTINGS_FILE, LocalCluster, read_passfile_password, register_secret
 from .errors import ClusterError
 from .files import write_atomically
 from .pgbin import PgProgram, find_program, is_root_wrapper, require_major
@@ -30,6 +35,18 @@ SUPERUSER = "postgres"
 # When the toolkit runs as root with native binaries, the server runs as this user.
 RUN_AS = "postgres"
 MIN_MAJOR = 17
+AUTH_METHOD = "scram-sha-256"
+HBA_TEXT = f"""\
+# Written by singularity-ops: every connection needs the superuser's password, which is in
+# the passfile beside the data directory (PGPASSFILE; see `singularity-ops env`).
+# TYPE  DATABASE     USER  ADDRESS        METHOD
+local   all          all                  {AUTH_METHOD}
+host    all          all   127.0.0.1/32   {AUTH_METHOD}
+host    all          all   ::1/128        {AUTH_METHOD}
+local   replication  all                  {AUTH_METHOD}
+host    replication  all   127.0.0.1/32   {AUTH_METHOD}
+host    replication  all   ::1/128        {AUTH_METHOD}
+"""
 
 
 @dataclass(frozen=True)
@@ -44,6 +61,9 @@ class ClusterStatus:
     socket_dir: Path
     log_file: Path
     data_version: str | None
+    passfile: Path
+    # "scram-sha-256", or "trust" for a cluster an earlier version made (ensure-db upgrades it).
+    authentication: str | None
 
 
 def status(local: LocalCluster) -> ClusterStatus:
@@ -60,6 +80,10 @@ def status(local: LocalCluster) -> ClusterStatus:
         socket_dir=local.socket_dir,
         log_file=local.log_file,
         data_version=version_file.read_text().strip() if initialized else None,
+        passfile=local.passfile,
+        authentication=(
+            ("trust" if trusts_anyone(local) else AUTH_METHOD) if initialized else None
+        ),
     )
 
 
@@ -161,6 +185,7 @@ def _write_settings(local: LocalCluster) -> None:
         "listen_addresses = '127.0.0.1'\n"
         f"port = {local.port}\n"
         f"unix_socket_directories = '{local.socket_dir}'\n"
+        "unix_socket_permissions = 0700\n"
     )
     target = local.data_dir / INCLUDE_FILE
     if target.is_file() and target.read_text() == text:
@@ -184,21 +209,33 @@ def init(local: LocalCluster, bindir: Path | None, timeout: float = 120) -> bool
         initdb = _server_program("initdb", bindir)
         local.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         _chown_for(initdb, local.data_dir.parent, local.data_dir)
-        _run(
-            initdb,
-            [
-                "-D",
-                str(local.data_dir),
-                "-U",
-                SUPERUSER,
-                "--locale=C",
-                "--encoding=UTF8",
-                "--auth=trust",
-                "--no-instructions",
-            ],
-            f"initdb of {local.data_dir}",
-            timeout,
-        )
+        # The passfile first: a run killed after initdb must not lose the password.
+        password = ensure_password(local)
+        pwfile = local.data_dir.parent / f".{local.data_dir.name}.pwfile"
+        try:
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(password + "\n")
+            _chown_for(initdb, pwfile)
+            _run(
+                initdb,
+                [
+                    "-D",
+                    str(local.data_dir),
+                    "-U",
+                    SUPERUSER,
+                    "--locale=C",
+                    "--encoding=UTF8",
+                    f"--auth-local={AUTH_METHOD}",
+                    f"--auth-host={AUTH_METHOD}",
+                    f"--pwfile={pwfile}",
+                    "--no-instructions",
+                ],
+                f"initdb of {local.data_dir}",
+                timeout,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
         with open(local.data_dir / "postgresql.conf", "a", encoding="utf-8") as fh:
             fh.write(f"\n# singularity-ops\ninclude_if_exists = '{INCLUDE_FILE}'\n")
         return True
@@ -225,7 +262,7 @@ def start(local: LocalCluster, bindir: Path | None, timeout: float = 60) -> bool
             stale.unlink()
         check_port_free(local)
         pg_ctl = _server_program("pg_ctl", bindir)
-        local.socket_dir.mkdir(parents=True, exist_ok=True)
+        _private_socket_dir(local)
         _chown_for(pg_ctl, local.socket_dir)
         if not local.log_file.exists():
             local.log_file.touch(mode=0o600)
@@ -252,6 +289,96 @@ def start(local: LocalCluster, bindir: Path | None, timeout: float = 60) -> bool
                 f"{exc}\nlast lines of {local.log_file}:\n{_tail(local.log_file)}"
             ) from None
         return True
+
+
+def _private_socket_dir(local: LocalCluster) -> None:
+    """The socket directory, 0700 and really a directory of ours (it may sit in /tmp, where
+    another account could have made it first)."""
+    local.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = os.lstat(local.socket_dir)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid not in (os.geteuid(), _server_uid()):
+        raise ClusterError(
+            f"the socket directory {local.socket_dir} is not a directory owned by this user; "
+            "remove it, or set postgres.local.socket_dir in singularity.yaml elsewhere"
+        )
+    os.chmod(local.socket_dir, 0o700)
+
+
+def _server_uid() -> int:
+    try:
+        return pwd.getpwnam(RUN_AS).pw_uid if os.geteuid() == 0 else os.geteuid()
+    except KeyError:
+        return os.geteuid()
+
+
+def ensure_password(local: LocalCluster) -> str:
+    """The superuser's password from the cluster's passfile; a new random one (written to the
+    passfile, 0600, by rename) when there is none yet."""
+    password = read_passfile_password(local.passfile)
+    if password:
+        os.chmod(local.passfile, 0o600)  # libpq ignores a passfile others can read
+        return password
+    password = secrets.token_urlsafe(32)  # [A-Za-z0-9_-]: nothing to escape in a passfile
+    register_secret(password)
+    write_passfile(local, password)
+    return password
+
+
+def write_passfile(local: LocalCluster, password: str) -> None:
+    """A libpq passfile valid for this cluster over TCP (127.0.0.1, localhost) and its socket."""
+    socket_host = str(local.socket_dir).replace("\\", "\\\\").replace(":", "\\:")
+    text = (
+        "# singularity-ops: the superuser password of the local cluster in "
+        f"{local.data_dir}; keep it private (mode 0600)\n"
+        + "".join(
+            f"{host}:*:*:{SUPERUSER}:{password}\n"
+            for host in ("127.0.0.1", "localhost", socket_host)
+        )
+    )
+    local.passfile.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.passfile.with_name(f".{local.passfile.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, local.passfile)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def trusts_anyone(local: LocalCluster) -> bool:
+    """True when pg_hba.conf lets some connection in without a password (an older cluster)."""
+    try:
+        lines = (local.data_dir / "pg_hba.conf").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split("#", 1)[0].split()
+        if "trust" in fields:
+            return True
+    return False
+
+
+def write_hba(local: LocalCluster) -> None:
+    """Replace pg_hba.conf with the password-only rules (takes effect on reload)."""
+    target = local.data_dir / "pg_hba.conf"
+    info = os.stat(target)
+    tmp = target.with_name(".pg_hba.conf.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(HBA_TEXT)
+    if os.geteuid() == 0:
+        os.chown(tmp, info.st_uid, info.st_gid)  # the server's user must read it
+    os.replace(tmp, target)
+
+
+def secure_socket_dir(local: LocalCluster) -> None:
+    """Make an existing socket directory private (running servers keep their socket)."""
+    if local.socket_dir.is_dir():
+        _private_socket_dir(local)
 
 
 def check_port_free(local: LocalCluster) -> None:

@@ -94,6 +94,8 @@ class LocalCluster:
     port: int
     socket_dir: Path
     log_file: Path
+    # The superuser's password, in libpq's passfile format, readable by its owner only.
+    passfile: Path
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,8 @@ class Settings:
             params["user"] = self.user
         if self.password:
             params["password"] = self.password
+        elif self.local is not None:
+            params["passfile"] = str(self.local.passfile)
         return params
 
     def url(self, dbname: str | None = None) -> str:
@@ -364,7 +368,32 @@ def make_local_cluster(data_dir: Path, port: int, socket_dir: Path | None = None
             f"{CONFIG_NAME}: postgres.local.socket_dir {socket_dir} is longer than "
             f"{MAX_SOCKET_DIR} characters; unix socket paths that long do not work"
         )
-    return LocalCluster(data_dir, port, socket_dir, data_dir.parent / f"{data_dir.name}.log")
+    return LocalCluster(
+        data_dir, port, socket_dir, data_dir.parent / f"{data_dir.name}.log", passfile_for(data_dir)
+    )
+
+
+def passfile_for(data_dir: Path) -> Path:
+    """Where a cluster's password lives: .singularity/pgdata -> .singularity/pgpass,
+    .singularity/test-pgdata -> .singularity/test-pgpass, anything else -> <data_dir>.pgpass."""
+    name = data_dir.name
+    if name.endswith("pgdata"):
+        return data_dir.with_name(name.removesuffix("pgdata") + "pgpass")
+    return data_dir.with_name(name + ".pgpass")
+
+
+def read_passfile_password(passfile: Path) -> str | None:
+    """The password a passfile this toolkit wrote holds (registered for redaction), or None."""
+    try:
+        lines = passfile.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in lines:
+        if line and not line.startswith("#"):
+            password = line.rsplit(":", 1)[-1]
+            register_secret(password)
+            return password or None
+    return None
 
 
 def load_settings(
@@ -472,6 +501,7 @@ def load_settings(
         socket_value = _get(data, "postgres.local.socket_dir")
         socket_dir = _resolve_path(project_root, socket_value) if socket_value else None
         local = make_local_cluster(data_dir, local_port, socket_dir)
+        read_passfile_password(local.passfile)  # only so that redact() knows it
         host, port, user = "127.0.0.1", local_port, user or "postgres"
 
     extensions = _get(data, "extensions")
@@ -574,7 +604,8 @@ def _resolve_path(root: Path, value: str) -> Path:
 def connection_env(settings: Settings) -> dict[str, str]:
     """The variables that let psql, pg_dump and any libpq tool reach the configured database.
 
-    The password is never included: supply it through PGPASSWORD or ~/.pgpass.
+    The password is never included: for the project-local cluster PGPASSFILE names the file
+    holding it; for other servers supply it through PGPASSWORD or ~/.pgpass.
     """
     exports = {
         "DATABASE_URL": settings.url(),
@@ -587,6 +618,7 @@ def connection_env(settings: Settings) -> dict[str, str]:
     exports["SINGULARITY_ENV"] = settings.environment
     if settings.local is not None:
         exports[LOCAL_CLUSTER_VARIABLE] = str(settings.local.data_dir)
+        exports["PGPASSFILE"] = str(settings.local.passfile)
     return exports
 
 

@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from . import cluster
-from .config import Settings
+from .config import LocalCluster, Settings
 from .errors import ClusterError, DatabaseUnavailable, SingularityOpsError
 
 # Connection failures carry no SQLSTATE in psycopg, so they are told apart by libpq's text.
@@ -102,6 +102,8 @@ class EnsureDbResult:
     cluster_initialized: bool
     cluster_started: bool
     preload_configured: bool
+    # An older cluster that let anyone in (trust) now requires the password in this passfile.
+    password_required: str | None = None
 
 
 # The connection provider can be routed to one existing connection (the test sandbox).
@@ -136,7 +138,9 @@ def connect(
     try:
         conn = _open(settings, settings.conninfo(dbname), autocommit=autocommit)
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(_explain(settings, dbname or settings.dbname, exc)) from None
+        raise DatabaseUnavailable(
+            explain_connect_error(settings, dbname or settings.dbname, exc)
+        ) from None
     _register_vector(conn)
     return conn
 
@@ -182,14 +186,35 @@ def _register_vector(conn: psycopg.Connection) -> None:
         conn.rollback()
 
 
-def _explain(settings: Settings, dbname: str, exc: psycopg.Error) -> str:
+def explain_connect_error(settings: Settings, dbname: str, exc: psycopg.Error) -> str:
+    """Why a connection failed, the password redacted, and what to do about it."""
     detail = settings.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
     where = f"{settings.url(dbname)}"
     text = str(exc).lower()
     if _database_missing(exc):
         hint = "run `singularity-ops ensure-db` to create it"
+    elif (
+        settings.is_local
+        and ("no password supplied" in text or "authentication failed" in text)
+        and not cluster.status(settings.local).running
+    ):
+        hint = (
+            f"port {settings.port} is served by another server (another checkout's cluster?), "
+            f"not this project's cluster in {settings.local.data_dir}, which is not running; "
+            "stop that one (`singularity-ops server stop` in its checkout) or give this "
+            "project another port (PGPORT or postgres.local.port)"
+        )
+    elif settings.is_local and ("no password supplied" in text or "authentication failed" in text):
+        hint = (
+            f"the local cluster requires the password kept in {settings.local.passfile}, which "
+            "is missing or no longer matches; restore that file, or (to set a new password) "
+            f"change scram-sha-256 to trust in {settings.local.data_dir / 'pg_hba.conf'}, run "
+            "`singularity-ops server stop`, then `singularity-ops ensure-db`"
+        )
     elif "authentication failed" in text or ("role" in text and "does not exist" in text):
         hint = "check the user and password (PGPASSWORD or ~/.pgpass; never put them in output)"
+    elif "no password supplied" in text:
+        hint = "the server wants a password: put it in PGPASSWORD, ~/.pgpass or PGPASSFILE"
     elif settings.is_local:
         running = cluster.status(settings.local).running
         listening = cluster.running_port(settings.local.data_dir) if running else None
@@ -237,14 +262,16 @@ def wait_for_server(settings: Settings, timeout: float) -> psycopg.Connection:
                 maintenance.pop(0)  # no "postgres" database here: use template1
                 continue
             if not _is_transient(exc):
-                raise DatabaseUnavailable(_explain(settings, maintenance[0], exc)) from None
+                raise DatabaseUnavailable(
+                    explain_connect_error(settings, maintenance[0], exc)
+                ) from None
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
         time.sleep(min(delay, remaining))
         delay = min(delay * 2, 1.0)
     assert last is not None
-    message = _explain(settings, maintenance[0], last)
+    message = explain_connect_error(settings, maintenance[0], last)
     raise DatabaseUnavailable(f"gave up after {timeout:g} s (--timeout): {message}")
 
 
@@ -412,8 +439,11 @@ def ensure_db(settings: Settings, timeout: float = 30) -> EnsureDbResult:
         initialized = cluster.init(settings.local, settings.bindir)
         started = cluster.start(settings.local, settings.bindir, timeout)
     conn = wait_for_server(settings, timeout)
+    secured = None
     try:
         if settings.local is not None:
+            if require_password(settings.local, conn):
+                secured = str(settings.local.passfile)
             preloaded = _ensure_timescaledb_preloaded(settings, conn, timeout)
             if preloaded:
                 conn = wait_for_server(settings, timeout)
@@ -432,4 +462,30 @@ def ensure_db(settings: Settings, timeout: float = 30) -> EnsureDbResult:
         cluster_initialized=initialized,
         cluster_started=started,
         preload_configured=preloaded,
+        password_required=secured,
     )
+
+
+def require_password(local: LocalCluster, conn: psycopg.Connection) -> bool:
+    """Upgrade a cluster made with trust authentication (earlier versions) in place: give the
+    superuser the passfile's password, allow only scram-sha-256 and reload. True if upgraded.
+
+    Only the SCRAM verifier, computed here, reaches the server: the password itself is in no
+    statement, log line or command line. Connected clients stay connected; new connections
+    need the password, which the toolkit and `singularity-ops env` take from the passfile.
+    """
+    cluster.secure_socket_dir(local)
+    if not cluster.trusts_anyone(local):
+        return False
+    password = cluster.ensure_password(local)
+    verifier = conn.pgconn.encrypt_password(
+        password.encode(), cluster.SUPERUSER.encode(), cluster.AUTH_METHOD.encode()
+    )
+    conn.execute(
+        sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+            sql.Identifier(cluster.SUPERUSER), sql.Literal(verifier.decode())
+        )
+    )
+    cluster.write_hba(local)
+    conn.execute("SELECT pg_reload_conf()")
+    return True

@@ -90,17 +90,22 @@ def sandbox(settings: Settings) -> Iterator[psycopg.Connection]:
     """
     import psycopg
 
-    from .db import _register_vector, check_local_identity, relation_exists, use_connection
+    from .db import (
+        _register_vector,
+        check_local_identity,
+        explain_connect_error,
+        relation_exists,
+        use_connection,
+    )
     from .errors import DatabaseUnavailable
 
     cls = _sandbox_class()
     try:
         conn = cls.connect(**settings.conninfo())
     except psycopg.OperationalError as exc:
-        raise SandboxUnavailable(
-            f"cannot reach the shared database {settings.url()}: "
-            f"{settings.redact(str(exc).strip().splitlines()[0])}; {SETUP_HINT}"
-        ) from None
+        # The CLI's explanation (wrong port, another checkout's cluster, missing passfile...).
+        why = explain_connect_error(settings, settings.dbname, exc)
+        raise SandboxUnavailable(f"cannot reach the shared database: {why}; {SETUP_HINT}") from None
     try:
         try:
             check_local_identity(settings, conn)  # the same check as every CLI connection

@@ -21,7 +21,14 @@ import pytest
 from pytest_postgresql import factories
 
 from singularity_ops import cluster
-from singularity_ops.config import LocalCluster, Settings, load_settings, make_local_cluster
+from singularity_ops.config import (
+    LocalCluster,
+    Settings,
+    load_settings,
+    make_local_cluster,
+    passfile_for,
+    read_passfile_password,
+)
 
 pytest_plugins = ["pytester"]
 
@@ -39,6 +46,26 @@ def free_port() -> int:
 # developer's own server on the usual ports, never collide with the test server.
 TEST_PORT = int(os.environ.get("SINGULARITY_TEST_PORT") or free_port())
 TEST_DATA = ROOT / ".singularity" / "test-pgdata"
+# The test cluster requires a password, like every cluster the toolkit makes. libpq reads it
+# from this passfile for every connection of the session and of the processes it starts.
+TEST_PASSFILE = passfile_for(TEST_DATA)
+os.environ["PGPASSFILE"] = str(TEST_PASSFILE)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without connection settings (PG*, DATABASE_URL), except
+    the test cluster's passfile, plus `extra`: what every CLI subprocess of the tests gets."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL"))}
+    env["PGPASSFILE"] = str(TEST_PASSFILE)
+    env.update(extra)
+    return env
+
+
+def cluster_password() -> str:
+    """The test cluster's superuser password (exists once the session server is up)."""
+    password = read_passfile_password(TEST_PASSFILE)
+    assert password, f"no password in {TEST_PASSFILE}"
+    return password
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -139,8 +166,7 @@ def server_settings(test_server: LocalCluster) -> Settings:
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: float = 120):
     """Run the real console entry point in a subprocess (exit codes, stdout/stderr split)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL"))}
-    full_env.update(env or {})
+    full_env = clean_env(**(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "singularity_ops", *args],
         capture_output=True,

@@ -166,9 +166,9 @@ def test_errors_from_the_environment_are_messages_not_bugs(full_db, tmp_path):
 def test_a_user_without_privileges_gets_a_message_not_a_bug(full_db, tmp_path):
     with psycopg.connect(**full_db.conninfo(), autocommit=True) as conn:
         conn.execute("DROP ROLE IF EXISTS sops_nobody")
-        conn.execute("CREATE ROLE sops_nobody LOGIN")
+        conn.execute("CREATE ROLE sops_nobody LOGIN PASSWORD 'nobody-pw-7'")
     try:
-        url = full_db.url().replace("postgres@", "sops_nobody@")
+        url = full_db.url().replace("postgres@", "sops_nobody:nobody-pw-7@")
         out = run_cli("--database-url", url, "status", cwd=tmp_path)
         assert out.returncode == 1, out.stdout
         assert "the database refused: permission denied" in out.stderr

@@ -1,14 +1,13 @@
 """The benchmark suite keeps working: its quick mode runs end to end (numbers are not judged here)."""
 
-import os
 import subprocess
 import sys
 
-from conftest import ROOT, TEST_DATA, TEST_PORT
+from conftest import ROOT, TEST_DATA, TEST_PORT, clean_env
 
 
 def test_quick_benchmark_produces_the_full_table(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL"))}
+    env = clean_env()
     env.update(PGDATA=str(TEST_DATA), PGPORT=str(TEST_PORT))
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(tmp_path)],
@@ -51,7 +50,7 @@ QUICK_STARTUP = ("--quick", "--only", "startup", "--out")
 def test_bench_runs_against_any_server_the_toolkit_can_use(tmp_path):
     """Not only the project-local cluster: here the session server through DATABASE_URL, as
     after `eval "$(singularity-ops env)"` or on a shared server."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL"))}
+    env = clean_env()
     env["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{TEST_PORT}/postgres"
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), *QUICK_STARTUP, str(tmp_path)],

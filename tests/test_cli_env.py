@@ -4,15 +4,20 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, TEST_PASSFILE, run_cli
 
 
 def test_env_output_lets_psql_reach_the_database(db_settings):
     exported = run_cli("--database-url", db_settings.url(), "env")
     assert exported.returncode == 0, exported.stderr
     script = exported.stdout + "\npsql -X -At -c 'select current_database()'\n"
+    # sh, not bash: /usr/bin:/bin is all there is in a Nix build sandbox, and it has no bash.
+    # The password is the user's to supply for a server of their own (here the test passfile).
     out = subprocess.run(
-        ["bash", "-c", script], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}
+        ["sh", "-c", script],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PGPASSFILE": str(TEST_PASSFILE)},
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == db_settings.dbname

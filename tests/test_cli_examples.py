@@ -1,13 +1,12 @@
 """What a new user runs first: every example of every --help, and the README's Quick start,
 verbatim, against a knowledge base set up the way ./scripts/setup sets it up."""
 
-import os
 import re
 import shutil
 import subprocess
 
 import pytest
-from conftest import ROOT, free_port
+from conftest import ROOT, clean_env, free_port
 
 from singularity_ops.cli import cli
 
@@ -47,7 +46,7 @@ def project(tmp_path_factory):
     shutil.copytree(ROOT / "sql", root / "sql")
     shutil.copytree(ROOT / "templates_data", root / "templates_data")
     (root / ".venv").symlink_to(ROOT / ".venv")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL"))}
+    env = clean_env()
     env.update(PATH=f"{root / '.venv' / 'bin'}:{env['PATH']}", PGPORT=str(free_port()))
     setup = subprocess.run(
         ["singularity-ops", "setup"], cwd=root, env=env, capture_output=True, text=True

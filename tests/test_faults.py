@@ -6,7 +6,6 @@ asserts: the target is complete (old or new, never half), no child outlived the 
 secret was printed, and the next run cleans up after it and succeeds.
 """
 
-import os
 import signal
 import subprocess
 import sys
@@ -17,12 +16,10 @@ import psutil
 import psycopg
 import pytest
 from backup_fixtures import checksums
-from conftest import ROOT, write_cli_config
+from conftest import ROOT, clean_env, cluster_password, write_cli_config
 from corpus_fixtures import messy_tree
 
 from singularity_ops.backup import LOCK_FILE, MANIFEST_SUFFIX, NAME_PATTERN, backup
-
-SECRET = "PW-never-shown-41"
 
 
 def kill_at(point: str, args: list[str], cwd: Path, timeout: float = 120) -> list[int]:
@@ -30,9 +27,10 @@ def kill_at(point: str, args: list[str], cwd: Path, timeout: float = 120) -> lis
     that were still working at that moment, after checking they died with it."""
     marker = cwd / f"paused-{point.replace(':', '-')}"
     marker.unlink(missing_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL"))}
-    env.update(
-        SINGULARITY_TEST_PAUSE=point, SINGULARITY_TEST_PAUSE_FILE=str(marker), PGPASSWORD=SECRET
+    # The real password of the test cluster, through PGPASSWORD: it must never be printed.
+    secret = cluster_password()
+    env = clean_env(
+        SINGULARITY_TEST_PAUSE=point, SINGULARITY_TEST_PAUSE_FILE=str(marker), PGPASSWORD=secret
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "singularity_ops", *args],
@@ -51,7 +49,7 @@ def kill_at(point: str, args: list[str], cwd: Path, timeout: float = 120) -> lis
     children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True) if _running(c.pid)]
     proc.send_signal(signal.SIGKILL)
     out, err = proc.communicate()
-    assert SECRET not in (out + err).decode(errors="replace")
+    assert secret not in (out + err).decode(errors="replace")
     assert_gone(children)
     return children
 
@@ -75,8 +73,7 @@ def _running(pid: int) -> bool:
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL"))}
-    env["PGPASSWORD"] = SECRET
+    env = clean_env(PGPASSWORD=cluster_password())
     out = subprocess.run(
         [sys.executable, "-m", "singularity_ops", "--config", str(config), *args],
         capture_output=True,
@@ -85,7 +82,7 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess:
         cwd=config.parent,
         timeout=300,
     )
-    assert SECRET not in out.stdout + out.stderr
+    assert cluster_password() not in out.stdout + out.stderr
     return out
 
 
