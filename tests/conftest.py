@@ -178,7 +178,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, tim
     )
 
 
-MIGRATIONS = ROOT / "sql" / "migrations"
+MIGRATIONS = ROOT / "singularity_ops" / "sql" / "migrations"
 
 
 @pytest.fixture

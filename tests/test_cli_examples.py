@@ -43,7 +43,7 @@ def project(tmp_path_factory):
     `singularity-ops setup` as ./scripts/setup does, and this checkout's .venv beside it."""
     root = tmp_path_factory.mktemp("project")
     shutil.copy(ROOT / "singularity.yaml", root)
-    shutil.copytree(ROOT / "sql", root / "sql")
+    shutil.copytree(ROOT / "singularity_ops" / "sql", root / "sql")
     shutil.copytree(ROOT / "templates_data", root / "templates_data")
     (root / ".venv").symlink_to(ROOT / ".venv")
     env = clean_env()

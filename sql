@@ -1,0 +1,1 @@
+singularity_ops/sql

@@ -1,1 +1,0 @@
-"""The SQL migrations, shipped with the package (see pyproject.toml: package-dir)."""
