@@ -123,6 +123,9 @@ class Bench:
         # writes, which a DATABASE_URL or PG* in the environment would override.
         for name in ("DATABASE_URL", "PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE"):
             os.environ.pop(name, None)
+        if self.base.local is not None:
+            # Those files name the local cluster by URL: libpq finds its password here.
+            os.environ["PGPASSFILE"] = str(self.base.local.passfile)
         ensure_db(self.base, timeout=60)
         self.work = Path(tempfile.mkdtemp(prefix="sops-bench-"))
         self.psql = find_program("psql", self.base.bindir)

@@ -15,6 +15,7 @@ batches already done and the next run continues with the rest.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,8 +30,10 @@ from .errors import SingularityOpsError
 from .faults import pause_point
 from .providers import EmbeddingConfig, Provider, ProviderError, make_provider, model_key
 
-# Bump when embedding_text() changes: that is a model change for staleness purposes.
-TEXT_VERSION = "t1"
+# Bump when embedding_text() changes. Rows embedded by the same model under an older text
+# version are stale (plain `embed` redoes them, no --rebuild needed); another model is not.
+# t2: every field as 'key: words' with identifiers split into words (detector signatures).
+TEXT_VERSION = "t2"
 EXCERPT_CHARS = 1200
 EMBED_LOCK_KEY = lock_key("embed")
 _DESCRIPTIVE_KEYS = ("name", "title", "description", "summary")
@@ -54,24 +57,35 @@ class EmbedResult:
     seconds: float
 
 
-def _flatten(value: Any, out: list[str], budget: list[int], prefix: str = "") -> None:
-    """Readable 'key: value' lines from JSON, until the character budget is spent."""
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_SEPARATORS = re.compile(r"[\s_\-./\\:(){}\[\]\"'`=*<>,;|&!?#@$%^~+]+")
+
+
+def humanise(text: str) -> str:
+    """Identifiers as words: TracerProvider -> Tracer Provider, falco_rules*.yaml -> falco
+    rules yaml, trace.get_tracer( -> trace get tracer. What a detector's signatures mean is
+    in those words; the punctuation only splits them."""
+    return " ".join(_SEPARATORS.split(_CAMEL.sub(" ", text))).strip()
+
+
+def _structured_lines(value: Any, key: str, out: list[str], budget: list[int]) -> None:
+    """'key: a, b, c' lines (keys and values humanised) until the character budget is spent."""
     if budget[0] <= 0:
         return
     if isinstance(value, Mapping):
-        for key, item in value.items():
-            _flatten(
-                item,
-                out,
-                budget,
-                f"{prefix}{key}: " if not isinstance(item, Mapping | list) else f"{key}. ",
-            )
-    elif isinstance(value, list):
-        for item in value:
-            _flatten(item, out, budget, prefix)
-    elif value is not None:
-        line = f"{prefix}{value}".strip()
-        out.append(line[: budget[0]])
+        for sub_key, item in value.items():
+            _structured_lines(item, str(sub_key), out, budget)
+        return
+    items = value if isinstance(value, list) else [value]
+    words = []
+    for item in items:
+        if isinstance(item, Mapping | list):
+            _structured_lines(item, key, out, budget)
+        elif item is not None and humanise(str(item)):
+            words.append(humanise(str(item)))
+    if words:
+        line = f"{humanise(key)}: {', '.join(words)}"[: budget[0]]
+        out.append(line)
         budget[0] -= len(line) + 1
 
 
@@ -98,7 +112,7 @@ def embedding_text(artifact_type: str, artifact_id: str, content: Mapping[str, A
         lines.append("tags: " + ", ".join(str(t) for t in tags))
     rest = {k: v for k, v in content.items() if k not in _DESCRIPTIVE_KEYS + _IDENTITY_KEYS}
     excerpt: list[str] = []
-    _flatten(rest, excerpt, [EXCERPT_CHARS])
+    _structured_lines(rest, "", excerpt, [EXCERPT_CHARS])
     lines.extend(excerpt)
     return "\n".join(lines)
 
@@ -121,6 +135,19 @@ def ensure_index(conn: psycopg.Connection, key: str, dimensions: int) -> bool:
             ).format(name=sql.Identifier(name), dims=sql.Literal(dimensions), key=sql.Literal(key))
         )
     return True
+
+
+def _drop_emptied_indexes(conn: psycopg.Connection, keys: list[str]) -> None:
+    """The HNSW index of an older text version, once no row uses that version any more."""
+    for old_key in keys:
+        left = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM knowledge_artifacts WHERE embedding_model = %s)",
+            (old_key,),
+        ).fetchone()[0]  # type: ignore[index]
+        if not left:
+            conn.execute(
+                sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(index_name(old_key)))
+            )
 
 
 def _lock(conn: psycopg.Connection) -> None:
@@ -160,11 +187,21 @@ def embed(
     batch_size = batch_size or config.batch_size
     _lock(conn)
     try:
+        same_model = key.rsplit(":", 1)[0] + ":"
         other = conn.execute(
             "SELECT embedding_model, count(*) FROM knowledge_artifacts"
-            " WHERE embedding_model IS NOT NULL AND embedding_model <> %s GROUP BY 1 ORDER BY 2 DESC",
-            (key,),
+            " WHERE embedding_model IS NOT NULL AND embedding_model <> %s"
+            " AND NOT starts_with(embedding_model, %s) GROUP BY 1 ORDER BY 2 DESC",
+            (key, same_model),
         ).fetchall()
+        older_texts = [
+            row[0]
+            for row in conn.execute(
+                "SELECT DISTINCT embedding_model FROM knowledge_artifacts"
+                " WHERE starts_with(embedding_model, %s) AND embedding_model <> %s",
+                (same_model, key),
+            )
+        ]
         if other and not rebuild:
             found = ", ".join(f"{n} with {m}" for m, n in other)
             raise ModelMismatch(
@@ -196,6 +233,8 @@ def embed(
             pause_point("embed:after-batch")
         # Built after a bulk load (faster than growing it row by row), kept up to date after that.
         created = ensure_index(conn, key, config.dimensions)
+        if embedded == len(todo):
+            _drop_emptied_indexes(conn, older_texts)
     finally:
         if not conn.closed:
             conn.execute("SELECT pg_advisory_unlock(%s)", (EMBED_LOCK_KEY,))

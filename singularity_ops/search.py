@@ -4,10 +4,12 @@
   through the model's HNSW index. Filters run inside the nearest-neighbour query (pgvector
   0.8's iterative index scans keep a selective filter filling top_k).
 - text: PostgreSQL full text over `search_document` (migration 0004: name and id weighted A,
-  description and tags B, every other string D), any query word matching (OR), ranked by
-  ts_rank_cd. Needs no model at all.
-- hybrid: reciprocal rank fusion of both rankings, score = sum of 1 / (60 + rank), in one
-  statement with the same filters in both halves (Cormack et al., k = 60).
+  description and tags B, every other string D): rows holding every query word first, then
+  rows holding some, each group by ts_rank_cd. Needs no model at all.
+- hybrid: weighted reciprocal rank fusion (sum of weight / (60 + rank); Cormack et al.) of the
+  vector ranking and the rows holding every query word, in one statement with the same filters
+  in both halves. `Fusion` holds the alternatives measured in bench/relevance_eval.py
+  (relative score fusion, AND-then-OR text, weights).
 
 Before any model is loaded, `check_search` makes the cheap checks (schema migrated, filters
 name values that exist, rows embedded with the configured model): a wrong `--type` fails in
@@ -38,6 +40,32 @@ FUSION_POOL = 50
 
 class SearchUnavailable(SingularityOpsError):
     """The database cannot answer this search yet (not migrated, nothing embedded)."""
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How hybrid combines its two rankings, and how the text side matches.
+
+    - method "rrf": weighted reciprocal rank fusion, sum of weight / (rrf_k + rank).
+    - method "rsf": relative score fusion (Weaviate's): each list's scores min-max normalised
+      to [0, 1] over its candidates, then weighted and summed.
+    - text_match "and": artifacts holding every query word rank above those holding only some
+      (the OR matches still count, below); "or": any word, ranked by ts_rank_cd alone.
+    """
+
+    method: str = "rrf"
+    vector_weight: float = 1.0
+    text_weight: float = 1.0
+    text_match: str = "or"
+    rrf_k: int = RRF_K
+
+
+# Chosen on the tuning half of bench/relevance_eval.json (README, "How search ranks"): text
+# joins the fusion only with rows that hold every query word, so partial matches of a long
+# paraphrase cannot outrank a strong vector hit; short and named queries keep their text boost.
+DEFAULT_FUSION = Fusion(method="rrf", vector_weight=1.0, text_weight=1.0, text_match="all")
+# --mode text alone: rows with every word first, then rows with some (it has no other signal).
+TEXT_FUSION = Fusion(text_match="and")
 
 
 @dataclass(frozen=True)
@@ -78,6 +106,7 @@ def search_sql(
     language: bool = False,
     tags: bool = False,
     min_similarity: bool = False,
+    fusion: Fusion | None = None,
 ) -> sql.Composed:
     """The search statement of a mode (exposed so tests can EXPLAIN exactly what runs).
 
@@ -86,6 +115,7 @@ def search_sql(
     """
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    fusion = fusion or (TEXT_FUSION if mode == "text" else DEFAULT_FUSION)
     vector_type = sql.SQL("vector({})").format(sql.Literal(dimensions))
     distance = sql.SQL("(embedding::{t} <=> %(q)s::{t})").format(t=vector_type)
     filters = _filters(types, language, tags)
@@ -94,6 +124,23 @@ def search_sql(
         [sql.SQL("embedding_model = {}").format(sql.Literal(key)), *filters]
     )
     text_where = sql.SQL(" AND ").join([sql.SQL("search_document @@ tsq"), *filters])
+    if fusion.text_match == "all":
+        text_where = sql.SQL(" AND ").join([sql.SQL("search_document @@ tsq_all"), *filters])
+    elif fusion.text_match == "strict":
+        # Only rows holding every query word; any word only when no row holds them all.
+        text_where = sql.SQL(" AND ").join(
+            [
+                sql.SQL(
+                    "search_document @@ (CASE WHEN EXISTS (SELECT 1 FROM knowledge_artifacts"
+                    " WHERE {all_where}) THEN tsq_all ELSE tsq END)"
+                ).format(
+                    all_where=sql.SQL(" AND ").join(
+                        [sql.SQL("search_document @@ tsq_all"), *filters]
+                    )
+                ),
+                *filters,
+            ]
+        )
     ctes = []
     if mode in ("vector", "hybrid"):
         ctes.append(
@@ -109,20 +156,28 @@ def search_sql(
     if mode in ("text", "hybrid"):
         # Any query word may match (OR of the query's lexemes); words only in stop lists
         # leave no lexeme and match nothing.
+        # ts_rank_cd normalised to [0, 1) (flag 32); with text_match "and", holding every
+        # query word adds 1, so those rows come first and partial matches follow.
+        all_words = (
+            sql.SQL(" + CASE WHEN search_document @@ tsq_all THEN 1 ELSE 0 END")
+            if fusion.text_match == "and"
+            else sql.SQL("")
+        )
         ctes.append(
             sql.SQL(
                 """
         text_query AS (
-            SELECT (SELECT string_agg(quote_literal(lexeme), ' | ')
-                    FROM unnest(to_tsvector('english'::regconfig, %(query)s)))::tsquery AS tsq
+            SELECT string_agg(quote_literal(lexeme), ' | ')::tsquery AS tsq,
+                   string_agg(quote_literal(lexeme), ' & ')::tsquery AS tsq_all
+            FROM unnest(to_tsvector('english'::regconfig, %(query)s))
         ),
         text_hits AS MATERIALIZED (
             SELECT id, score, row_number() OVER (ORDER BY score DESC, id) AS rank
-            FROM (SELECT id, ts_rank_cd(search_document, tsq) AS score
+            FROM (SELECT id, ts_rank_cd(search_document, tsq, 32){all_words} AS score
                   FROM knowledge_artifacts, text_query
                   WHERE {where} ORDER BY score DESC LIMIT %(pool)s) matched
         )"""
-            ).format(where=text_where)
+            ).format(where=text_where, all_words=all_words)
         )
     if mode == "vector":
         ranked = sql.SQL(
@@ -134,12 +189,32 @@ def search_sql(
             "SELECT id, score::float8 AS score, NULL::bigint AS vector_rank,"
             " rank AS text_rank FROM text_hits"
         )
-    else:
+    elif fusion.method == "rrf":
         ranked = sql.SQL(
-            "SELECT id, (coalesce(1.0 / ({k} + v.rank), 0) + coalesce(1.0 / ({k} + t.rank), 0))::float8"
+            "SELECT id, (coalesce({wv} / ({k} + v.rank), 0)"
+            " + coalesce({wt} / ({k} + t.rank), 0))::float8"
             " AS score, v.rank AS vector_rank, t.rank AS text_rank"
             " FROM vector_hits v FULL JOIN text_hits t USING (id)"
-        ).format(k=sql.Literal(RRF_K))
+        ).format(
+            k=sql.Literal(fusion.rrf_k),
+            wv=sql.Literal(float(fusion.vector_weight)),
+            wt=sql.Literal(float(fusion.text_weight)),
+        )
+    else:
+        # Min-max over each list's own candidates; a list of one (or of equal scores) gives 1.
+        ranked = sql.SQL(
+            "SELECT id, (coalesce({wv} * v.norm, 0) + coalesce({wt} * t.norm, 0))::float8"
+            " AS score, v.rank AS vector_rank, t.rank AS text_rank"
+            " FROM (SELECT id, rank, coalesce((max(distance) OVER () - distance)"
+            "        / nullif(max(distance) OVER () - min(distance) OVER (), 0), 1) AS norm"
+            "       FROM vector_hits) v"
+            " FULL JOIN (SELECT id, rank, coalesce((score - min(score) OVER ())"
+            "        / nullif(max(score) OVER () - min(score) OVER (), 0), 1) AS norm"
+            "       FROM text_hits) t USING (id)"
+        ).format(
+            wv=sql.Literal(float(fusion.vector_weight)),
+            wt=sql.Literal(float(fusion.text_weight)),
+        )
     if mode == "text":
         similarity = sql.SQL("NULL::float8")
     else:
@@ -266,6 +341,14 @@ def check_search(
         "SELECT embedding_model, count(*) FROM knowledge_artifacts WHERE embedding_model IS NOT NULL"
         " GROUP BY 1 ORDER BY 2 DESC"
     ).fetchall()
+    same_model = key.rsplit(":", 1)[0] + ":"
+    if others and all(m.startswith(same_model) for m, _n in others):
+        found = ", ".join(f"{n} with {m}" for m, n in others)
+        raise SearchUnavailable(
+            f"the artifacts were embedded by an older version of the embedded text ({found}; "
+            f"this toolkit uses {key}); run `singularity-ops embed` to bring them up to date "
+            "(same model, no --rebuild needed), or search with --mode text meanwhile"
+        )
     if others:
         found = ", ".join(f"{n} with {m}" for m, n in others)
         raise SearchUnavailable(
@@ -290,6 +373,7 @@ def run_search(
     top_k: int = 10,
     min_similarity: float | None = None,
     ef_search: int | None = None,
+    fusion: Fusion | None = None,
 ) -> list[SearchHit]:
     """The database part of search: the query's vector (vector, hybrid) and text (text, hybrid)
     are given. `ef_search` (default: embedding.ef_search, at least the candidates needed)
@@ -307,6 +391,7 @@ def run_search(
         language=bool(language),
         tags=bool(tags),
         min_similarity=min_similarity is not None,
+        fusion=fusion,
     )
     pool = top_k if mode == "vector" else max(FUSION_POOL, top_k)
     params = {
@@ -361,7 +446,7 @@ def search_many(
 
 
 def _check_options(options: dict) -> dict:
-    return {k: v for k, v in options.items() if k != "ef_search"}
+    return {k: v for k, v in options.items() if k not in ("ef_search", "fusion")}
 
 
 def search(

@@ -11,7 +11,7 @@ from corpus_fixtures import write
 from embed_fixtures import LOCAL, UnusedProvider, imported, run_embed
 from fake_embeddings import FakeEmbeddingServer
 
-from singularity_ops.db import connect
+from singularity_ops.db import connect, relation_exists
 from singularity_ops.embed import TEXT_VERSION, ModelMismatch, embedding_text, index_name
 from singularity_ops.errors import ConfigError
 from singularity_ops.providers import EmbeddingConfig, OpenAIProvider, ProviderError, model_key
@@ -252,7 +252,8 @@ def test_model_change_is_refused_until_rebuild_and_never_mixed(corpus_db, local_
         config = openai_config(server)
         with pytest.raises(
             ModelMismatch,
-            match=r"embedded with another model \(5 with local:all-MiniLM-L6-v2:384:t1\).*embed --rebuild",
+            match=rf"embedded with another model \(5 with local:all-MiniLM-L6-v2:384:{TEXT_VERSION}\)"
+            r".*embed --rebuild",
         ):
             run_embed(settings, provider_for(server), config)
         result = run_embed(settings, provider_for(server), config, rebuild=True)
@@ -306,3 +307,48 @@ def test_http_provider_with_the_key_variable_unset_names_it():
             keyless.embed(["a"])
     with pytest.raises(ProviderError, match=r"needs an API key, but \$OPENAI_API_KEY is not set"):
         OpenAIProvider(EmbeddingConfig(provider="openai", dimensions=1536), env={})
+
+
+def test_a_new_text_version_of_the_same_model_is_re_embedded_by_plain_embed(corpus_db):
+    """Upgrading the toolkit's embedded text is not a model change: no --rebuild needed, and
+    the older version's index goes once no row uses it."""
+    from singularity_ops.embed import ensure_index
+
+    settings, _ = corpus_db
+    run_embed(settings, None)
+    older = model_key(LOCAL, "t1")
+    with connect(settings, autocommit=True) as conn:
+        conn.execute("UPDATE knowledge_artifacts SET embedding_model = %s", (older,))
+        ensure_index(conn, older, LOCAL.dimensions)
+    result = run_embed(settings, None)
+    assert result.embedded == 5 and result.up_to_date == 0
+    with connect(settings) as conn:
+        models = conn.execute(
+            "SELECT embedding_model, count(*) FROM knowledge_artifacts GROUP BY 1"
+        ).fetchall()
+        assert models == [(model_key(LOCAL, TEXT_VERSION), 5)]
+        assert not relation_exists(conn, index_name(older))
+        assert relation_exists(conn, index_name(model_key(LOCAL, TEXT_VERSION)))
+
+
+def test_embedded_text_spells_identifiers_as_words():
+    text = embedding_text(
+        "technology_detector",
+        "otel",
+        {
+            "name": "OpenTelemetry",
+            "category": "observability",
+            "detector_signatures": {
+                "patterns": ["trace.get_tracer(", "TracerProvider"],
+                "file_patterns": ["otel-collector*.yaml"],
+            },
+            "parent_pattern": "distributed_tracing",
+        },
+    )
+    assert text.splitlines() == [
+        "technology detector: OpenTelemetry",
+        "category: observability",
+        "patterns: trace get tracer, Tracer Provider",
+        "file patterns: otel collector yaml",
+        "parent pattern: distributed tracing",
+    ]

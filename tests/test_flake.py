@@ -322,9 +322,9 @@ def test_the_flake_source_works_as_the_check_hook_and_the_devshell_use_it(flake,
 
     env = clean_env(HOME=str(home), TMPDIR=str(tmp_path), PYTHONPATH=str(out_dir))
     env.pop("PGPASSFILE")  # the inner session has a cluster (and a passfile) of its own
+    pytest_args = ["-q", "-p", "no:cacheprovider", "tests/test_config.py", "tests/test_cli_env.py"]
     check = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
-        + ["tests/test_config.py", "tests/test_cli_env.py"],
+        [sys.executable, "-m", "pytest", *pytest_args],
         cwd=source,
         env=env,
         capture_output=True,

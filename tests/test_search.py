@@ -48,6 +48,32 @@ def test_hybrid_fuses_both_rankings_with_reciprocal_ranks(embedded):
     assert any(h["text_rank"] is None for h in hits), "vector-only candidates take part"
 
 
+def test_text_ranks_rows_with_every_word_first_and_hybrid_fuses_only_those(embedded):
+    settings, config = embedded
+    with connect(settings) as conn:
+        text = search(conn, UnusedProvider(), LOCAL, "message queue", mode="text")
+    # queue_worker holds both words; nats_consumer only "messages"
+    assert text[0].artifact_id == "queue_worker" and text[0].score >= 1
+    assert len(text) > 1 and all(h.score < 1 for h in text[1:]), "partial matches follow"
+    hybrid = cli_json(config, "message queue", "--top-k", "5")
+    with_text = {h["artifact_id"] for h in hybrid if h["text_rank"] is not None}
+    assert with_text == {"queue_worker"}, "a partial word match never joins the fusion"
+
+
+def test_fusion_alternatives_stay_available_to_the_library(embedded):
+    from singularity_ops.search import Fusion
+
+    settings, _ = embedded
+    with connect(settings) as conn:
+        rsf = search(
+            conn, None, LOCAL, "consumer retries failures",
+            fusion=Fusion(method="rsf", vector_weight=0.7, text_weight=0.3, text_match="or"),
+        )  # fmt: skip
+    assert rsf == sorted(rsf, key=lambda h: -h.score)
+    assert all(0 <= h.score <= 1.0 + 1e-9 for h in rsf)  # weights sum to 1 over [0, 1] norms
+    assert any(h.text_rank is not None for h in rsf) and any(h.text_rank is None for h in rsf)
+
+
 def test_filters_apply_to_both_halves_of_hybrid(embedded):
     _, config = embedded
     hits = cli_json(config, "message consumer", "--language", "go", "--tag", "messaging")
