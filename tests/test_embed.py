@@ -160,13 +160,13 @@ def test_search_uses_the_hnsw_and_full_text_indexes_at_ten_thousand_rows(kb_sett
 
 
 def test_embedding_text_is_never_empty_and_bounded():
-    assert embedding_text("prompt", "bare_id", {}) == "prompt: bare id"
+    assert embedding_text("prompt", "bare_id", {}) == "bare id"
     text = embedding_text(
         "code",
         "x",
         {"name": "N", "metadata": {"description": "D", "tags": ["a"]}, "body": "y" * 5000},
     )
-    assert text.startswith("code: N\nD\ntags: a\n")
+    assert text.startswith("N\nD\ntags: a\n")
     assert len(text) < 1400
 
 
@@ -346,7 +346,7 @@ def test_embedded_text_spells_identifiers_as_words():
         },
     )
     assert text.splitlines() == [
-        "technology detector: OpenTelemetry",
+        "OpenTelemetry",
         "category: observability",
         "patterns: trace get tracer, Tracer Provider",
         "file patterns: otel collector yaml",
