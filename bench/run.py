@@ -251,7 +251,7 @@ class Bench:
             )
 
     # -- 2. embed -----------------------------------------------------------------------
-    def bench_embed(self, count: int, noop_count: int) -> None:
+    def bench_embed(self, count: int, noop_count: int, rss_count: int) -> None:
         print(f"embed {count}", flush=True)
         from singularity_ops.corpus import scan
         from singularity_ops.embed import embed
@@ -294,6 +294,26 @@ class Bench:
                 "within 1.10x",
                 t <= 1.10 * r,
                 f"{count / r:.0f} texts/s raw",
+            )
+        )
+
+        # The whole process as a user runs it: peak RSS of `embed` (model load, token-budget
+        # batches, the database round trips), against the 400 MiB limit.
+        print(f"embed {rss_count}, peak RSS", flush=True)
+        rss_tree = generate(self.work / f"embedtree{rss_count}", rss_count, seed=11)
+        rss_db = self.fresh_db("bench_embed_rss")
+        with connect(rss_db, autocommit=True) as conn:
+            import_artifacts(conn, scan(rss_tree))
+        config = self.config_for(rss_db, rss_tree)
+        seconds, rss = timed_rss([*OPS, "--config", str(config), "-q", "embed"])
+        self.add(
+            Row(
+                f"embed {rss_count:,} artifacts, peak RSS of the process",
+                seconds,
+                None,
+                "under 400 MiB",
+                rss < 400 * 1024,  # KiB
+                f"{rss / 1024:.0f} MiB, {rss_count / seconds:.0f} texts/s",
             )
         )
 
@@ -919,8 +939,7 @@ def main() -> None:
     sizes = (
         {
             "import": [200],
-            "embed": 20,
-            "noop": 500,
+            "embed": (20, 500, 20),
             "search": (3000, 20),
             "model": (40, 3),
             "usage": (2000, 50_000, 500),
@@ -929,8 +948,7 @@ def main() -> None:
         if args.quick
         else {
             "import": [10_000, 100_000],
-            "embed": 500,
-            "noop": 10_000,
+            "embed": (500, 10_000, 10_000),
             "search": (100_000, 200),
             "model": (500, 7),
             "usage": (100_000, 10_000_000, 100_000),
@@ -944,7 +962,7 @@ def main() -> None:
             for i, count in enumerate(sizes["import"]):
                 bench.bench_import(count, reimport=i == 0)
         if "embed" in only:
-            bench.bench_embed(sizes["embed"], sizes["noop"])
+            bench.bench_embed(*sizes["embed"])
         if "search" in only:
             bench.bench_search(*sizes["search"])
         if "model" in only:

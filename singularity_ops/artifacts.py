@@ -148,11 +148,14 @@ def record_usage(
     metadata: Mapping[str, Any] | None = None,
     used_at: datetime | None = None,
     event_id: str | None = None,
+    search_id: str | None = None,
 ) -> UsageResult:
     """Record one use: the event, its day in the rollup and the counters, in one statement.
 
     `used_at` back-dates the event (default: now). With `event_id`, recording the same id again
-    changes nothing (`recorded` is False): retries are safe. For many events use
+    changes nothing (`recorded` is False): retries are safe. With `search_id` (a search's id
+    from the search log), the event records the artifact's rank in that search; an unknown
+    search, or an artifact it did not return, is refused (SearchNotFound). For many events use
     usage.ingest_usage, which does the same for a whole log in one transaction.
     """
     from .usage import WRITER_LOCK, event_key, write_events_sql
@@ -172,6 +175,11 @@ def record_usage(
                 "check the spelling or import it first"
             )
         pk, found_version = row
+        rank = None
+        if search_id is not None:
+            from .search_log import search_rank
+
+            rank = search_rank(conn, search_id, pk, label)
         keys = (
             "new_keys AS (INSERT INTO usage_event_keys (event_key) VALUES (%(key)s)"
             " ON CONFLICT DO NOTHING RETURNING event_key), "
@@ -186,6 +194,7 @@ def record_usage(
                 " %(success)s AS success, %(environment)s AS environment,"
                 " %(duration)s::int AS duration_ms, %(metadata)s::jsonb AS metadata,"
                 " %(event_id)s AS event_id, %(key)s::uuid AS event_key,"
+                " %(search_id)s::uuid AS search_id, %(rank)s::int AS search_rank,"
                 " (coalesce(%(used_at)s, now()) AT TIME ZONE 'UTC')::date AS day,"
                 " knowledge_duration_bucket(%(duration)s) AS bucket FROM new_keys"
             )
@@ -200,6 +209,8 @@ def record_usage(
                 "duration": duration_ms,
                 "metadata": json.dumps(dict(metadata or {})),
                 "event_id": event_id,
+                "search_id": search_id,
+                "rank": rank,
             },
         ).fetchone()
         if counts is None:  # the event_id was recorded before

@@ -612,6 +612,14 @@ def embed_cmd(ctx: click.Context, rebuild: bool, batch_size: int | None, as_json
     help="Drop results less similar than this (-1..1; vector and hybrid).",
 )
 @click.option(
+    "--rank-by",
+    type=click.Choice(["relevance", "proven"]),
+    default="relevance",
+    show_default=True,
+    help="proven: re-rank the relevance top results by recent success (Wilson lower bound "
+    "over 90 days, at least 5 uses, a bounded boost that only swaps near-ties).",
+)
+@click.option(
     "--stdin",
     "from_stdin",
     is_flag=True,
@@ -620,7 +628,17 @@ def embed_cmd(ctx: click.Context, rebuild: bool, batch_size: int | None, as_json
 @json_option
 @click.pass_context
 def search_cmd(
-    ctx, query, mode: str, types, language, tags, top_k: int, min_similarity, from_stdin, as_json
+    ctx,
+    query,
+    mode: str,
+    types,
+    language,
+    tags,
+    top_k: int,
+    min_similarity,
+    rank_by: str,
+    from_stdin,
+    as_json,
 ):
     """Find artifacts by meaning and words: the best matches for QUERY, best first.
 
@@ -646,16 +664,34 @@ def search_cmd(
     )
     queries = (line.rstrip("\n") for line in sys.stdin) if from_stdin else [query]
     with connect(settings, autocommit=True) as conn:
-        for text, hits in search_many(
-            conn, None, settings.embedding, queries, mode=mode, **options
+        for result in search_many(
+            conn,
+            None,
+            settings.embedding,
+            queries,
+            mode=mode,
+            rank_by=rank_by,
+            environment=settings.environment,
+            log=settings.search_log,
+            **options,
         ):
             if from_stdin:
-                click.echo(json.dumps({"query": text, "mode": mode, "hits": _to_jsonable(hits)}))
+                click.echo(json.dumps(_to_jsonable(result)))
                 sys.stdout.flush()  # a reader (an agent, a pipe) gets each answer at once
             elif as_json:
-                emit_json(hits)
+                emit_json(result)
             else:
-                _print_hits(hits, mode)
+                _print_hits(result.hits, mode)
+                # stderr, and only for a person: the hits stay the whole of stdout
+                if (
+                    result.search_id
+                    and result.hits
+                    and sys.stderr.isatty()
+                    and not ctx.obj.get("quiet")
+                ):
+                    click.echo(
+                        f"search_id {result.search_id} (for record-usage --search-id)", err=True
+                    )
 
 
 def _print_hits(hits, mode: str) -> None:
@@ -855,6 +891,12 @@ def restore_cmd(
 @click.option("--version", "version", default="latest", show_default=True, help="Artifact version.")
 @click.option("--duration-ms", type=click.IntRange(min=0), help="How long the use took.")
 @click.option(
+    "--search-id",
+    metavar="ID",
+    help="The search_id of the search that led to this use: records its rank there "
+    "(`usage eval` reports ranking quality from these).",
+)
+@click.option(
     "--event-id", help="The caller's id for this event: recording it again changes nothing."
 )
 @click.option(
@@ -877,6 +919,7 @@ def record_usage_cmd(
     success,
     version: str,
     duration_ms,
+    search_id,
     event_id,
     from_file,
     skip_invalid: bool,
@@ -886,7 +929,7 @@ def record_usage_cmd(
 
     One use: TYPE ID --success|--failure. Many: --from FILE (or - for stdin) with one JSON
     object per line: {"artifact_type", "artifact_id", "version"?, "success", "duration_ms"?,
-    "used_at"?, "environment"?, "metadata"?, "event_id"?}. Strict: any bad line or unknown
+    "used_at"?, "environment"?, "metadata"?, "event_id"?, "search_id"?}. Strict: any bad line or unknown
     artifact records nothing (--skip-invalid records the rest). Events already recorded (same
     event_id, or the same line content when there is none) are skipped, so re-ingesting a log
     counts nothing twice.
@@ -906,10 +949,12 @@ def record_usage_cmd(
             or artifact_id
             or success is not None
             or event_id
+            or search_id
             or duration_ms is not None
         ):
             raise ConfigError(
-                "--from reads every event from the file: give no TYPE ID, --success/--failure, --event-id or --duration-ms"
+                "--from reads every event from the file: give no TYPE ID, --success/--failure, "
+                "--event-id, --search-id or --duration-ms"
             )
         from .usage import ingest_usage
 
@@ -951,6 +996,7 @@ def record_usage_cmd(
             duration_ms=duration_ms,
             environment=settings.environment,
             event_id=event_id,
+            search_id=search_id,
         )
     if as_json:
         emit_json(result)
@@ -987,7 +1033,8 @@ def usage_cmd(ctx, since: str, types, environment, top: int, from_raw: bool, as_
     """Usage over time: the most used artifacts of the window, their success rate beside the
     lifetime rate, the trend against the previous window, and falling success rates.
 
-    Subcommands: refresh (rebuild the rollup from raw events), prune (drop old raw events).
+    Subcommands: eval (ranking quality from searches and their outcomes), refresh (rebuild the
+    rollup from raw events), prune (drop old raw events and old logged searches).
 
     \b
     Example:
@@ -1035,6 +1082,50 @@ def usage_cmd(ctx, since: str, types, environment, top: int, from_raw: bool, as_
         )
 
 
+@usage_cmd.command("eval")
+@click.option("--since", default="30d", show_default=True, help="The window: 30d, 12w.")
+@json_option
+@click.pass_context
+def usage_eval_cmd(ctx, since: str, as_json: bool) -> None:
+    """How well search ranks, from real traffic: for the outcomes recorded with a search_id
+    (record-usage --search-id, or "search_id" in a usage log), the MRR, hit@1 and hit@5 of the
+    artifacts that succeeded, per mode and ranking (--rank-by).
+
+    \b
+    Example:
+      singularity-ops usage eval --since 30d --json
+    """
+    from .db import connect
+    from .search_log import evaluate_rankings
+    from .usage import parse_window
+
+    days = parse_window(since)
+    with connect(settings_of(ctx)) as conn:
+        result = evaluate_rankings(conn, days)
+    if as_json:
+        emit_json(result)
+        return
+    if not result.rankings:
+        info(ctx, f"no searches logged in the last {days} days")
+        return
+
+    def figure(value: float | None, digits: int = 2) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    info(ctx, f"search ranking, last {days} days (successes by the rank their search gave them)")
+    info(
+        ctx,
+        f"{'mode':<8}{'rank by':<11}{'searches':>9}{'outcomes':>9}{'successes':>10}"
+        f"{'MRR':>7}{'hit@1':>7}{'hit@5':>7}",
+    )
+    for r in result.rankings:
+        info(
+            ctx,
+            f"{r.mode:<8}{r.rank_by:<11}{r.searches:>9}{r.outcomes:>9}{r.successes:>10}"
+            f"{figure(r.mrr, 3):>7}{figure(r.hit_at_1):>7}{figure(r.hit_at_5):>7}",
+        )
+
+
 @usage_cmd.command("refresh")
 @click.option("--since", help="Only the last N days (30d); default: every day raw events cover.")
 @json_option
@@ -1065,29 +1156,41 @@ def usage_refresh_cmd(ctx, since, as_json: bool) -> None:
 
 
 @usage_cmd.command("prune")
-@click.option("--older-than", required=True, help="Drop raw events older than this (400d, 52w).")
+@click.option(
+    "--older-than", help="Also drop raw events older than this (400d, 52w); default: keep them."
+)
 @click.option("--dry-run", is_flag=True, help="Count what would go; drop nothing.")
 @json_option
 @click.pass_context
-def usage_prune_cmd(ctx, older_than: str, dry_run: bool, as_json: bool) -> None:
-    """Drop old raw usage events; counters and the daily rollup keep every day.
+def usage_prune_cmd(ctx, older_than: str | None, dry_run: bool, as_json: bool) -> None:
+    """Drop searches older than search.log_retention_days (90) from the search log, and with
+    --older-than old raw usage events; counters and the daily rollup keep every day.
 
     \b
     Example:
       singularity-ops usage prune --older-than 400d --dry-run
     """
     from .db import connect
+    from .search_log import prune_search_log
     from .usage import parse_window, prune_raw_events
 
-    days = parse_window(older_than, "--older-than")
-    with connect(settings_of(ctx), autocommit=True) as conn:
-        result = prune_raw_events(conn, days, dry_run=dry_run)
+    settings = settings_of(ctx)
+    days = parse_window(older_than, "--older-than") if older_than else None
+    with connect(settings, autocommit=True) as conn:
+        events = prune_raw_events(conn, days, dry_run=dry_run) if days else None
+        searches = prune_search_log(conn, settings.search_log_retention_days, dry_run=dry_run)
     if as_json:
-        emit_json(result)
+        emit_json({"raw_events": events, "search_log": searches})
         return
     verb = "would drop" if dry_run else "dropped"
-    chunks = f" in {result.chunks} chunk(s)" if result.chunks else ""
-    info(ctx, f"{verb} {result.events} raw event(s) older than {days} days{chunks}")
+    if events is not None:
+        chunks = f" in {events.chunks} chunk(s)" if events.chunks else ""
+        info(ctx, f"{verb} {events.events} raw event(s) older than {days} days{chunks}")
+    info(
+        ctx,
+        f"{verb} {searches.searches} logged search(es) older than "
+        f"{searches.older_than_days} days (search.log_retention_days)",
+    )
 
 
 @cli.command("export")

@@ -64,6 +64,10 @@ SCHEMA: dict[str, Any] = {
         "max_retries": int,
         "ef_search": int,
     },
+    "search": {
+        "log": bool,
+        "log_retention_days": int,
+    },
     "backup": {
         "dir": str,
         "keep": int,
@@ -127,6 +131,8 @@ class Settings:
     backup_keep: int | None = None
     backup_keep_days: float | None = None
     backup_format: str = "custom"
+    search_log: bool = True
+    search_log_retention_days: int = 90
     embedding: Any = None  # providers.EmbeddingConfig; Any keeps this module free of imports
 
     @property
@@ -539,7 +545,19 @@ def load_settings(
         backup_keep=_get(data, "backup.keep"),
         backup_keep_days=_get(data, "backup.keep_days"),
         backup_format=_backup_format(_get(data, "backup.format")),
+        search_log=_get(data, "search.log") is not False,
+        search_log_retention_days=_positive(
+            _get(data, "search.log_retention_days"), "search.log_retention_days", 90
+        ),
     )
+
+
+def _positive(value: int | None, key: str, default: int) -> int:
+    if value is None:
+        return default
+    if value < 1:
+        raise ConfigError(f"{CONFIG_NAME}: {key} must be at least 1, got {value}")
+    return value
 
 
 def packaged_migrations() -> Path:

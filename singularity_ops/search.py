@@ -18,6 +18,7 @@ milliseconds instead of after a model load.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +30,15 @@ from .db import relation_exists
 from .embed import TEXT_VERSION
 from .errors import ConfigError, SingularityOpsError
 from .providers import EmbeddingConfig, Provider, make_provider, model_key
+from .ranking import (
+    DEFAULT_RANKING,
+    POOL_FACTOR,
+    RANKINGS,
+    UsageEvidence,
+    rerank_proven,
+    usage_evidence,
+)
+from .search_log import log_search, new_search_id
 
 MODES = ("hybrid", "vector", "text")
 # bench/results: on the relevance set over the starter corpus hybrid has the best MRR@10.
@@ -84,6 +94,20 @@ class SearchHit:
     score: float  # what the order follows: similarity, ts_rank_cd, or the fused RRF score
     vector_rank: int | None  # 1-based rank in the vector ranking (None: not among its candidates)
     text_rank: int | None  # 1-based rank in the full-text ranking (None: no query word matched)
+    artifact_pk: str  # knowledge_artifacts.id: what the search log and record-usage refer to
+    source_path: str | None  # the file under the import root it came from (None: not from git)
+    evidence: UsageEvidence | None = None  # with --rank-by proven: what the boost knew
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One answered search: its hits, best first, and the id that ties outcomes to it."""
+
+    search_id: str | None  # None when the search could not be logged (read-only, old schema)
+    query: str
+    mode: str
+    rank_by: str
+    hits: list[SearchHit]
 
 
 def _filters(types: bool, language: bool, tags: bool) -> list[sql.Composable]:
@@ -231,7 +255,7 @@ def search_sql(
                coalesce(a.content->>'name', a.content->'metadata'->>'name') AS name,
                coalesce(a.content->>'description', a.content->'metadata'->>'description') AS description,
                a.language, a.tags, a.embedded_hash IS DISTINCT FROM a.embedding_source_hash AS stale,
-               r.score, r.vector_rank, r.text_rank
+               r.score, r.vector_rank, r.text_rank, a.id::text, a.source_path
         FROM ranked r JOIN knowledge_artifacts a USING (id)
         CROSS JOIN LATERAL (SELECT {similarity} AS similarity) s
         WHERE {cutoff}
@@ -427,12 +451,20 @@ def search_many(
     queries: Iterable[str],
     *,
     mode: str = DEFAULT_MODE,
+    rank_by: str = DEFAULT_RANKING,
+    environment: str = "dev",
+    log: bool = True,
     **options,
-) -> Iterator[tuple[str, list[SearchHit]]]:
-    """(query, hits) for each non-blank query: the checks run once, the model loads once (only
-    when the mode needs it and the checks passed), then each query costs one embedding and one
-    statement."""
+) -> Iterator[SearchResult]:
+    """A SearchResult for each non-blank query: the checks run once, the model loads once
+    (only when the mode needs it and the checks passed), then each query costs one embedding,
+    one statement and (log=True) one insert into the search log, which never fails a search.
+
+    rank_by "proven" re-ranks a larger relevance pool by recent success (ranking.py)."""
+    if rank_by not in RANKINGS:
+        raise ConfigError(f"--rank-by must be one of {', '.join(RANKINGS)}, got {rank_by!r}")
     check_search(conn, config, mode=mode, **_check_options(options))
+    top_k = options.pop("top_k", 10)
     for query in queries:
         text = query.strip()
         if not text:
@@ -442,7 +474,35 @@ def search_many(
             if provider is None:
                 provider = make_provider(config)
             [vector] = provider.embed([text])
-        yield text, run_search(conn, config, vector=vector, query=text, mode=mode, **options)
+        started = time.perf_counter()
+        if rank_by == "proven":
+            pool = run_search(
+                conn, config, vector=vector, query=text, mode=mode, top_k=top_k * POOL_FACTOR,
+                **options,
+            )  # fmt: skip
+            evidence = usage_evidence(conn, [h.artifact_pk for h in pool])
+            hits = rerank_proven(pool, evidence)[:top_k]
+        else:
+            hits = run_search(
+                conn, config, vector=vector, query=text, mode=mode, top_k=top_k, **options
+            )
+        search_id = None
+        if log:
+            search_id = new_search_id()
+            logged = log_search(
+                conn,
+                search_id=search_id,
+                query=text,
+                mode=mode,
+                rank_by=rank_by,
+                filters={k: options.get(k) for k in ("types", "language", "tags")},
+                top_k=top_k,
+                artifact_pks=[h.artifact_pk for h in hits],
+                environment=environment,
+                duration_ms=(time.perf_counter() - started) * 1000,
+            )
+            search_id = search_id if logged else None
+        yield SearchResult(search_id, text, mode, rank_by, hits)
 
 
 def _check_options(options: dict) -> dict:
@@ -457,12 +517,11 @@ def search(
     *,
     mode: str = DEFAULT_MODE,
     **options,
-) -> list[SearchHit]:
-    """Search for `query`: checks first, then (vector, hybrid) the model embeds it, then SQL.
-
-    With provider None the configured provider is created only after the checks passed.
-    """
+) -> SearchResult:
+    """Search for `query`: checks first, then (vector, hybrid) the model embeds it, then SQL,
+    then the search log. With provider None the configured provider is created only after
+    the checks passed. Options: see search_many and run_search."""
     if not query or not query.strip():
         raise ConfigError("the search query is empty; say what you are looking for")
-    [(_text, hits)] = list(search_many(conn, provider, config, [query], mode=mode, **options))
-    return hits
+    [result] = list(search_many(conn, provider, config, [query], mode=mode, **options))
+    return result

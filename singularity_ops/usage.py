@@ -22,6 +22,7 @@ import queue
 import re
 import threading
 import time
+import uuid
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ EVENT_FIELDS = {
     "environment",
     "metadata",
     "event_id",
+    "search_id",
 }
 FALLING_BY = 0.10  # a success rate this much lower than in the previous window is "falling"
 FALLING_MIN_USES = 5  # ... with at least this many uses in both windows
@@ -63,8 +65,9 @@ _INSERT_EVENTS = """
 events AS MATERIALIZED ({events}),
 inserted AS (
     INSERT INTO artifact_usage (used_at, artifact_pk, success, environment, duration_ms,
-                                metadata, event_id, event_key)
-    SELECT used_at, artifact_pk, success, environment, duration_ms, metadata, event_id, event_key
+                                metadata, event_id, event_key, search_id, search_rank)
+    SELECT used_at, artifact_pk, success, environment, duration_ms, metadata, event_id, event_key,
+           search_id, search_rank
     FROM events
 ),
 """
@@ -144,7 +147,9 @@ _INGEST_BATCH = (
     " ON CONFLICT DO NOTHING RETURNING event_key), "
     + _INSERT_EVENTS.format(
         events="SELECT coalesce(s.used_at, now()) AS used_at, s.artifact_pk, s.success,"
-        " s.environment, s.duration_ms, s.metadata, s.event_id, s.event_key, s.day, s.bucket"
+        " s.environment, s.duration_ms, s.metadata, s.event_id, s.event_key, s.day, s.bucket,"
+        " s.search_id, (SELECT array_position(l.artifact_pks, s.artifact_pk) FROM search_log l"
+        "  WHERE l.search_id = s.search_id LIMIT 1) AS search_rank"
         " FROM usage_staging s JOIN new_keys USING (event_key) ORDER BY s.used_at"
     )
     + "noted AS (INSERT INTO usage_new SELECT used_at, artifact_pk, success, environment,"
@@ -213,6 +218,7 @@ class ParsedEvent:
     duration_ms: int | None
     metadata: str  # JSON text
     event_id: str | None
+    search_id: str | None  # a search_log id (its rank is looked up on write; unknown: no rank)
     key: str  # event_key()
     day: str  # the UTC day it falls on (of `now` when it has no used_at), ISO format
 
@@ -275,6 +281,14 @@ def parse_event(line: str, now: datetime, default_environment: str) -> ParsedEve
     event_id = _text(event, "event_id", allow_int=True)
     if event_id is not None and len(event_id) > 200:
         raise ValueError('"event_id" must be at most 200 characters')
+    search_id = event.get("search_id")
+    if search_id is not None:
+        try:
+            search_id = str(uuid.UUID(search_id)) if type(search_id) is str else None
+        except ValueError:
+            search_id = None
+        if search_id is None:
+            raise ValueError('"search_id" must be the search_id a search returned (a UUID)')
     return ParsedEvent(
         artifact_type,  # type: ignore[arg-type]
         artifact_id,  # type: ignore[arg-type]
@@ -285,6 +299,7 @@ def parse_event(line: str, now: datetime, default_environment: str) -> ParsedEve
         duration,
         json.dumps(metadata, ensure_ascii=False) if metadata else "{}",
         event_id,
+        search_id,
         event_key(event_id, event),
         day,
     )
@@ -377,6 +392,7 @@ def _parse_batches(
                         NULL
                         if e.duration_ms is None
                         else str(bisect_right(DURATION_BOUNDS, e.duration_ms)),
+                        NULL if e.search_id is None else e.search_id,
                     )
                 )
                 + "\n"
@@ -427,7 +443,7 @@ def ingest_usage(
         conn.execute(
             "CREATE TEMP TABLE usage_staging (used_at timestamptz, artifact_pk uuid,"
             " success bool, environment text, duration_ms int, metadata jsonb, event_id text,"
-            " event_key uuid, day date, bucket int) ON COMMIT DROP"
+            " event_key uuid, day date, bucket int, search_id uuid) ON COMMIT DROP"
         )
         conn.execute(
             "CREATE TEMP TABLE usage_new (used_at timestamptz, artifact_pk uuid, success bool,"
@@ -449,7 +465,7 @@ def ingest_usage(
                     continue  # all of it will be rolled back: just finish reading the problems
                 with conn.cursor().copy(
                     "COPY usage_staging (used_at, artifact_pk, success, environment, duration_ms,"
-                    " metadata, event_id, event_key, day, bucket) FROM STDIN"
+                    " metadata, event_id, event_key, day, bucket, search_id) FROM STDIN"
                 ) as copy:
                     copy.write(batch)
                 result.recorded += conn.execute(_INGEST_BATCH).fetchone()[0]  # type: ignore[index]

@@ -30,7 +30,7 @@ def test_semantic_search_ranks_the_nats_consumer_first(corpus_db, local_provider
     result = run_embed(settings, local_provider)
     assert (result.embedded, result.up_to_date, result.failed) == (5, 0, 0)
     with connect(settings) as conn:
-        hits = search(conn, local_provider, LOCAL, "NATS consumer with error handling")
+        hits = search(conn, local_provider, LOCAL, "NATS consumer with error handling").hits
     ids = [h.artifact_id for h in hits]
     assert ids[0] == "nats_consumer"
     assert ids.index("pancakes") > ids.index("queue_worker")
@@ -82,15 +82,15 @@ def test_filters_and_cutoff_run_in_sql_and_still_fill_top_k(corpus_db, local_pro
     settings, _ = corpus_db
     run_embed(settings, local_provider)
     with connect(settings) as conn:
-        go = search(conn, local_provider, LOCAL, "pancakes", language="go", top_k=2)
+        go = search(conn, local_provider, LOCAL, "pancakes", language="go", top_k=2).hits
         assert {h.artifact_id for h in go} == {"nats_consumer", "queue_worker"}
         prompts = search(
             conn, local_provider, LOCAL, "message consumer", types=["prompts"], tags=["messaging"]
-        )
+        ).hits
         assert [h.artifact_id for h in prompts] == ["queue_worker"]
         strict = search(
             conn, local_provider, LOCAL, "NATS consumer with error handling", min_similarity=0.5
-        )
+        ).hits
         assert [h.artifact_id for h in strict] == ["nats_consumer"]
         assert all(h.similarity >= 0.5 for h in strict)
         with pytest.raises(ConfigError, match="query is empty"):
@@ -112,7 +112,9 @@ def test_search_cli_json_and_empty_query(corpus_db, local_provider, tmp_path):
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
-    hits = json.loads(out.stdout)
+    result = json.loads(out.stdout)
+    assert set(result) == {"search_id", "query", "mode", "rank_by", "hits"}
+    hits = result["hits"]
     assert len(hits) == 2 and {"artifact_type", "artifact_id", "version", "similarity"} <= set(
         hits[0]
     )
@@ -264,7 +266,7 @@ def test_model_change_is_refused_until_rebuild_and_never_mixed(corpus_db, local_
             ).fetchall()
         assert models == [(model_key(config, TEXT_VERSION), 8)]
         with connect(settings) as conn:
-            hits = search(conn, provider_for(server), config, "anything", top_k=3)
+            hits = search(conn, provider_for(server), config, "anything", top_k=3).hits
         assert len(hits) == 3
 
 

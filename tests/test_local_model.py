@@ -79,6 +79,29 @@ def test_batching_and_order_do_not_change_vectors(encoder):
     assert np.allclose(one_by_one, batched, atol=1e-5)
 
 
+def test_batches_hold_at_most_the_token_budget_and_vectors_do_not_change(encoder):
+    """Memory is bounded by tokens per run, not texts per batch: every run the session sees
+    holds at most the budget (padding included), unless one text alone is longer."""
+    runs = []
+    session = encoder.session
+
+    class Recording:
+        def run(self, names, feeds):
+            runs.append(feeds["input_ids"].shape)
+            return session.run(names, feeds)
+
+    texts = TEXTS * 6
+    try:
+        encoder.session = Recording()
+        budgeted = np.array(encoder.encode(texts, batch_size=64, token_budget=300))
+    finally:
+        encoder.session = session
+    assert len(runs) > 3
+    assert all(rows * width <= 300 or rows == 1 for rows, width in runs), runs
+    assert sum(rows for rows, _ in runs) == len(texts)
+    assert np.allclose(budgeted, np.array(encoder.encode(texts)), atol=1e-5)
+
+
 @pytest.fixture
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SINGULARITY_CACHE_DIR", str(tmp_path / "cache"))

@@ -25,13 +25,13 @@ def embedded(corpus_db, tmp_path):
 def cli_json(config, *args, **kwargs):
     out = run_cli("--config", str(config), "search", *args, "--json", cwd=config.parent, **kwargs)
     assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+    return json.loads(out.stdout)["hits"]
 
 
 def test_text_mode_needs_no_model_and_ranks_by_words(embedded):
     settings, _ = embedded
     with connect(settings) as conn:
-        hits = search(conn, UnusedProvider(), LOCAL, "pancake recipe", mode="text")
+        hits = search(conn, UnusedProvider(), LOCAL, "pancake recipe", mode="text").hits
     assert [h.artifact_id for h in hits] == ["pancakes"]
     assert hits[0].similarity is None and hits[0].text_rank == 1 and hits[0].vector_rank is None
 
@@ -51,7 +51,7 @@ def test_hybrid_fuses_both_rankings_with_reciprocal_ranks(embedded):
 def test_text_ranks_rows_with_every_word_first_and_hybrid_fuses_only_those(embedded):
     settings, config = embedded
     with connect(settings) as conn:
-        text = search(conn, UnusedProvider(), LOCAL, "message queue", mode="text")
+        text = search(conn, UnusedProvider(), LOCAL, "message queue", mode="text").hits
     # queue_worker holds both words; nats_consumer only "messages"
     assert text[0].artifact_id == "queue_worker" and text[0].score >= 1
     assert len(text) > 1 and all(h.score < 1 for h in text[1:]), "partial matches follow"
@@ -68,7 +68,7 @@ def test_fusion_alternatives_stay_available_to_the_library(embedded):
         rsf = search(
             conn, None, LOCAL, "consumer retries failures",
             fusion=Fusion(method="rsf", vector_weight=0.7, text_weight=0.3, text_match="or"),
-        )  # fmt: skip
+        ).hits  # fmt: skip
     assert rsf == sorted(rsf, key=lambda h: -h.score)
     assert all(0 <= h.score <= 1.0 + 1e-9 for h in rsf)  # weights sum to 1 over [0, 1] norms
     assert any(h.text_rank is not None for h in rsf) and any(h.text_rank is None for h in rsf)
