@@ -164,7 +164,13 @@ def server_settings(test_server: LocalCluster) -> Settings:
     )
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: float = 120):
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    timeout: float = 120,
+    input: str | None = None,
+):
     """Run the real console entry point in a subprocess (exit codes, stdout/stderr split)."""
     full_env = clean_env(**(env or {}))
     return subprocess.run(
@@ -175,6 +181,8 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, tim
         cwd=cwd,
         timeout=timeout,
         check=False,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
     )
 
 
