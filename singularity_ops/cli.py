@@ -422,24 +422,62 @@ learned_option = click.option(
 
 @cli.command("validate")
 @paths_argument
+@click.option(
+    "--quality",
+    is_flag=True,
+    help="Also list what retrieval will struggle with: no or short descriptions, names that "
+    "repeat the id, and (from the database's embeddings) near-duplicates.",
+)
+@click.option(
+    "--similarity",
+    type=click.FloatRange(0, 1),
+    default=0.95,
+    show_default=True,
+    help="With --quality: how close two artifacts' vectors must be to count as near-duplicates.",
+)
 @learned_option
 @templates_option
 @json_option
 @click.pass_context
 def validate_cmd(
-    ctx: click.Context, paths, include_learned: bool, templates, as_json: bool
+    ctx: click.Context,
+    paths,
+    quality: bool,
+    similarity: float,
+    include_learned: bool,
+    templates,
+    as_json: bool,
 ) -> None:
     """Check artifact files without touching the database. Exit 1 if any is invalid.
 
     Reports JSON syntax errors as file:line:column, invalid UTF-8, non-object JSON, oversized
-    files, bad identity fields and two files that resolve to the same artifact.
+    files, bad identity fields and two files that resolve to the same artifact. --quality adds
+    one line per artifact search will struggle with, with the reason (advice: exit 0); its
+    near-duplicate check reads the database's embeddings when the database is reachable.
 
     \b
-    Example:
+    Examples:
       singularity-ops validate templates_data/prompts
+      singularity-ops validate --quality --json | jq -r '.quality[] | .path + ": " + .reason'
     """
     _with_templates(ctx, templates)
     result = _scan(ctx, paths, include_learned)
+    issues: list = []
+    duplicates_checked = False
+    if quality:
+        from .quality import lint_artifacts, near_duplicates
+
+        issues = lint_artifacts(result.artifacts)
+        from .db import connect
+        from .errors import DatabaseUnavailable
+
+        settings = settings_of(ctx)
+        try:
+            with connect(settings) as conn:
+                issues += near_duplicates(conn, settings.embedding, similarity)
+                duplicates_checked = True
+        except DatabaseUnavailable as exc:
+            warn(f"near-duplicates not checked (they need the embedded database): {exc}")
     if as_json:
         emit_json(
             {
@@ -447,15 +485,23 @@ def validate_cmd(
                 "invalid": len(result.problems),
                 "skipped": len(result.skipped),
                 "problems": [str(p) for p in result.problems],
+                **(
+                    {"quality": issues, "near_duplicates_checked": duplicates_checked}
+                    if quality
+                    else {}
+                ),
             }
         )
     else:
         for problem in result.problems:
             click.echo(str(problem), err=True)
+        for issue in issues:
+            click.echo(str(issue))
         info(
             ctx,
             f"{len(result.artifacts)} valid, {len(result.problems)} invalid, "
-            f"{len(result.skipped)} non-artifact files skipped",
+            f"{len(result.skipped)} non-artifact files skipped"
+            + (f", {len(issues)} quality finding(s)" if quality else ""),
         )
     if result.problems:
         ctx.exit(1)
