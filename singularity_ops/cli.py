@@ -698,7 +698,7 @@ def search_cmd(
     """
     from .db import connect
     from .errors import ConfigError
-    from .search import search_many
+    from .search import SearchFailure, search_many
 
     if query is not None and not query.strip():
         raise ConfigError("the search query is empty; say what you are looking for")
@@ -706,9 +706,15 @@ def search_cmd(
         raise ConfigError("give a QUERY or --stdin (one query per line), not both or neither")
     settings = settings_of(ctx)
     options = dict(
-        types=types, language=language, tags=tags, top_k=top_k, min_similarity=min_similarity
+        types=types,
+        language=language,
+        tags=tags,
+        top_k=top_k,
+        min_similarity=min_similarity,
+        limits=settings.search_limits,
     )
-    queries = (line.rstrip("\n") for line in sys.stdin) if from_stdin else [query]
+    queries = _stdin_lines() if from_stdin else [query]
+    failed = 0
     with connect(settings, autocommit=True) as conn:
         for result in search_many(
             conn,
@@ -719,8 +725,14 @@ def search_cmd(
             rank_by=rank_by,
             environment=settings.environment,
             log=settings.search_log,
+            on_error="yield" if from_stdin else "raise",
             **options,
         ):
+            if isinstance(result, SearchFailure):  # --stdin: this line's error, then go on
+                failed += 1
+                click.echo(json.dumps({"query": result.query, "error": result.error}))
+                sys.stdout.flush()
+                continue
             if from_stdin:
                 click.echo(json.dumps(_to_jsonable(result)))
                 sys.stdout.flush()  # a reader (an agent, a pipe) gets each answer at once
@@ -738,6 +750,25 @@ def search_cmd(
                     click.echo(
                         f"search_id {result.search_id} (for record-usage --search-id)", err=True
                     )
+    if failed:
+        ctx.exit(1)
+
+
+def _stdin_lines():
+    """Lines of stdin, each at most 1 MiB read (longer ones become one NUL-marked line that
+    the query checks refuse), as text with invalid UTF-8 kept as surrogates to be named."""
+    stream = sys.stdin.buffer
+    limit = 1 << 20
+    while True:
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit and not line.endswith(b"\n"):
+            while (rest := stream.readline(limit)) and not rest.endswith(b"\n"):
+                pass
+            yield "\x00 (a line longer than 1 MiB)"
+            continue
+        yield line.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
 
 
 def _print_hits(hits, mode: str) -> None:

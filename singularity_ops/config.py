@@ -67,6 +67,10 @@ SCHEMA: dict[str, Any] = {
     "search": {
         "log": bool,
         "log_retention_days": int,
+        "max_query_chars": int,
+        "max_query_words": int,
+        "max_top_k": int,
+        "statement_timeout_ms": int,
     },
     "backup": {
         "dir": str,
@@ -133,6 +137,7 @@ class Settings:
     backup_format: str = "custom"
     search_log: bool = True
     search_log_retention_days: int = 90
+    search_limits: Any = None  # search.SearchLimits; Any keeps this module free of imports
     embedding: Any = None  # providers.EmbeddingConfig; Any keeps this module free of imports
 
     @property
@@ -549,6 +554,19 @@ def load_settings(
         search_log_retention_days=_positive(
             _get(data, "search.log_retention_days"), "search.log_retention_days", 90
         ),
+        search_limits=_search_limits(data),
+    )
+
+
+def _search_limits(data: Mapping[str, Any]):
+    from .search import SearchLimits
+
+    defaults = SearchLimits()
+    return SearchLimits(
+        **{
+            key: _positive(_get(data, f"search.{key}"), f"search.{key}", getattr(defaults, key))
+            for key in ("max_query_chars", "max_query_words", "max_top_k", "statement_timeout_ms")
+        }
     )
 
 

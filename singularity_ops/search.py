@@ -18,6 +18,7 @@ milliseconds instead of after a model load.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,14 @@ from .ranking import (
 from .search_log import log_search, new_search_id
 
 MODES = ("hybrid", "vector", "text")
+# Input bounds (issue: a 100 KB query took 11 s and ~1 GB in the backend, growing with the
+# square of its length). Each has a singularity.yaml setting: search.max_query_chars,
+# search.max_query_words, search.max_top_k, search.statement_timeout_ms.
+MAX_QUERY_CHARS = 2000
+MAX_QUERY_WORDS = 64
+MAX_TOP_K = 200
+STATEMENT_TIMEOUT_MS = 5000
+_WORD = re.compile(r"\w+")
 # bench/results: on the relevance set over the starter corpus hybrid has the best MRR@10.
 DEFAULT_MODE = "hybrid"
 RRF_K = 60
@@ -50,6 +59,49 @@ FUSION_POOL = 50
 
 class SearchUnavailable(SingularityOpsError):
     """The database cannot answer this search yet (not migrated, nothing embedded)."""
+
+
+@dataclass(frozen=True)
+class SearchLimits:
+    """Bounds on what one search may ask of the database."""
+
+    max_query_chars: int = MAX_QUERY_CHARS
+    max_query_words: int = MAX_QUERY_WORDS
+    max_top_k: int = MAX_TOP_K
+    statement_timeout_ms: int = STATEMENT_TIMEOUT_MS
+
+
+def query_problem(query: str, limits: SearchLimits | None = None) -> str | None:
+    """Why a query cannot be searched (a message naming the limit and its setting), or None."""
+    limits = limits or SearchLimits()
+    if not query.strip():
+        return "the search query is empty; say what you are looking for"
+    if "\x00" in query:
+        return "the search query contains a NUL character; remove it"
+    if any("\udc80" <= c <= "\udcff" for c in query):
+        return "the search query is not valid UTF-8; send UTF-8 text"
+    if len(query) > limits.max_query_chars:
+        return (
+            f"the search query has {len(query):,} characters, more than the limit of "
+            f"{limits.max_query_chars:,} (search.max_query_chars in singularity.yaml); "
+            "search with the words that matter"
+        )
+    words = len(_WORD.findall(query))
+    if words > limits.max_query_words:
+        return (
+            f"the search query has {words} words, more than the limit of "
+            f"{limits.max_query_words} (search.max_query_words in singularity.yaml); "
+            "search with the words that matter"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class SearchFailure:
+    """One query of a stream that could not be searched (search_many with on_error="yield")."""
+
+    query: str
+    error: str
 
 
 @dataclass(frozen=True)
@@ -290,6 +342,7 @@ def check_search(
     tags: Sequence[str] = (),
     top_k: int = 10,
     min_similarity: float | None = None,
+    limits: SearchLimits | None = None,
 ) -> None:
     """The checks that need no model, in milliseconds: arguments, schema, filter values, and
     (for vector and hybrid) rows embedded with the configured model."""
@@ -297,6 +350,11 @@ def check_search(
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+    if top_k > (limits or SearchLimits()).max_top_k:
+        raise ConfigError(
+            f"--top-k {top_k} is more than the limit of {(limits or SearchLimits()).max_top_k} "
+            "(search.max_top_k in singularity.yaml)"
+        )
     if min_similarity is not None:
         if not -1 <= min_similarity <= 1:
             raise ConfigError(f"--min-similarity must be between -1 and 1, got {min_similarity}")
@@ -398,14 +456,18 @@ def run_search(
     min_similarity: float | None = None,
     ef_search: int | None = None,
     fusion: Fusion | None = None,
+    limits: SearchLimits | None = None,
 ) -> list[SearchHit]:
     """The database part of search: the query's vector (vector, hybrid) and text (text, hybrid)
     are given. `ef_search` (default: embedding.ef_search, at least the candidates needed)
     trades latency for recall."""
     if mode != "text" and vector is None:
         raise ValueError(f"mode {mode!r} needs the query's vector")
-    if mode != "vector" and not (query and query.strip()):
-        raise ConfigError("the search query is empty; say what you are looking for")
+    limits = limits or SearchLimits()
+    if mode != "vector":
+        problem = query_problem(query or "", limits)
+        if problem:
+            raise ConfigError(problem)
     key = model_key(config, TEXT_VERSION)
     statement = search_sql(
         config.dimensions,
@@ -433,7 +495,17 @@ def run_search(
         candidates = max(ef_search or config.ef_search, 2 * pool)
         conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(min(candidates, 1000)),))
         conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
-        rows = conn.execute(statement, params).fetchall()
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, true)", (str(limits.statement_timeout_ms),)
+        )
+        try:
+            rows = conn.execute(statement, params).fetchall()
+        except psycopg.errors.QueryCanceled:
+            raise SearchUnavailable(
+                f"the search took longer than {limits.statement_timeout_ms} ms "
+                "(search.statement_timeout_ms in singularity.yaml) and was cancelled; "
+                "narrow it with --type, --language or fewer words"
+            ) from None
     return [SearchHit(*row) for row in rows]
 
 
@@ -454,13 +526,16 @@ def search_many(
     rank_by: str = DEFAULT_RANKING,
     environment: str = "dev",
     log: bool = True,
+    on_error: str = "raise",
     **options,
-) -> Iterator[SearchResult]:
+) -> Iterator[SearchResult | SearchFailure]:
     """A SearchResult for each non-blank query: the checks run once, the model loads once
     (only when the mode needs it and the checks passed), then each query costs one embedding,
     one statement and (log=True) one insert into the search log, which never fails a search.
 
-    rank_by "proven" re-ranks a larger relevance pool by recent success (ranking.py)."""
+    rank_by "proven" re-ranks a larger relevance pool by recent success (ranking.py).
+    A query that cannot be searched (query_problem: NUL, invalid UTF-8, over a limit) raises
+    ConfigError, or with on_error="yield" becomes a SearchFailure and the stream goes on."""
     if rank_by not in RANKINGS:
         raise ConfigError(f"--rank-by must be one of {', '.join(RANKINGS)}, got {rank_by!r}")
     check_search(conn, config, mode=mode, **_check_options(options))
@@ -469,6 +544,13 @@ def search_many(
         text = query.strip()
         if not text:
             continue  # a blank line in a stream of queries asks nothing
+        problem = query_problem(text, options.get("limits"))
+        if problem:
+            if on_error == "yield":
+                shown = text[:200].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                yield SearchFailure(shown, problem)
+                continue
+            raise ConfigError(problem)
         vector = None
         if mode != "text":
             if provider is None:
@@ -521,7 +603,8 @@ def search(
     """Search for `query`: checks first, then (vector, hybrid) the model embeds it, then SQL,
     then the search log. With provider None the configured provider is created only after
     the checks passed. Options: see search_many and run_search."""
-    if not query or not query.strip():
-        raise ConfigError("the search query is empty; say what you are looking for")
+    problem = query_problem(query or "", options.get("limits"))
+    if problem:
+        raise ConfigError(problem)
     [result] = list(search_many(conn, provider, config, [query], mode=mode, **options))
-    return result
+    return result  # type: ignore[return-value]
