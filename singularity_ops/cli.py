@@ -755,20 +755,11 @@ def search_cmd(
 
 
 def _stdin_lines():
-    """Lines of stdin, each at most 1 MiB read (longer ones become one NUL-marked line that
-    the query checks refuse), as text with invalid UTF-8 kept as surrogates to be named."""
-    stream = sys.stdin.buffer
-    limit = 1 << 20
-    while True:
-        line = stream.readline(limit + 1)
-        if not line:
-            return
-        if len(line) > limit and not line.endswith(b"\n"):
-            while (rest := stream.readline(limit)) and not rest.endswith(b"\n"):
-                pass
-            yield "\x00 (a line longer than 1 MiB)"
-            continue
-        yield line.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
+    """Queries from stdin, each line read in bounded memory (lines.read_lines): a line that
+    is too long or not UTF-8 comes as a BadLine, which search answers with its error."""
+    from .lines import read_lines
+
+    return (line for _number, line in read_lines(sys.stdin.buffer))
 
 
 def _print_hits(hits, mode: str) -> None:
@@ -979,7 +970,7 @@ def restore_cmd(
 @click.option(
     "--from",
     "from_file",
-    type=click.File("r", encoding="utf-8"),
+    type=click.File("rb"),
     help="Record the events of a JSON-lines file (- for stdin) in one transaction.",
 )
 @click.option(

@@ -30,6 +30,7 @@ from psycopg import sql
 from .db import relation_exists
 from .embed import TEXT_VERSION
 from .errors import ConfigError, SingularityOpsError
+from .lines import BadLine
 from .providers import EmbeddingConfig, Provider, make_provider, model_key
 from .ranking import (
     DEFAULT_RANKING,
@@ -520,7 +521,7 @@ def search_many(
     conn: psycopg.Connection,
     provider: Provider | None,
     config: EmbeddingConfig,
-    queries: Iterable[str],
+    queries: Iterable[str | BadLine],
     *,
     mode: str = DEFAULT_MODE,
     rank_by: str = DEFAULT_RANKING,
@@ -541,6 +542,11 @@ def search_many(
     check_search(conn, config, mode=mode, **_check_options(options))
     top_k = options.pop("top_k", 10)
     for query in queries:
+        if isinstance(query, BadLine):  # from lines.read_lines: too long, or not UTF-8
+            if on_error == "yield":
+                yield SearchFailure(f"(line {query.number})", f"the query {query.reason}")
+                continue
+            raise ConfigError(f"line {query.number} of the queries: {query.reason}")
         text = query.strip()
         if not text:
             continue  # a blank line in a stream of queries asks nothing

@@ -35,11 +35,11 @@ from psycopg import sql
 from .config import ENVIRONMENTS
 from .db import lock_key, relation_exists
 from .errors import ConfigError, SingularityOpsError
+from .lines import MAX_LINE_BYTES, BadLine, read_lines
 
 # knowledge_duration_bounds() in migration 0006: ten log-spaced buckets per decade, in ms.
 DURATION_BOUNDS = tuple(sorted({round(10 ** (i / 10)) for i in range(61)}))
 MAX_PROBLEMS_SHOWN = 50
-MAX_LINE_BYTES = 1 << 20
 EVENT_FIELDS = {
     "artifact_type",
     "artifact_id",
@@ -223,10 +223,70 @@ class ParsedEvent:
     day: str  # the UTC day it falls on (of `now` when it has no used_at), ISO format
 
 
-def parse_event(line: str, now: datetime, default_environment: str) -> ParsedEvent:
-    """One JSON line of a usage log; ValueError says what is wrong with it."""
+# What PostgreSQL takes as a timestamptz from a log: RFC 3339 (a date, T or a space, a time,
+# Z or an offset). Python's fromisoformat also takes ISO week dates and ordinal dates, which
+# PostgreSQL rejects; PostgreSQL rejects offsets beyond 15:59 too.
+_TIMESTAMP = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-](\d{2})(:?\d{2})?)$",
+    re.IGNORECASE,
+)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (PostgreSQL's jsonb refuses it)")
+
+
+def _text_problem(value: Any, where: str, depth: int = 0) -> str | None:
+    """Why PostgreSQL would refuse a JSON value's strings (NUL, lone surrogates), or None."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return f"{where} contains a NUL character (\\u0000), which PostgreSQL text refuses"
+        if any("\ud800" <= c <= "\udfff" for c in value):
+            return f"{where} contains an unpaired surrogate (\\ud800-\\udfff), which is not Unicode"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = _text_problem(key, where, depth + 1) or _text_problem(item, where, depth + 1)
+            if problem:
+                return problem
+    elif isinstance(value, list):
+        for item in value:
+            problem = _text_problem(item, where, depth + 1)
+            if problem:
+                return problem
+    return None
+
+
+def _parse_used_at(used_at: Any, now: datetime) -> str:
+    """The UTC day of a used_at PostgreSQL will take; ValueError otherwise."""
+    if type(used_at) is not str:
+        raise ValueError('"used_at" must be an ISO 8601 string, e.g. "2026-11-26T09:30:00Z"')
+    shown = used_at[:40]
+    match = _TIMESTAMP.match(used_at)
+    if not match:
+        raise ValueError(
+            f'"used_at" must be like 2026-11-26T09:30:00Z or 2026-11-26T10:30:00+01:00 '
+            f"(a time zone is required), got {shown!r}"
+        )
+    if match.group(4) is not None and int(match.group(4)) > 15:
+        raise ValueError(f'"used_at" has a UTC offset beyond 15:59: {shown!r}')
     try:
-        event = json.loads(line)
+        when = datetime.fromisoformat(used_at.replace(" ", "T", 1).upper().replace("Z", "+00:00"))
+        utc = when.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ValueError(f'"used_at" is not a valid time: {shown!r}') from None
+    if utc.year < 1970:
+        raise ValueError(f'"used_at" is before 1970: {shown!r}')
+    if when > now + timedelta(minutes=5):
+        raise ValueError(f'"used_at" is in the future: {shown!r}')
+    return utc.date().isoformat()
+
+
+def parse_event(line: str, now: datetime, default_environment: str) -> ParsedEvent:
+    """One JSON line of a usage log; ValueError says what is wrong with it. Whatever passes is
+    taken by PostgreSQL as it is (no NUL, NaN, week dates or offsets it would refuse)."""
+    try:
+        event = json.loads(line, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
     except RecursionError:
@@ -255,19 +315,19 @@ def parse_event(line: str, now: datetime, default_environment: str) -> ParsedEve
         raise ValueError(
             f'"duration_ms" must be a whole number of milliseconds >= 0, got {json.dumps(duration)[:40]}'
         )
+    for name in ("artifact_type", "artifact_id", "version", "event_id", "environment"):
+        problem = _text_problem(event.get(name), f'"{name}"')
+        if problem:
+            raise ValueError(problem)
+    try:
+        problem = _text_problem(event.get("metadata"), '"metadata"')
+    except RecursionError:
+        raise ValueError('"metadata" is nested too deeply') from None
+    if problem:
+        raise ValueError(problem)
     used_at = event.get("used_at")
     if used_at is not None:
-        if type(used_at) is not str:
-            raise ValueError('"used_at" must be an ISO 8601 string, e.g. "2026-11-26T09:30:00Z"')
-        try:
-            when = datetime.fromisoformat(used_at)
-        except ValueError:
-            raise ValueError(f'"used_at" is not an ISO 8601 time: {used_at[:40]!r}') from None
-        if when.tzinfo is None:
-            raise ValueError(f'"used_at" needs a time zone (Z or +00:00): {used_at[:40]!r}')
-        if when > now + timedelta(minutes=5):
-            raise ValueError(f'"used_at" is in the future: {used_at[:40]!r}')
-        day = when.astimezone(UTC).date().isoformat()
+        day = _parse_used_at(used_at, now)
     else:
         day = now.astimezone(UTC).date().isoformat()
     environment = event.get("environment", default_environment)
@@ -348,13 +408,15 @@ def _parse_batches(
         raise _Stopped
 
     try:
-        for number, line in enumerate(stream, 1):
-            if not line.strip():
+        for number, line in _numbered_lines(stream):
+            if isinstance(line, str) and not line.strip():
                 continue
             result.lines += 1
             try:
+                if isinstance(line, BadLine):
+                    raise ValueError(line.reason)
                 if len(line) > MAX_LINE_BYTES:
-                    raise ValueError(f"longer than {MAX_LINE_BYTES} bytes")
+                    raise ValueError(f"longer than {MAX_LINE_BYTES:,} bytes")
                 e = parse_event(line, now, environment)
                 pk = (
                     exact.get((e.artifact_type, e.artifact_id, e.version))
@@ -410,13 +472,21 @@ def _parse_batches(
             hand_over(exc)
 
 
+def _numbered_lines(stream: Any) -> Iterable[tuple[int, str | BadLine]]:
+    """A binary stream is read in bounded memory (lines.read_lines); text lines (a list, a
+    text file) are taken as they come."""
+    if hasattr(stream, "readline") and isinstance(stream.read(0), bytes):
+        return read_lines(stream, MAX_LINE_BYTES)
+    return enumerate(stream, 1)
+
+
 class _Stopped(Exception):
     """The writer stopped reading batches."""
 
 
 def ingest_usage(
     conn: psycopg.Connection,
-    stream: IO[str] | Iterable[str],
+    stream: IO[str] | IO[bytes] | Iterable[str],
     *,
     name: str = "-",
     skip_invalid: bool = False,

@@ -55,7 +55,7 @@ def test_stdin_answers_bad_lines_with_an_error_object_and_goes_on(embedded):
     answers = [json.loads(line) for line in out.stdout.decode().splitlines()]
     assert [("error" in a, a.get("query", "")[:8]) for a in answers] == [
         (False, "pancakes"),
-        (True, "\ufffd\ufffd broke"),
+        (True, "(line 2)"),
         (True, "nul \x00 he"),
         (True, "w w w w "),
         (False, "consumer"),

@@ -135,7 +135,7 @@ def test_strict_ingest_writes_nothing_and_names_every_bad_line(kb):
         "events.jsonl:3: no artifact patterns/nosuch",
         'events.jsonl:4: "success" is missing',
         'events.jsonl:5: "success" must be true or false',
-        'events.jsonl:6: "used_at" needs a time zone',
+        'events.jsonl:6: "used_at" must be like 2026-11-26T09:30:00Z',
         'events.jsonl:7: "used_at" is in the future',
         'events.jsonl:8: "environment" must be one of dev, test, prod',
         "events.jsonl:9: unknown field(s) 'sucess'",
