@@ -163,7 +163,11 @@ def record_usage(
     if duration_ms is not None and duration_ms < 0:
         raise SingularityOpsError(f"duration must be zero or more milliseconds, got {duration_ms}")
     clause, params, label = _lookup(artifact_type, artifact_id, version)
-    key = event_key(event_id, {}) if event_id is not None else None
+    key = (
+        event_key(event_id, {"artifact_type": artifact_type, "artifact_id": artifact_id})
+        if event_id is not None
+        else None
+    )
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))  # one writer at a time
         row = conn.execute(

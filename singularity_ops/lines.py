@@ -22,7 +22,9 @@ class BadLine:
     reason: str
 
 
-def read_lines(stream: BinaryIO, limit: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str | BadLine]]:
+def read_lines(
+    stream: BinaryIO, limit: int = MAX_LINE_BYTES
+) -> Iterator[tuple[int, str | BadLine]]:
     """(line number, text without its newline) for each line, or a BadLine for one that is
     longer than `limit` bytes or not valid UTF-8."""
     number = 0

@@ -126,11 +126,19 @@ class UsageError(SingularityOpsError):
 
 
 def event_key(event_id: str | None, event: Mapping[str, Any]) -> str:
-    """The idempotency key of an event (a uuid, as 32 hex digits): from its event_id when it
-    has one, else from its content (every field as given, keys sorted), so the same line
-    ingested twice counts once."""
+    """The idempotency key of an event (a uuid, as 32 hex digits): from its event_id and the
+    artifact (type and id) when it has one, so one request that used two artifacts records
+    both (migration 0008's knowledge_event_key() computes the same in SQL); else from its
+    content (every field as given, keys sorted), so the same line ingested twice counts once."""
     if event_id is not None:
-        material = b"event_id\0" + event_id.encode("utf-8")
+        material = b"\0".join(
+            (
+                b"event_id",
+                event_id.encode("utf-8"),
+                str(event.get("artifact_type", "")).encode("utf-8"),
+                str(event.get("artifact_id", "")).encode("utf-8"),
+            )
+        )
     else:
         canonical = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         material = b"content\0" + canonical.encode("utf-8")

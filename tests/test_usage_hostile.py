@@ -96,3 +96,60 @@ def test_a_line_of_any_length_is_read_in_bounded_memory(kb):
     assert code == 1 and "-:1: longer than 1,048,576 bytes" in out.stderr, out.stderr
     assert peak_mib < 150, f"peak RSS {peak_mib} MiB for a 200 MB line"
     assert events(settings) == ["after"], "the line after the long one is read and recorded"
+
+
+def test_one_event_id_that_used_two_artifacts_records_both(kb, tmp_path):
+    settings, config = kb
+    write(tmp_path / "td2", "patterns/beta.json", {"id": "beta", "name": "Beta"})
+    imported(settings, tmp_path / "td2")
+    request = [
+        base(event_id="req-1"),
+        base(event_id="req-1", artifact_id="beta"),
+    ]
+    first = record(config, b"\n".join(request) + b"\n")
+    assert first.returncode == 0 and first.stdout.startswith(b"2 recorded, 0 already"), first
+    again = record(config, b"\n".join(request) + b"\n")
+    assert again.stdout.startswith(b"0 recorded, 2 already recorded")
+    with connect(settings) as conn:
+        # the SQL function of migration 0008 computes the same keys as the Python code
+        same = conn.execute(
+            "SELECT bool_and(u.event_key = knowledge_event_key(u.event_id, a.artifact_type,"
+            " a.artifact_id)) FROM artifact_usage u JOIN knowledge_artifacts a"
+            " ON a.id = u.artifact_pk"
+        ).fetchone()[0]
+    assert same is True
+
+
+def test_migration_0008_rescopes_the_keys_of_recorded_events(ext_settings, tmp_path):
+    """Events recorded under the old key (event_id alone) get the scoped key, so re-ingesting
+    the old log still counts nothing twice, and the second artifact of a request now counts."""
+    import hashlib
+    import shutil
+
+    from conftest import MIGRATIONS
+
+    from singularity_ops.migrate import migrate
+
+    before = tmp_path / "migrations"
+    before.mkdir()
+    for path in sorted(MIGRATIONS.glob("*.sql")):
+        if path.name < "0008":
+            shutil.copy(path, before)
+    with connect(ext_settings, autocommit=True) as conn:
+        migrate(conn, before)
+    write(tmp_path / "td", "patterns/alpha.json", {"id": "alpha", "name": "Alpha"})
+    write(tmp_path / "td", "patterns/beta.json", {"id": "beta", "name": "Beta"})
+    imported(ext_settings, tmp_path / "td")
+    old_key = hashlib.sha256(b"event_id\0req-9").digest()[:16].hex()
+    with connect(ext_settings, autocommit=True) as conn:
+        conn.execute("INSERT INTO usage_event_keys (event_key) VALUES (%s)", (old_key,))
+        conn.execute(
+            "INSERT INTO artifact_usage (artifact_pk, success, event_id, event_key)"
+            " SELECT id, true, 'req-9', %s FROM knowledge_artifacts WHERE artifact_id = 'alpha'",
+            (old_key,),
+        )
+        migrate(conn, MIGRATIONS)
+    config = write_cli_config(tmp_path, ext_settings)
+    log = b"\n".join([base(event_id="req-9"), base(event_id="req-9", artifact_id="beta")])
+    out = record(config, log + b"\n")
+    assert out.stdout.startswith(b"1 recorded, 1 already recorded"), out
