@@ -311,6 +311,15 @@ def _apply_one(conn: psycopg.Connection, migration: MigrationFile) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
+def _reset_session(conn: psycopg.Connection) -> None:
+    """What a migration SET (search_path, role, any setting) or created (temp tables) ends
+    with it: the next file starts as it would in a run of its own. Not DISCARD ALL, which
+    would also release the advisory lock this run holds."""
+    conn.execute("SET SESSION AUTHORIZATION DEFAULT")
+    conn.execute("RESET ALL")
+    conn.execute("DISCARD TEMP")
+
+
 def _record(conn: psycopg.Connection, migration: MigrationFile, started: float) -> None:
     conn.execute(
         f"INSERT INTO {TABLE} (version, name, checksum, execution_ms) VALUES (%s, %s, %s, %s)",
@@ -390,6 +399,7 @@ def migrate(
         done = []
         for migration in pending:
             _apply_one(conn, migration)
+            _reset_session(conn)
             done.append(migration.filename)
     return MigrateResult(done, len(pending), len(applied), False, time.monotonic() - started)
 

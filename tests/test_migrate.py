@@ -328,3 +328,33 @@ def test_migration_without_extensions_says_to_run_create_extensions(db_settings,
         match=r"0001_knowledge_artifacts.sql: the vector extension is not installed.*create-extensions",
     ):
         run_migrate(db_settings, migrations)
+
+
+def test_session_settings_of_one_migration_do_not_leak_into_the_next(ext_settings, tmp_path):
+    """0001 moves search_path and role; run together with 0002, 0002's table still lands in
+    public and belongs to the connecting user, as when each runs alone."""
+    from singularity_ops.db import connect
+    from singularity_ops.migrate import migrate
+
+    (tmp_path / "0001_moves.sql").write_text(
+        "CREATE SCHEMA zs; CREATE ROLE sops_mig_role; GRANT ALL ON SCHEMA public, zs TO"
+        " sops_mig_role; GRANT ALL ON schema_migrations TO sops_mig_role;"
+        " SET search_path TO zs, public; SET ROLE sops_mig_role; SET work_mem = '77MB';"
+    )
+    (tmp_path / "0002_table.sql").write_text("CREATE TABLE landed (n int);")
+    try:
+        with connect(ext_settings, autocommit=True) as conn:
+            migrate(conn, tmp_path)
+            schema, owner = conn.execute(
+                "SELECT n.nspname, pg_get_userbyid(c.relowner) FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = 'landed'"
+            ).fetchone()
+            assert (schema, owner) == ("public", conn.info.user)
+            assert conn.execute("SHOW work_mem").fetchone()[0] != "77MB"
+    finally:
+        with connect(ext_settings, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS landed")
+            conn.execute("DROP SCHEMA IF EXISTS zs CASCADE")
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'sops_mig_role'").fetchone():
+                conn.execute("DROP OWNED BY sops_mig_role")
+                conn.execute("DROP ROLE sops_mig_role")
