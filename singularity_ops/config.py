@@ -675,24 +675,69 @@ def service_files(env: Mapping[str, str]) -> list[Path]:
     return files
 
 
+# The connection keywords libpq accepts in a service file (PostgreSQL 17's PQconninfoOptions).
+LIBPQ_KEYWORDS = frozenset(
+    ["host", "hostaddr", "port", "dbname", "user", "password", "passfile", "require_auth", "channel_binding", "connect_timeout", "client_encoding", "options", "application_name", "fallback_application_name", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout", "sslmode", "sslnegotiation", "sslcompression", "sslcert", "sslkey", "sslcertmode", "sslpassword", "sslrootcert", "sslcrl", "sslcrldir", "sslsni", "requirepeer", "ssl_min_protocol_version", "ssl_max_protocol_version", "gssencmode", "krbsrvname", "gsslib", "gssdelegation", "replication", "target_session_attrs", "load_balance_hosts"]
+)
+MAX_SERVICE_LINE = 4096
+
+
+def _parse_service_file(path: Path, text: str, name: str) -> dict[str, str] | None:
+    """One service's parameters, parsed exactly as libpq's parseServiceFile does: each line
+    trimmed; blank and # lines skipped; `[name]` opens a group (the first group of that name
+    wins); `key=value` split at the first `=`, nothing else trimmed; an unknown key, a line
+    without `=` or a nested `service` is a syntax error; the first value of a key wins.
+    Errors name the file and line, never the line's text (it may hold a password)."""
+    found = False
+    params: dict[str, str] = {}
+    for number, raw in enumerate(text.split("\n"), 1):
+        if len(raw) >= MAX_SERVICE_LINE:
+            raise ConfigError(f"line {number} too long in service file {path}")
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            if found:
+                break
+            found = line[1 : 1 + len(name)] == name and line[1 + len(name) : 2 + len(name)] == "]"
+            continue
+        if not found:
+            continue
+        key, sep, value = line.partition("=")
+        if key == "service":
+            raise ConfigError(
+                f"nested service specifications are not supported in service file {path}, "
+                f"line {number}"
+            )
+        if not sep or key not in LIBPQ_KEYWORDS:
+            raise ConfigError(
+                f"syntax error in service file {path}, line {number} (libpq needs keyword=value "
+                "with a connection keyword and no spaces around =; the line is not shown: it "
+                "may hold a password)"
+            )
+        params.setdefault(key, value)
+    return params if found else None
+
+
 def read_service(name: str, env: Mapping[str, str]) -> dict[str, str]:
     """The parameters of a libpq connection service (the first file that defines it wins)."""
-    import configparser
-
     searched = service_files(env)
     for path in searched:
-        parser = configparser.ConfigParser(interpolation=None)
-        parser.optionxform = str  # type: ignore[assignment,method-assign]
         try:
-            text = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
         except OSError:
             continue
         try:
-            parser.read_string(text, source=str(path))
-        except configparser.Error as exc:
-            raise ConfigError(f"{path}: not a valid service file: {exc.message}") from None
-        if parser.has_section(name):
-            return dict(parser.items(name))
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"service file {path} is not valid UTF-8 (byte {exc.start + 1}); save it as UTF-8"
+            ) from None
+        params = _parse_service_file(path, text, name)
+        if params is not None:
+            for key in ("password", "sslpassword"):
+                register_secret(params.get(key))
+            return params
     raise ConfigError(
         f"connection service {name!r} (PGSERVICE or ?service=) is not defined in "
         f"{' or '.join(str(p) for p in searched)}; add a [{name}] section or fix the name"

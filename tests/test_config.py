@@ -179,3 +179,44 @@ def test_what_env_exports_keeps_pointing_at_the_local_cluster(tmp_path):
     # an explicit --database-url is an external server, whatever the shell exported
     flagged = load_settings(cwd=tmp_path, env=exported, database_url=exported["DATABASE_URL"])
     assert not flagged.is_local
+
+
+def test_service_files_are_parsed_as_libpq_does_and_never_echo_a_line(tmp_path):
+    services = tmp_path / "pg_service.conf"
+    env = {"PGSERVICEFILE": str(services), "PGSYSCONFDIR": str(tmp_path / "none")}
+
+    def settings_for(text: str):
+        services.write_text(text)
+        return load_settings(cwd=tmp_path, env={**env, "PGSERVICE": "kb"})
+
+    # a line without "=" (the password line of a hand-written file) is libpq's syntax error
+    with pytest.raises(ConfigError) as info:
+        settings_for("[kb]\nhost=db\npassword SvcPW1234\n")
+    assert "syntax error in service file" in str(info.value) and "line 3" in str(info.value)
+    assert "SvcPW1234" not in str(info.value)
+    # spaces around "=" make an unknown keyword for libpq too
+    with pytest.raises(ConfigError, match="line 2"):
+        settings_for("[kb]\nhost = db\n")
+    # no [DEFAULT] inheritance, no continuation lines, the first value and group win
+    s = settings_for(
+        "[DEFAULT]\nport=1111\n[kb]\nhost=first\nhost=second\ndbname=d\n  # note\n"
+        "[kb]\nhost=third\n"
+    )
+    assert (s.host, s.port, s.dbname) == ("first", 5432, "d")
+    with pytest.raises(ConfigError, match="nested service"):
+        settings_for("[kb]\nservice=other\n")
+    services.write_bytes(b"[kb]\nhost=caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"not valid UTF-8 \(byte 14\)"):
+        load_settings(cwd=tmp_path, env={**env, "PGSERVICE": "kb"})
+
+
+def test_a_malformed_service_file_never_reaches_status_or_env_output(tmp_path):
+    from conftest import run_cli
+
+    services = tmp_path / "pg_service.conf"
+    services.write_text("[kb]\nhost=127.0.0.1\npassword SvcPW1234\n")
+    env = {"PGSERVICEFILE": str(services), "PGSERVICE": "kb"}
+    for args in (("status",), ("status", "--json"), ("env",)):
+        out = run_cli(*args, env=env, cwd=tmp_path)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert "SvcPW1234" not in out.stdout + out.stderr
