@@ -14,11 +14,13 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import re
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -116,13 +118,26 @@ def directory_lock(directory: Path) -> Iterator[int]:
     last of them, not just this process.
     """
     make_backup_dir(directory)
+    lock = directory / LOCK_FILE
     try:
-        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        # Never through a symlink (it would truncate whatever it points at), never blocking.
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BackupError(
+                f"the backup lock {lock} is a symbolic link; this run did nothing. Remove it "
+                "(the toolkit creates the lock itself)"
+            ) from None
         raise BackupError(
             f"cannot write to the backup directory {directory}: {exc.strerror}; "
             "choose another --out (or backup.dir) or fix its permissions"
         ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BackupError(
+            f"the backup lock {lock} is not a regular file; this run did nothing. Remove it "
+            "(the toolkit creates the lock itself)"
+        )
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

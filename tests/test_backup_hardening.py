@@ -242,3 +242,20 @@ def test_knowledge_only_restore_keeps_the_rollup_and_the_idempotency_keys(full_d
         after = usage_report(conn, since_days=30)
         assert (after.top, after.uses) == (before.top, before.uses)
         assert ingest_usage(conn, io.StringIO(log)).recorded == 0, "the keys came along"
+
+
+def test_the_backup_lock_is_never_followed_through_a_symlink(full_db, tmp_path):
+    out = tmp_path / "backups"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (out / ".singularity-backup.lock").symlink_to(victim)
+    config = write_cli_config(tmp_path, full_db)
+    result = run_cli("--config", str(config), "backup", "--out", str(out))
+    assert result.returncode == 1 and "is a symbolic link" in result.stderr, result.stderr
+    assert victim.read_text() == "precious\n", "the link's target was not truncated"
+    assert not list(out.glob("*.dump")), "nothing was dumped"
+    (out / ".singularity-backup.lock").unlink()
+    os.mkfifo(out / ".singularity-backup.lock")
+    fifo = run_cli("--config", str(config), "backup", "--out", str(out), timeout=30)
+    assert fifo.returncode == 1 and "is not a regular file" in fifo.stderr
