@@ -7,6 +7,7 @@ that need them so that `--help` and light commands start fast.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import sys
@@ -125,6 +126,13 @@ def _to_jsonable(value: Any) -> Any:
         return str(value)
     if isinstance(value, datetime | date):
         return value.isoformat()
+    return value
+
+
+def _finite(param: click.Parameter, value: float | None) -> float | None:
+    """click's FloatRange lets nan through (every comparison with nan is false)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of days", param=param)
     return value
 
 
@@ -802,7 +810,8 @@ def _print_hits(hits, mode: str) -> None:
 )
 @click.option(
     "--keep-days",
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(min=0, min_open=True, max=36_500),
+    callback=lambda _ctx, param, value: _finite(param, value),
     help="Delete backups of this series older than N days; with --keep, never one of the "
     "newest N (default: backup.keep_days).",
 )

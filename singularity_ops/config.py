@@ -7,6 +7,7 @@ SINGULARITY_ENV) > singularity.yaml at the project root > defaults.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import sys
@@ -548,7 +549,7 @@ def load_settings(
         embedding=_embedding_config(data),
         backup_dir=_resolve_path(project_root, _get(data, "backup.dir") or "backups"),
         backup_keep=_get(data, "backup.keep"),
-        backup_keep_days=_get(data, "backup.keep_days"),
+        backup_keep_days=_keep_days(_get(data, "backup.keep_days")),
         backup_format=_backup_format(_get(data, "backup.format")),
         search_log=_get(data, "search.log") is not False,
         search_log_retention_days=_positive(
@@ -568,6 +569,15 @@ def _search_limits(data: Mapping[str, Any]):
             for key in ("max_query_chars", "max_query_words", "max_top_k", "statement_timeout_ms")
         }
     )
+
+
+def _keep_days(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and 0 < value <= 36_500):
+        raise ConfigError(
+            f"{CONFIG_NAME}: backup.keep_days must be a number of days above 0 (at most 36500), "
+            f"got {value}"
+        )
+    return value
 
 
 def _positive(value: int | None, key: str, default: int) -> int:

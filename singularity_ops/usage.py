@@ -578,7 +578,16 @@ def parse_window(text: str, option: str = "--since") -> int:
         raise ConfigError(
             f"{option} must be a number of days or weeks like 30d or 2w, got {text!r}"
         )
-    return int(match[1]) * (7 if match[2] == "w" else 1)
+    days = int(match[1]) * (7 if match[2] == "w" else 1)
+    if days > MAX_WINDOW_DAYS:
+        raise ConfigError(
+            f"{option} {text.strip()} is more than {MAX_WINDOW_DAYS:,} days (100 years); "
+            "nothing here is that old"
+        )
+    return days
+
+
+MAX_WINDOW_DAYS = 36_500
 
 
 @dataclass(frozen=True)

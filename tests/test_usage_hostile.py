@@ -153,3 +153,23 @@ def test_migration_0008_rescopes_the_keys_of_recorded_events(ext_settings, tmp_p
     log = b"\n".join([base(event_id="req-9"), base(event_id="req-9", artifact_id="beta")])
     out = record(config, log + b"\n")
     assert out.stdout.startswith(b"1 recorded, 1 already recorded"), out
+
+
+def test_overflowing_arguments_are_usage_errors_before_any_work(kb, tmp_path):
+    _settings, config = kb
+    out_dir = tmp_path / "backups"
+    for args in (
+        ("usage", "--since", "99999999d"),
+        ("usage", "prune", "--older-than", "99999999d"),
+        ("usage", "eval", "--since", "99999999999999999999d"),
+        ("backup", "--out", str(out_dir), "--keep-days", "nan"),
+        ("backup", "--out", str(out_dir), "--keep-days", "1e308"),
+        ("search", "x", "--top-k", "99999999999999999999"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "singularity_ops", "--config", str(config), *args],
+            capture_output=True, text=True, env=clean_env(), timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 2, (args, result.stderr)
+        assert "this is a bug" not in result.stderr and "Traceback" not in result.stderr
+    assert not out_dir.exists() or not list(out_dir.glob("*.dump")), "no dump was written"
