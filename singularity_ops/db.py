@@ -186,6 +186,12 @@ def _register_vector(conn: psycopg.Connection) -> None:
         conn.rollback()
 
 
+CLOSED_HINT = (
+    "it is closed to connections, as a restore closes its target just before the swap: if no "
+    "restore is running, one was killed there; `singularity-ops restore --cleanup` reopens it"
+)
+
+
 def explain_connect_error(settings: Settings, dbname: str, exc: psycopg.Error) -> str:
     """Why a connection failed, the password redacted, and what to do about it."""
     detail = settings.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
@@ -193,6 +199,8 @@ def explain_connect_error(settings: Settings, dbname: str, exc: psycopg.Error) -
     text = str(exc).lower()
     if _database_missing(exc):
         hint = "run `singularity-ops ensure-db` to create it"
+    elif "not currently accepting connections" in text:
+        hint = CLOSED_HINT
     elif (
         settings.is_local
         and ("no password supplied" in text or "authentication failed" in text)
@@ -451,6 +459,11 @@ def ensure_db(settings: Settings, timeout: float = 30) -> EnsureDbResult:
         if settings.local is not None:
             check_build(settings, conn)
         created = create_database(conn, settings.dbname)
+        allowed = conn.execute(
+            "SELECT datallowconn FROM pg_database WHERE datname = %s", (settings.dbname,)
+        ).fetchone()
+        if allowed is not None and not allowed[0]:
+            raise DatabaseUnavailable(f"database {settings.dbname!r} exists, but {CLOSED_HINT}")
     finally:
         conn.close()
     return EnsureDbResult(

@@ -25,7 +25,7 @@ lost: the restore refuses, naming how many, unless discard_orphaned_usage is giv
 
 from __future__ import annotations
 
-import re
+import json
 import subprocess
 import time
 from dataclasses import dataclass, field, replace
@@ -44,7 +44,6 @@ from .pgbin import find_program
 from .proc import run_until_done
 
 RESTORE_LOCK_KEY = lock_key("restore")
-LEFTOVER = re.compile(r"^(?P<target>.+)__(?P<kind>restoring|replaced)_(?P<stamp>\d{14})$")
 USAGE = "artifact_usage"
 DAILY = "artifact_usage_daily"
 KEYS = "usage_event_keys"
@@ -121,41 +120,87 @@ def _allow_connections(admin: psycopg.Connection, dbname: str, allow: bool) -> N
     )
 
 
-def cleanup_leftovers(admin: psycopg.Connection) -> list[str]:
-    """Remove what killed restores left, on the whole server. Call with the restore lock held.
+# Databases a restore creates carry this mark in their (server-wide) comment, with the target
+# and what the run did: cleanup acts on these and nothing else, whatever their names.
+MARK = "singularity-ops restore:"
 
-    - `<T>__restoring_*`: a scratch database; if T was closed to connections by that run (it
-      died between closing T and the swap), T is reopened first.
-    - `<T>__replaced_*`: the old copy after a swap; dropped. If T itself is missing (never
-      after an atomic swap, but kept safe anyway), the copy is renamed back to T instead.
-    """
+
+def _mark(admin: psycopg.Connection, dbname: str, record: dict | None) -> None:
+    text = None if record is None else MARK + json.dumps(record, sort_keys=True)
+    admin.execute(
+        sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(dbname), sql.Literal(text))
+    )
+
+
+def leftover_name(target: str, kind: str, stamp: str) -> str:
+    """`<target>__<kind>_<stamp>` within PostgreSQL's 63 bytes whatever the target's length
+    (the target is cut on a character boundary; the comment keeps its full name)."""
+    suffix = f"__{kind}_{stamp}"
+    room = 63 - len(suffix.encode())
+    head = target.encode("utf-8")[:room].decode("utf-8", "ignore")
+    return head + suffix
+
+
+def tracked_leftovers(admin: psycopg.Connection) -> list[tuple[str, dict]]:
+    """(database, record) for every database a restore of this toolkit left (by its mark)."""
     rows = admin.execute(
-        "SELECT datname FROM pg_database WHERE datname ~ '^.+__(restoring|replaced)_[0-9]{14}$'"
-        " ORDER BY datname"
+        "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database"
+        " WHERE starts_with(coalesce(shobj_description(oid, 'pg_database'), ''), %s)"
+        " ORDER BY datname",
+        (MARK,),
     ).fetchall()
+    out = []
+    for name, comment in rows:
+        try:
+            record = json.loads(comment[len(MARK) :])
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("kind") in ("restoring", "replaced"):
+            out.append((name, record))
+    return out
+
+
+def cleanup_leftovers(admin: psycopg.Connection) -> list[str]:
+    """Remove what killed restores of this toolkit left, on the whole server. Call with the
+    restore lock held. Only databases carrying the toolkit's mark are touched: a DBA's own
+    `x__restoring_20260101000000` is not.
+
+    - a scratch database ("restoring"); if its run had closed the target (it died between
+      closing the target and the swap), the target is reopened first.
+    - an old copy after a swap ("replaced"); dropped. If the target itself is missing (never
+      after an atomic swap, but kept safe anyway), the copy is renamed back instead.
+    """
     done = []
-    for (name,) in rows:
-        match = LEFTOVER.match(name)
-        assert match is not None
-        target = match["target"]
+    for name, record in tracked_leftovers(admin):
+        target = str(record.get("target", ""))
         closed = admin.execute(
             "SELECT NOT datallowconn FROM pg_database WHERE datname = %s AND NOT datistemplate",
             (target,),
         ).fetchone()
-        if match["kind"] == "restoring":
-            if closed and closed[0]:
+        if record["kind"] == "restoring":
+            if record.get("closed_target") and closed and closed[0]:
                 _allow_connections(admin, target, True)
                 done.append(f"reopened {target}")
             _drop(admin, name)
             done.append(f"dropped {name}")
         elif closed is None:
             _rename(admin, name, target)
+            _mark(admin, target, None)
             _allow_connections(admin, target, True)
             done.append(f"renamed {name} back to {target}")
         else:
             _drop(admin, name)
             done.append(f"dropped {name}")
     return done
+
+
+def closed_databases(admin: psycopg.Connection) -> list[str]:
+    """Databases a killed restore closed to connections and left closed (status shows them)."""
+    return [
+        str(record.get("target"))
+        for _name, record in tracked_leftovers(admin)
+        if record["kind"] == "restoring" and record.get("closed_target")
+    ]
 
 
 def cleanup(settings: Settings, *, lock_timeout: float = 60) -> list[str]:
@@ -180,8 +225,8 @@ def restore(
     manifest = verify_backup(dump, settings, list_archive=False)  # refuses corrupted dumps first
     target = target_db or settings.dbname
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-    scratch = f"{target[:40]}__restoring_{stamp}"
-    aside = f"{target[:40]}__replaced_{stamp}"
+    scratch = leftover_name(target, "restoring", stamp)
+    aside = leftover_name(target, "replaced", stamp)
     result = RestoreResult(dump, target, False, {}, 0.0)
 
     with _admin(settings) as admin, advisory_lock(admin, RESTORE_LOCK_KEY, lock_timeout, "restore"):
@@ -207,6 +252,8 @@ def restore(
                 sql.Identifier(scratch)
             )
         )
+        record = {"kind": "restoring", "target": target, "started": stamp}
+        _mark(admin, scratch, record)
         closed = False
         try:
             result.tables = _restore_into(settings, dump, manifest, scratch, result.warnings)
@@ -216,7 +263,11 @@ def restore(
                 try:
                     # From here on nobody else can connect to the target: no event recorded
                     # meanwhile can be lost, and the renames cannot meet a live session.
-                    _allow_connections(admin, target, False)
+                    # Marked first, in one transaction with the close: a kill from here on
+                    # leaves a scratch database that says the target needs reopening.
+                    with admin.transaction():
+                        _mark(admin, scratch, {**record, "closed_target": True})
+                        _allow_connections(admin, target, False)
                     closed = True
                     _terminate(admin, target, keep=(source.info.backend_pid,))
                     pause_point("restore:target-closed")
@@ -227,7 +278,7 @@ def restore(
                         result.usage_kept, result.usage_discarded = kept, discarded
                 finally:
                     source.close()
-            _swap(admin, target, scratch, aside, exists)
+            _swap(admin, target, scratch, aside, exists, record)
             closed = False
         except BaseException:
             _drop(admin, scratch)
@@ -242,17 +293,33 @@ def restore(
     return result
 
 
-def _swap(admin: psycopg.Connection, target: str, scratch: str, aside: str, exists: bool) -> None:
-    """Both renames in one transaction. A session that was still ending (terminated a moment
-    ago) makes ALTER DATABASE fail with ObjectInUse: end it again and retry, for a few seconds."""
+def _swap(
+    admin: psycopg.Connection, target: str, scratch: str, aside: str, exists: bool, record: dict
+) -> None:
+    """Both renames, and the marks that go with them, in one transaction: the new target keeps
+    the old one's comment, the old copy is marked "replaced". A session that was still ending
+    (terminated a moment ago) makes ALTER DATABASE fail with ObjectInUse: end it again and
+    retry, for a few seconds."""
     deadline = time.monotonic() + 10
     while True:
         try:
             with admin.transaction():
+                comment = None
                 if exists:
+                    comment = admin.execute(
+                        "SELECT shobj_description(oid, 'pg_database') FROM pg_database"
+                        " WHERE datname = %s",
+                        (target,),
+                    ).fetchone()[0]  # type: ignore[index]
                     _rename(admin, target, aside)
+                    _mark(admin, aside, {**record, "kind": "replaced"})
                     pause_point("restore:between-renames")
                 _rename(admin, scratch, target)
+                admin.execute(
+                    sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                        sql.Identifier(target), sql.Literal(comment)
+                    )
+                )
             return
         except psycopg.errors.ObjectInUse:
             if time.monotonic() > deadline:

@@ -265,3 +265,44 @@ def test_fault_suite_covers_every_pause_point_in_the_code():
         re.findall(r'"(model-build:[a-z-]+)"', (ROOT / "tests" / "test_local_model.py").read_text())
     )
     assert used == tested, f"untested: {used - tested}, unknown: {tested - used}"
+
+
+def test_a_killed_restore_of_a_long_named_target_is_found_and_only_its_own_leftovers_go(
+    full_db, tmp_path
+):
+    """The scratch name of a 52-character target fits 63 bytes; cleanup finds it by the
+    toolkit's mark, reopens the target, and leaves a DBA's own look-alike database alone;
+    meanwhile ensure-db and status name the closed target and the command that reopens it."""
+    from dataclasses import replace
+
+    long_name = "kb_production_singularity_knowledge_base_primary_01"
+    dump = backup(full_db, tmp_path / "b").path
+    look_alike = "dba_copy__restoring_20200101000000"
+    with psycopg.connect(**full_db.conninfo("postgres"), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{long_name}"')
+        admin.execute(f'DROP DATABASE IF EXISTS "{look_alike}"')
+        admin.execute(f'CREATE DATABASE "{look_alike}"')
+    target = replace(full_db, dbname=long_name)
+    config = write_cli_config(tmp_path, target)
+    try:
+        first = cli(config, "restore", str(dump))  # a new database: no --force needed
+        assert first.returncode == 0, first.stderr
+        kill_at(
+            "restore:target-closed",
+            ["--config", str(config), "restore", str(dump), "--force", "--from-other-database"],
+            tmp_path,
+        )
+        assert not allows_connections(target)
+        for args in (("ensure-db",), ("status",)):
+            out = cli(config, *args)
+            assert out.returncode in (1, 3) and "restore --cleanup" in out.stderr + out.stdout
+            assert "this is a bug" not in out.stderr
+        cleaned = cli(config, "restore", "--cleanup", "--json")
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert f"reopened {long_name}" in cleaned.stdout
+        assert allows_connections(target)
+        assert leftover_databases(target) == [look_alike], "a DBA's own database stays"
+    finally:
+        with psycopg.connect(**full_db.conninfo("postgres"), autocommit=True) as admin:
+            for name in (long_name, look_alike):
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
