@@ -20,6 +20,7 @@ At run time (embed, search) only onnxruntime, tokenizers and numpy are imported.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -191,17 +192,74 @@ def ensure_graph(
     cache = cache_root()
     sha = weights_sha256(weights, cache)
     directory = graph_dir(cache, sha)
-    problem = "rebuild requested" if force else check_graph(directory, weights_sha=sha, full=verify)
+    problem = "rebuild requested" if force else _usable(directory, sha, verify)
     if not problem:
         return _graph_info(directory, weights, built=False)
     if not build:
         raise ModelError(
             f"the local model's ONNX graph is not usable ({problem}); run `{BUILD_HINT}`"
         )
-    if progress:
-        progress(f"building the ONNX graph of {MODEL_NAME} in {directory} ({problem})")
-    build_graph(weights, directory, sha)
+    # One builder at a time: the others wait here, then use the winner's entry. An entry that
+    # is good is never removed, so nobody loads a directory that vanishes under it.
+    with _build_lock(directory.parent.parent):
+        if not force:
+            problem = _usable(directory, sha, verify)
+            if not problem:
+                return _graph_info(directory, weights, built=False)
+        if progress:
+            progress(f"building the ONNX graph of {MODEL_NAME} in {directory} ({problem})")
+        build_graph(weights, directory, sha)
+        _stamp(directory)
     return _graph_info(directory, weights, built=True)
+
+
+VERIFIED_STAMP = ".verified"
+
+
+def _file_identity(directory: Path) -> list:
+    out = []
+    for name in (*FILES, MANIFEST_FILE):
+        st = (directory / name).stat()
+        out.append([name, st.st_size, st.st_mtime_ns, st.st_ino])
+    return out
+
+
+def _stamp(directory: Path) -> None:
+    """Remember that the files, as they are now (size, mtime, inode), matched their sha256."""
+    with contextlib.suppress(OSError):  # a read-only cache only costs a re-hash next time
+        write_atomically(directory / VERIFIED_STAMP, json.dumps(_file_identity(directory)).encode())
+
+
+def _usable(directory: Path, sha: str, verify: bool) -> str:
+    """check_graph, with the sha256 of every file verified on an entry's first use (and
+    whenever a file changed since: same-size corruption is caught too); later uses compare a
+    stamp of sizes, mtimes and inodes only."""
+    problem = check_graph(directory, weights_sha=sha, full=verify)
+    if problem or verify:
+        if not problem:
+            _stamp(directory)
+        return problem
+    try:
+        stamped = json.loads((directory / VERIFIED_STAMP).read_text())
+        if stamped == _file_identity(directory):
+            return ""
+    except (OSError, ValueError):
+        pass
+    problem = check_graph(directory, weights_sha=sha, full=True)
+    if not problem:
+        _stamp(directory)
+    return problem
+
+
+@contextlib.contextmanager
+def _build_lock(parent: Path):
+    parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(parent / ".build.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 # --- building the graph -------------------------------------------------------------------
@@ -438,7 +496,13 @@ class OnnxEncoder:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        try:
+            self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        except Exception as exc:  # tokenizers raises its own Exception subclasses
+            raise ModelError(
+                f"cannot read the tokenizer {tokenizer_file}: {str(exc)[:200]}; rebuild it with "
+                f"`{BUILD_HINT} --force`"
+            ) from None
         # tokenizer.json ships with truncation at 128 and fixed padding: sentence-transformers
         # truncates at max_seq_length (256) and pads each batch to its longest text.
         self.tokenizer.enable_truncation(max_length=MAX_TOKENS)
@@ -487,6 +551,11 @@ class OnnxEncoder:
             (vectors,) = self.session.run(
                 ["sentence_embedding"], {"input_ids": ids, "attention_mask": mask}
             )
+            if not np.isfinite(vectors).all():
+                raise ModelError(
+                    "the local model produced NaN or infinite values: its cached graph is "
+                    f"corrupt; rebuild it with `{BUILD_HINT} --force` (nothing was stored)"
+                )
             for i, vector in zip(chunk, vectors, strict=True):
                 out[i] = vector
             start += len(chunk)

@@ -148,15 +148,18 @@ def test_a_graph_onnxruntime_refuses_is_rebuilt_on_load(private_cache):
     assert encoder.encode(["ok"])[0].shape == (384,)
 
 
-def test_verify_catches_a_flipped_bit_that_sizes_miss(private_cache):
+def test_a_flipped_bit_is_caught_once_the_file_changed_and_by_verify(private_cache):
     first = ensure_graph()
     data = first.path.parent / DATA_FILE
+    stat = data.stat()
     with open(data, "r+b") as fh:
         fh.seek(12345)
         byte = fh.read(1)
         fh.seek(12345)
         fh.write(bytes([byte[0] ^ 1]))
-    assert not ensure_graph().built, "the cheap check only compares sizes"
+    # with its mtime put back, only the stamp can vouch for it: `model status --verify` hashes
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert not ensure_graph().built, "the stamp (size, mtime, inode) stands in after a verify"
     with pytest.raises(ModelError, match="does not match the sha256"):
         ensure_graph(build=False, verify=True)
     assert ensure_graph(verify=True).built
@@ -213,3 +216,60 @@ def test_search_and_embed_never_import_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_same_size_corruption_is_caught_by_the_checksum_and_rebuilt(private_cache):
+    first = ensure_graph()
+    data = first.path.parent / DATA_FILE
+    with open(data, "r+b") as fh:  # flip the sign bits of a stretch of float32 weights
+        fh.seek(4_000_000)
+        chunk = bytearray(fh.read(400_000))
+        for i in range(3, len(chunk), 4):
+            chunk[i] ^= 0x80
+        fh.seek(4_000_000)
+        fh.write(chunk)
+    with pytest.raises(ModelError, match="does not match the sha256"):
+        ensure_graph(build=False)
+    rebuilt = ensure_graph()
+    assert rebuilt.built
+    assert ensure_graph(build=False).path == rebuilt.path  # verified once, stamped after
+
+
+def test_an_unreadable_tokenizer_is_rebuilt_and_nan_vectors_are_refused(private_cache):
+    first = ensure_graph()
+    tokenizer = first.path.parent / "tokenizer.json"
+    tokenizer.write_bytes(b"{" * tokenizer.stat().st_size)
+    encoder = load_encoder()  # the checksum finds it; the entry is rebuilt
+    assert encoder.encode(["ok"])[0].shape == (384,)
+    session = encoder.session
+
+    class NaNs:
+        def run(self, names, feeds):
+            (vectors,) = session.run(names, feeds)
+            vectors[0, 0] = np.nan
+            return (vectors,)
+
+    encoder.session = NaNs()
+    with pytest.raises(ModelError, match=r"NaN or infinite values.*model build --force"):
+        encoder.encode(["ok"])
+
+
+def test_concurrent_first_builds_all_succeed_on_one_entry(private_cache):
+    code = (
+        "from singularity_ops.local_model import load_encoder\n"
+        "print(load_encoder().encode(['ok'])[0].shape)\n"
+    )
+    env = {**os.environ, "SINGULARITY_CACHE_DIR": str(private_cache)}
+    env.pop("SINGULARITY_ONNX_MODEL", None)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
+        for _ in range(6)
+    ]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    assert [code for code, _out, _err in results] == [0] * 6, [err[-500:] for *_x, err in results]
+    entries = [
+        p for p in (private_cache / "models").rglob("*") if p.is_dir() and p.parent.name != "models"
+    ]
+    assert len([e for e in entries if not e.name.startswith(".")]) == 1
