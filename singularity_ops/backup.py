@@ -497,6 +497,7 @@ def _ours(manifest_file: Path) -> bool:
     return isinstance(data, dict) and data.get("tool") == TOOL
 
 
+FORMATS = ("custom", "plain", "directory")
 # What restore and verify rely on in a manifest, with the type each must have.
 _MANIFEST_KEYS = {
     "format": str,
@@ -531,6 +532,11 @@ def read_manifest(dump: Path, *, strict: bool = False) -> dict | None:
         for key, kind in _MANIFEST_KEYS.items()
         if not isinstance(data.get(key), kind)
     ]
+    if isinstance(data.get("format"), str) and data["format"] not in FORMATS:
+        problems.append(f"format (one of {', '.join(FORMATS)}, not {data['format'][:20]!r})")
+    version = data.get("pg_dump_version")
+    if isinstance(version, str) and not re.match(r"^\d+(\.\d+)*\b", version):
+        problems.append(f"pg_dump_version (a version like 17.6, not {version[:20]!r})")
     if problems:
         if strict:
             raise BackupError(
@@ -640,6 +646,7 @@ def verify_backup(dump: Path, settings: Settings, *, list_archive: bool = True) 
             f"{dump}: does not match its manifest ({size} bytes, sha256 {sha[:12]}; manifest says "
             f"{manifest['bytes']} bytes, {manifest['sha256'][:12]}): it is truncated or corrupted"
         )
+    _check_format(dump, manifest["format"])
     if pg_restore_future is not None:
         pg_restore = pg_restore_future.result()
         _check_restore_version(pg_restore, manifest)
@@ -665,6 +672,25 @@ def verify_backup(dump: Path, settings: Settings, *, list_archive: bool = True) 
                 f"{dump}: pg_restore --list cannot read it: {_last_lines(out.stderr)}"
             )
     return manifest
+
+
+def _check_format(dump: Path, fmt: str) -> None:
+    """The dump is what its manifest says it is (a custom archive starts with PGDMP)."""
+    if fmt == "directory":
+        if not (dump / "toc.dat").is_file():
+            raise BackupError(f"{dump}: the manifest says directory format, but it has no toc.dat")
+        return
+    if dump.is_dir():
+        raise BackupError(f"{dump}: the manifest says {fmt} format, but it is a directory")
+    with open(dump, "rb") as fh:
+        archive = fh.read(5) == b"PGDMP"
+    if fmt == "custom" and not archive:
+        raise BackupError(f"{dump}: the manifest says custom format, but it is not an archive")
+    if fmt == "plain" and archive:
+        raise BackupError(
+            f"{dump}: the manifest says plain (SQL) format, but it is a custom archive; the "
+            "manifest was edited: restore from another backup"
+        )
 
 
 def _check_restore_version(pg_restore: PgProgram, manifest: dict) -> None:

@@ -6,6 +6,7 @@ that need them so that `--help` and light commands start fast.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -48,6 +49,15 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             _fail(ctx, "interrupted", 130)
         except OSError as exc:
+            if exc.errno in _STORAGE_ERRORS:
+                where = f"{exc.filename}: " if exc.filename else "a write failed: "
+                _fail(
+                    ctx,
+                    f"{where}{exc.strerror}; nothing was left under a final name. Free space "
+                    "there (or make it writable), or write elsewhere (--out, backup.dir, "
+                    "export.out, SINGULARITY_CACHE_DIR)",
+                    1,
+                )
             if exc.filename is None:
                 raise _unexpected(ctx, exc) from None
             # The environment, not a bug: a directory we may not write, a file we may not read.
@@ -58,6 +68,10 @@ class _Group(click.Group):
             if message is None:
                 raise _unexpected(ctx, exc) from None
             _fail(ctx, message, 1)
+
+
+# The disk is full, the quota is spent, the file system is read-only: the environment's doing.
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 def _wants_json(ctx: click.Context) -> bool:
@@ -881,6 +895,12 @@ def backup_cmd(
     help="Knowledge-only restore: drop usage events of artifacts the backup does not have.",
 )
 @click.option(
+    "--trust-plain-dump",
+    is_flag=True,
+    help="Plain SQL dump: run it even if it holds psql meta-commands (\\! runs a shell "
+    "command); only for dumps whose author you trust.",
+)
+@click.option(
     "--cleanup",
     "cleanup_only",
     is_flag=True,
@@ -896,6 +916,7 @@ def restore_cmd(
     force: bool,
     from_other_database: bool,
     discard_orphaned_usage: bool,
+    trust_plain_dump: bool,
     cleanup_only: bool,
     as_json: bool,
 ) -> None:
@@ -938,6 +959,7 @@ def restore_cmd(
         force=force,
         from_other_database=from_other_database,
         discard_orphaned_usage=discard_orphaned_usage,
+        trust_plain_dump=trust_plain_dump,
     )
     for warning in result.warnings:
         warn(warning)
@@ -1464,6 +1486,10 @@ def migrate_cmd(
     from .migrate import migrate
 
     settings = settings_of(ctx)
+    from .migrate import stray_files
+
+    for stray in stray_files(settings.migrations_dir):
+        warn(f"{stray}: ignored, not a migration (migrations are named NNNN_description.sql)")
     with connect(settings, autocommit=True) as conn:
         result = migrate(
             conn,

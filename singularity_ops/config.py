@@ -433,6 +433,23 @@ def load_settings(
         project_root = find_project_root(cwd)
         candidate = project_root / CONFIG_NAME
         config_path = candidate if candidate.is_file() else None
+    try:
+        return _resolve(env, cwd, config_path, project_root, database_url, dbname)
+    except ConfigError as exc:
+        if config_path is None or config_path.name == CONFIG_NAME:
+            raise
+        # Messages say "singularity.yaml: ..."; here the file has another name: say that one.
+        raise ConfigError(str(exc).replace(f"{CONFIG_NAME}:", f"{config_path}:")) from None
+
+
+def _resolve(
+    env: Mapping[str, str],
+    cwd: Path,
+    config_path: Path | None,
+    project_root: Path,
+    database_url: str | None,
+    dbname: str | None,
+) -> Settings:
     data = _load_yaml(config_path) if config_path else {}
 
     environment = env.get("SINGULARITY_ENV") or _get(data, "environment") or "dev"

@@ -28,6 +28,8 @@ LEARNED_DIR = "learned"
 SCHEMA_FILE_SUFFIX = "schema.json"
 NON_ARTIFACT_NAMES = {"manifest.json"}
 NON_ARTIFACT_METADATA_TYPES = {"schema", "manifest"}
+# Each of type, id and version: the three share one btree index entry (at most ~2,700 bytes).
+MAX_IDENTITY_BYTES = 500
 # Deeper documents are refused: no artifact needs it, and deeper ones exhaust recursive code.
 MAX_DEPTH = 100
 
@@ -229,6 +231,13 @@ def resolve_identity(
         or _string_field(metadata, "version", '"metadata.version"')
         or DEFAULT_VERSION
     )
+    for what, value in (("type", artifact_type), ("id", artifact_id), ("version", version)):
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > MAX_IDENTITY_BYTES:
+            raise _Invalid(
+                f"its {what} is {size:,} bytes long; at most {MAX_IDENTITY_BYTES} (the database's "
+                "unique index on type, id and version cannot hold longer ones)"
+            )
     return artifact_type, artifact_id, version, source
 
 

@@ -105,6 +105,21 @@ def _normalized_text(path: Path) -> str:
     return text.replace("\r\n", "\n")
 
 
+def stray_files(directory: Path) -> list[Path]:
+    """Files in the migrations directory that migrate ignores (`0007_x.SQL`, `notes.txt`):
+    worth a warning, since a misnamed migration would otherwise never run."""
+    if not directory.is_dir():
+        return []
+    return [
+        path
+        for path in sorted(directory.iterdir())
+        if path.is_file()
+        and not path.name.startswith((".", "__init__"))
+        and path.suffix != ".sql"
+        and path.name.lower() not in ("readme", "readme.md", "readme.txt")
+    ]
+
+
 def discover(directory: Path) -> list[MigrationFile]:
     """The migration files in version order; errors for bad names and duplicate versions."""
     if not directory.is_dir():

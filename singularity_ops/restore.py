@@ -26,6 +26,7 @@ lost: the restore refuses, naming how many, unless discard_orphaned_usage is giv
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field, replace
@@ -218,11 +219,27 @@ def restore(
     from_other_database: bool = False,
     discard_orphaned_usage: bool = False,
     lock_timeout: float = 60,
+    trust_plain_dump: bool = False,
 ) -> RestoreResult:
-    """Restore `dump` into target_db (default: the configured database)."""
+    """Restore `dump` into target_db (default: the configured database).
+
+    A plain (SQL) dump runs through psql, which also runs psql meta-commands (`\\! cmd` runs
+    a shell command). The manifest's checksum proves the bytes are the ones written, not who
+    wrote them: unless trust_plain_dump, a plain dump holding any meta-command besides the
+    ones pg_dump writes (\\connect, \\restrict, \\unrestrict) is refused.
+    """
     started = time.monotonic()
     dump = dump.resolve()
     manifest = verify_backup(dump, settings, list_archive=False)  # refuses corrupted dumps first
+    if manifest["format"] == "plain" and not trust_plain_dump:
+        found = plain_meta_commands(dump)
+        if found:
+            shown = "; ".join(f"line {n}: {text[:60]}" for n, text in found[:3])
+            raise RestoreError(
+                f"{dump.name} is a plain SQL dump holding psql meta-commands pg_dump does not "
+                f"write ({shown}); psql would run them (\\! runs a shell command). Restore it "
+                "only if you trust who wrote it: --trust-plain-dump"
+            )
     target = target_db or settings.dbname
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     scratch = leftover_name(target, "restoring", stamp)
@@ -291,6 +308,28 @@ def restore(
             _drop(admin, aside)
     result.seconds = time.monotonic() - started
     return result
+
+
+_PG_DUMP_META = re.compile(r"^\\(connect|restrict|unrestrict)\b")
+_COPY_FROM_STDIN = re.compile(r"^COPY .* FROM stdin;$")
+
+
+def plain_meta_commands(dump: Path) -> list[tuple[int, str]]:
+    """(line, text) of every psql meta-command in a plain dump outside COPY data, except the
+    ones pg_dump itself writes. Read line by line: any size, bounded memory."""
+    found = []
+    in_copy = False
+    with open(dump, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+            if in_copy:
+                in_copy = line != "\\."
+                continue
+            if _COPY_FROM_STDIN.match(line):
+                in_copy = True
+            elif line.lstrip().startswith("\\") and not _PG_DUMP_META.match(line):
+                found.append((number, line.strip()))
+    return found
 
 
 def _swap(

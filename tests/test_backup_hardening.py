@@ -259,3 +259,77 @@ def test_the_backup_lock_is_never_followed_through_a_symlink(full_db, tmp_path):
     os.mkfifo(out / ".singularity-backup.lock")
     fifo = run_cli("--config", str(config), "backup", "--out", str(out), timeout=30)
     assert fifo.returncode == 1 and "is not a regular file" in fifo.stderr
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB file system: writes past that fail with ENOSPC, as on a full disk."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_is_a_message_naming_the_path_and_leaves_no_final_file(
+    full_db, tmp_path, full_disk
+):
+    config = write_cli_config(tmp_path, full_db)
+    for fmt in ("custom", "plain"):
+        out = run_cli("--config", str(config), "backup", "--out", str(full_disk), "--format", fmt)
+        assert out.returncode == 1, out.stderr
+        assert "this is a bug" not in out.stderr and "No space left on device" in out.stderr
+        assert [p.name for p in full_disk.iterdir() if not p.name.startswith(".")] == []
+    with psycopg.connect(**full_db.conninfo(), autocommit=True) as conn:
+        conn.execute(
+            "UPDATE knowledge_artifacts SET usage_count = 50, success_count = 50,"
+            " content = jsonb_set(content, '{pad}', to_jsonb(repeat('x', 20000)))"
+        )
+    exported = run_cli(
+        "--config", str(config), "export", "--out", str(full_disk / "learned"), "--min-usage", "1"
+    )
+    assert exported.returncode == 1 and "this is a bug" not in exported.stderr, exported.stderr
+    assert str(full_disk) in exported.stderr and "No space left on device" in exported.stderr
+
+
+def test_manifest_lies_and_plain_dump_meta_commands_are_refused_with_reasons(full_db, tmp_path):
+    from singularity_ops.backup import MANIFEST_SUFFIX
+
+    config = write_cli_config(tmp_path, full_db)
+    custom = backup(full_db, tmp_path / "c").path
+    manifest_path = custom.with_name(custom.name + MANIFEST_SUFFIX)
+    manifest = json.loads(manifest_path.read_text())
+    for key, value, reason in (
+        ("pg_dump_version", "banana", "pg_dump_version (a version like 17.6, not 'banana')"),
+        ("format", "plain", "the manifest says plain (SQL) format, but it is a custom archive"),
+    ):
+        manifest_path.write_text(json.dumps({**manifest, key: value}))
+        out = run_cli("--config", str(config), "restore", str(custom), "--target-db", "sops_x")
+        assert out.returncode == 1 and reason in out.stderr, out.stderr
+        assert "this is a bug" not in out.stderr
+    # a plain dump with a shell escape: refused unless trusted
+    plain = backup(full_db, tmp_path / "p", fmt="plain").path
+    marker = tmp_path / "shell-ran"
+    text = plain.read_text()
+    plain.write_text(text.replace("SET ", f"\\! touch {marker}\nSET ", 1))
+    plain_manifest = plain.with_name(plain.name + MANIFEST_SUFFIX)
+    from singularity_ops.backup import file_digest
+
+    size, sha = file_digest(plain)
+    plain_manifest.write_text(
+        json.dumps({**json.loads(plain_manifest.read_text()), "bytes": size, "sha256": sha})
+    )
+    target = f"{full_db.dbname}_plain"
+    refused = run_cli("--config", str(config), "restore", str(plain), "--target-db", target)
+    assert refused.returncode == 1 and "--trust-plain-dump" in refused.stderr, refused.stderr
+    assert "line " in refused.stderr and not marker.exists()
+    try:
+        trusted = run_cli(
+            "--config", str(config), "restore", str(plain), "--target-db", target,
+            "--trust-plain-dump",
+        )  # fmt: skip
+        assert trusted.returncode == 0, trusted.stderr
+    finally:
+        drop(full_db, target)

@@ -220,3 +220,12 @@ def test_a_malformed_service_file_never_reaches_status_or_env_output(tmp_path):
         out = run_cli(*args, env=env, cwd=tmp_path)
         assert out.returncode == 2, (args, out.stdout, out.stderr)
         assert "SvcPW1234" not in out.stdout + out.stderr
+
+
+def test_errors_name_the_config_file_singularity_config_points_at(tmp_path):
+    other = tmp_path / "other.yaml"
+    other.write_text("database:\n  url: 'postgresql://u:p@h:notaport/db'\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(cwd=tmp_path, env={"SINGULARITY_CONFIG": str(other)})
+    assert f"{other}: database.url" in str(info.value)
+    assert "singularity.yaml" not in str(info.value)

@@ -201,3 +201,12 @@ def test_an_escaped_backslash_before_u0000_is_text_not_nul(tmp_path):
         "t/key.json: contains \\u0000, which PostgreSQL jsonb cannot store",
         "t/real.json: contains \\u0000, which PostgreSQL jsonb cannot store",
     ]
+
+
+def test_identities_longer_than_the_index_holds_are_invalid_at_validate(tmp_path):
+    write(tmp_path, "patterns/long.json", {"id": "x" * 4000})
+    write(tmp_path, "patterns/fine.json", {"id": "fine"})
+    result = scan(tmp_path)
+    assert [a.artifact_id for a in result.artifacts] == ["fine"]
+    [problem] = result.problems
+    assert "patterns/long.json" in str(problem) and "4,000 bytes long; at most 500" in str(problem)

@@ -358,3 +358,16 @@ def test_session_settings_of_one_migration_do_not_leak_into_the_next(ext_setting
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'sops_mig_role'").fetchone():
                 conn.execute("DROP OWNED BY sops_mig_role")
                 conn.execute("DROP ROLE sops_mig_role")
+
+
+def test_a_misnamed_migration_file_is_named_in_a_warning(ext_settings, tmp_path):
+    from conftest import run_cli, write_cli_config
+
+    migrations = tmp_path / "m"
+    migrations.mkdir()
+    (migrations / "0001_a.sql").write_text("CREATE TABLE a (n int);")
+    (migrations / "0002_b.SQL").write_text("CREATE TABLE b (n int);")
+    config = write_cli_config(tmp_path, ext_settings, migrations={"dir": str(migrations)})
+    out = run_cli("--config", str(config), "migrate")
+    assert out.returncode == 0, out.stderr
+    assert "0002_b.SQL: ignored, not a migration" in out.stderr
