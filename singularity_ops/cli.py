@@ -1738,8 +1738,18 @@ def server_stop(ctx: click.Context, timeout: float, as_json: bool) -> None:
     info(ctx, "stopped" if stopped else "not running")
 
 
+def quiet_library_logs() -> None:
+    """psycopg logs "error ignored in rollback" (a connection another session ended, say by a
+    restore) through logging's last-resort handler, a stray line on stderr beside the one
+    error the command prints. The command's own message says what went wrong."""
+    import logging
+
+    logging.getLogger("psycopg").addHandler(logging.NullHandler())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
+    quiet_library_logs()
     argv = sys.argv[1:] if argv is None else argv
     cli.main(args=argv, prog_name="singularity-ops", obj={"argv": tuple(argv)})
 

@@ -145,14 +145,32 @@ def _check_string(value: str) -> None:
         ) from None
 
 
-def read_regular_file(path: str, limit: int) -> bytes:
+def _opened_path(fd: int, path: str) -> str:
+    """Where an open descriptor really points: what was opened, not what the name means now."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # no /proc (macOS): the name's target, if it is still the opened file
+        real = os.path.realpath(path)
+        opened, now = os.fstat(fd), os.stat(real)
+        return real if (opened.st_dev, opened.st_ino) == (now.st_dev, now.st_ino) else ""
+
+
+def read_regular_file(
+    path: str, limit: int, *, root: str | None = None, root_label: Path | None = None
+) -> bytes:
     """The bytes of a regular file of at most `limit` bytes; anything else is _Invalid.
 
     Opened without blocking (a FIFO would otherwise wait forever for a writer) and read up to
-    limit + 1 bytes whatever stat says (a symlink to /dev/zero reports size 0).
+    limit + 1 bytes whatever stat says (a symlink to /dev/zero reports size 0). With `root`
+    (a real path), the file actually opened must lie inside it: checked on the descriptor,
+    after the open, so a symlink swapped in between a check and the open cannot lead outside.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
+        if root is not None:
+            opened = _opened_path(fd, path)
+            if not _inside(opened, root):
+                raise _Invalid(_outside_message(root_label or Path(root), opened or "elsewhere"))
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise _Invalid("is not a regular file (a FIFO, device or socket); it was not read")
@@ -319,7 +337,7 @@ def scan(
             try:
                 if os.path.islink(path) and not _inside(os.path.realpath(path), root_str):
                     raise _Invalid(_outside_message(root, os.path.realpath(path)))
-                raw = read_regular_file(path, max_file_bytes)
+                raw = read_regular_file(path, max_file_bytes, root=root_str, root_label=root)
                 digest = hashlib.sha256(raw).hexdigest()
                 stored = known.get(rel) if known else None
                 if stored and stored[0] == digest and stored[1] == folder_type(rel, type_map):

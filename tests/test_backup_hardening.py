@@ -333,3 +333,32 @@ def test_manifest_lies_and_plain_dump_meta_commands_are_refused_with_reasons(ful
         assert trusted.returncode == 0, trusted.stderr
     finally:
         drop(full_db, target)
+
+
+def test_a_connection_ended_by_another_session_prints_no_stray_rollback_line(full_db):
+    """What a backup saw when a concurrent restore ended its session: psycopg's logged
+    "error ignored in rollback" must not reach stderr beside the command's own message."""
+    import subprocess
+    import sys
+
+    from conftest import clean_env
+
+    code = (
+        "import psycopg, sys\n"
+        "from singularity_ops.cli import quiet_library_logs\n"
+        "quiet_library_logs()\n"
+        f"info = {full_db.conninfo()!r}\n"
+        "try:\n"
+        "    with psycopg.connect(**info) as conn:\n"
+        "        conn.execute('SELECT 1')\n"
+        "        with psycopg.connect(**info, autocommit=True) as other:\n"
+        "            other.execute('SELECT pg_terminate_backend(%s)', (conn.info.backend_pid,))\n"
+        "        raise RuntimeError('the command fails for its own reason')\n"
+        "except RuntimeError:\n"
+        "    pass\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=clean_env(), timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "error ignored in rollback" not in out.stderr and out.stderr == ""

@@ -210,3 +210,38 @@ def test_identities_longer_than_the_index_holds_are_invalid_at_validate(tmp_path
     assert [a.artifact_id for a in result.artifacts] == ["fine"]
     [problem] = result.problems
     assert "patterns/long.json" in str(problem) and "4,000 bytes long; at most 500" in str(problem)
+
+
+def test_a_symlink_swapped_during_the_scan_never_leads_outside_the_root(tmp_path):
+    """The outside check is made on the opened descriptor: a link flipped between an in-root
+    file and an outside one, as fast as it can, never gets the outside file's content in."""
+    import os
+    import threading
+
+    root = tmp_path / "root"
+    write(root, "patterns/inside.json", {"id": "inside", "name": "Inside"})
+    outside = tmp_path / "secret.json"
+    outside.write_text('{"id": "stolen", "name": "outside the root"}')
+    link = root / "patterns" / "flip.json"
+    stop = threading.Event()
+
+    def flip():
+        n = 0
+        while not stop.is_set():
+            n += 1
+            tmp = link.with_name(f".flip{n % 2}")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(outside if n % 2 else root / "patterns" / "inside.json")
+            os.replace(tmp, link)
+
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    try:
+        stolen = 0
+        for _ in range(200):
+            result = scan(root)
+            stolen += sum("outside the root" in a.content_raw for a in result.artifacts)
+    finally:
+        stop.set()
+        flipper.join()
+    assert stolen == 0
