@@ -549,7 +549,7 @@ def _resolve(
         url_params={k: str(v) for k, v in from_url.items()},
         maintenance_db=_get(data, "database.maintenance_db") or "postgres",
         connect_timeout=_int_setting(
-            _get(data, "database.connect_timeout") or 5, "connect_timeout"
+            _given(_get(data, "database.connect_timeout"), 5), "connect_timeout"
         ),
         bindir=bindir,
         extensions=tuple(extensions) if extensions is not None else DEFAULT_EXTENSIONS,
@@ -557,12 +557,14 @@ def _resolve(
         migrations_dir=_migrations_dir(project_root, _get(data, "migrations.dir")),
         templates_dir=_resolve_path(project_root, _get(data, "import.root") or "templates_data"),
         type_map=dict(_get(data, "import.type_map") or {}),
-        max_file_bytes=_get(data, "import.max_file_bytes") or 1024 * 1024,
+        max_file_bytes=_positive(
+            _get(data, "import.max_file_bytes"), "import.max_file_bytes", 1024 * 1024
+        ),
         export_dir=_resolve_path(
             project_root, _get(data, "export.out") or "templates_data/learned"
         ),
-        export_min_usage=_get(data, "export.min_usage") or 10,
-        export_min_success_rate=float(_get(data, "export.min_success_rate") or 0.90),
+        export_min_usage=_given(_get(data, "export.min_usage"), 10),
+        export_min_success_rate=float(_given(_get(data, "export.min_success_rate"), 0.90)),
         embedding=_embedding_config(data),
         backup_dir=_resolve_path(project_root, _get(data, "backup.dir") or "backups"),
         backup_keep=_get(data, "backup.keep"),
@@ -586,6 +588,11 @@ def _search_limits(data: Mapping[str, Any]):
             for key in ("max_query_chars", "max_query_words", "max_top_k", "statement_timeout_ms")
         }
     )
+
+
+def _given(value: Any, default: Any) -> Any:
+    """The configured value, even when it is 0; the default only when it is absent."""
+    return default if value is None else value
 
 
 def _keep_days(value: float | None) -> float | None:

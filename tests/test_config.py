@@ -229,3 +229,14 @@ def test_errors_name_the_config_file_singularity_config_points_at(tmp_path):
         load_settings(cwd=tmp_path, env={"SINGULARITY_CONFIG": str(other)})
     assert f"{other}: database.url" in str(info.value)
     assert "singularity.yaml" not in str(info.value)
+
+
+def test_a_configured_zero_is_kept_not_replaced_by_the_default(tmp_path):
+    (tmp_path / "singularity.yaml").write_text(
+        "export:\n  min_success_rate: 0\n  min_usage: 0\ndatabase:\n  connect_timeout: 0\n"
+    )
+    s = load_settings(cwd=tmp_path, env={})
+    assert (s.export_min_success_rate, s.export_min_usage, s.connect_timeout) == (0.0, 0, 0)
+    (tmp_path / "singularity.yaml").write_text("import:\n  max_file_bytes: 0\n")
+    with pytest.raises(ConfigError, match="import.max_file_bytes must be at least 1"):
+        load_settings(cwd=tmp_path, env={})
