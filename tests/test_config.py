@@ -238,5 +238,5 @@ def test_a_configured_zero_is_kept_not_replaced_by_the_default(tmp_path):
     s = load_settings(cwd=tmp_path, env={})
     assert (s.export_min_success_rate, s.export_min_usage, s.connect_timeout) == (0.0, 0, 0)
     (tmp_path / "singularity.yaml").write_text("import:\n  max_file_bytes: 0\n")
-    with pytest.raises(ConfigError, match="import.max_file_bytes must be at least 1"):
+    with pytest.raises(ConfigError, match=r"import\.max_file_bytes must be at least 1"):
         load_settings(cwd=tmp_path, env={})
