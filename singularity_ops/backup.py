@@ -497,7 +497,6 @@ def _ours(manifest_file: Path) -> bool:
     return isinstance(data, dict) and data.get("tool") == TOOL
 
 
-FORMATS = ("custom", "plain", "directory")
 # What restore and verify rely on in a manifest, with the type each must have.
 _MANIFEST_KEYS = {
     "format": str,
