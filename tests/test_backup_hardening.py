@@ -292,6 +292,16 @@ def test_a_full_disk_is_a_message_naming_the_path_and_leaves_no_final_file(
     )
     assert exported.returncode == 1 and "this is a bug" not in exported.stderr, exported.stderr
     assert str(full_disk) in exported.stderr and "No space left on device" in exported.stderr
+    # the model cache on a full disk: a message, and no cache entry under its final name
+    built = run_cli(
+        "model", "build", env={"SINGULARITY_CACHE_DIR": str(full_disk / "cache")}, cwd=tmp_path
+    )
+    assert built.returncode == 1 and "this is a bug" not in built.stderr, built.stderr
+    assert "No space left on device" in built.stderr
+    entries = list((full_disk / "cache").rglob("*.onnx"))
+    assert all(".partial-" in str(p) for p in entries) and not any(
+        p.name == "manifest.json" for p in (full_disk / "cache").rglob("manifest.json")
+    )
 
 
 def test_manifest_lies_and_plain_dump_meta_commands_are_refused_with_reasons(full_db, tmp_path):
