@@ -285,7 +285,8 @@ def test_a_full_disk_is_a_message_naming_the_path_and_leaves_no_final_file(
     with psycopg.connect(**full_db.conninfo(), autocommit=True) as conn:
         conn.execute(
             "UPDATE knowledge_artifacts SET usage_count = 50, success_count = 50,"
-            " content = jsonb_set(content, '{pad}', to_jsonb(repeat('x', 20000)))"
+            " content = jsonb_set(content, '{pad}', to_jsonb(repeat('x', 20000))),"
+            " content_raw = jsonb_set(content, '{pad}', to_jsonb(repeat('x', 20000)))::text"
         )
     exported = run_cli(
         "--config", str(config), "export", "--out", str(full_disk / "learned"), "--min-usage", "1"
@@ -322,8 +323,8 @@ def test_manifest_lies_and_plain_dump_meta_commands_are_refused_with_reasons(ful
     # a plain dump with a shell escape: refused unless trusted
     plain = backup(full_db, tmp_path / "p", fmt="plain").path
     marker = tmp_path / "shell-ran"
-    text = plain.read_text()
-    plain.write_text(text.replace("SET ", f"\\! touch {marker}\nSET ", 1))
+    # Before pg_dump's own \restrict line (17.6+), after which psql itself refuses them.
+    plain.write_text(f"\\! touch {marker}\n" + plain.read_text())
     plain_manifest = plain.with_name(plain.name + MANIFEST_SUFFIX)
     from singularity_ops.backup import file_digest
 
@@ -341,6 +342,7 @@ def test_manifest_lies_and_plain_dump_meta_commands_are_refused_with_reasons(ful
             "--trust-plain-dump",
         )  # fmt: skip
         assert trusted.returncode == 0, trusted.stderr
+        assert marker.exists(), "trusted: psql ran the dump as written"
     finally:
         drop(full_db, target)
 
