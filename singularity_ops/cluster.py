@@ -335,18 +335,7 @@ def write_passfile(local: LocalCluster, password: str) -> None:
             for host in ("127.0.0.1", "localhost", socket_host)
         )
     )
-    local.passfile.parent.mkdir(parents=True, exist_ok=True)
-    tmp = local.passfile.with_name(f".{local.passfile.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, local.passfile)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomically(local.passfile, text.encode("utf-8"), mode=0o600)
 
 
 def trusts_anyone(local: LocalCluster) -> bool:
@@ -366,13 +355,9 @@ def write_hba(local: LocalCluster) -> None:
     """Replace pg_hba.conf with the password-only rules (takes effect on reload)."""
     target = local.data_dir / "pg_hba.conf"
     info = os.stat(target)
-    tmp = target.with_name(".pg_hba.conf.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(HBA_TEXT)
+    write_atomically(target, HBA_TEXT.encode("utf-8"), mode=0o600)
     if os.geteuid() == 0:
-        os.chown(tmp, info.st_uid, info.st_gid)  # the server's user must read it
-    os.replace(tmp, target)
+        os.chown(target, info.st_uid, info.st_gid)  # the server's user must read it (on reload)
 
 
 def secure_socket_dir(local: LocalCluster) -> None:

@@ -197,22 +197,21 @@ def explain_connect_error(settings: Settings, dbname: str, exc: psycopg.Error) -
     detail = settings.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
     where = f"{settings.url(dbname)}"
     text = str(exc).lower()
+    local_refused = settings.is_local and (
+        "no password supplied" in text or "authentication failed" in text
+    )
     if _database_missing(exc):
         hint = "run `singularity-ops ensure-db` to create it"
     elif "not currently accepting connections" in text:
         hint = CLOSED_HINT
-    elif (
-        settings.is_local
-        and ("no password supplied" in text or "authentication failed" in text)
-        and not cluster.status(settings.local).running
-    ):
+    elif local_refused and not cluster.status(settings.local).running:
         hint = (
             f"port {settings.port} is served by another server (another checkout's cluster?), "
             f"not this project's cluster in {settings.local.data_dir}, which is not running; "
             "stop that one (`singularity-ops server stop` in its checkout) or give this "
             "project another port (PGPORT or postgres.local.port)"
         )
-    elif settings.is_local and ("no password supplied" in text or "authentication failed" in text):
+    elif local_refused:
         hint = (
             f"the local cluster requires the password kept in {settings.local.passfile}, which "
             "is missing or no longer matches; restore that file, or (to set a new password) "

@@ -351,9 +351,10 @@ def check_search(
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
-    if top_k > (limits or SearchLimits()).max_top_k:
+    max_top_k = (limits or SearchLimits()).max_top_k
+    if top_k > max_top_k:
         raise ConfigError(
-            f"--top-k {top_k} is more than the limit of {(limits or SearchLimits()).max_top_k} "
+            f"--top-k {top_k} is more than the limit of {max_top_k} "
             "(search.max_top_k in singularity.yaml)"
         )
     if min_similarity is not None:

@@ -183,8 +183,8 @@ class SearchLogPrune:
 def prune_search_log(
     conn: psycopg.Connection, older_than_days: int, *, dry_run: bool = False
 ) -> SearchLogPrune:
-    """Delete searches older than N days (whole chunks of the hypertable go with drop_chunks,
-    the partial chunk at the edge by DELETE). Outcomes keep their search_id and rank."""
+    """Delete searches older than N days (a DELETE: exact to the row, on a hypertable or a
+    plain table alike). Outcomes keep their search_id and rank."""
     if older_than_days < 1:
         raise ConfigError(f"search.log_retention_days must be at least 1, got {older_than_days}")
     if not relation_exists(conn, "search_log"):
