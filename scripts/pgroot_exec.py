@@ -29,6 +29,19 @@ MS_PRIVATE = 0x40000
 
 # Host locations that may hold a project, its data directory, sockets or dumps.
 DEFAULT_BINDS = ("/tmp", "/work", "/home", "/root", "/srv", "/opt", "/mnt", "/media", "/var/tmp")
+# Files libpq reads by name from the environment: their directories are bound too, so a
+# checkout anywhere (CI clones under /check, say) keeps its passfile reachable.
+LIBPQ_FILE_VARS = (
+    "PGPASSFILE",
+    "PGSERVICEFILE",
+    "PGSSLROOTCERT",
+    "PGSSLCERT",
+    "PGSSLKEY",
+    "PGSSLCRL",
+)
+# Never shadow the root file system's own programs and libraries with the host's.
+SYSTEM_TOPS = {"usr", "etc", "lib", "lib32", "lib64", "libx32", "bin", "sbin", "boot", "sys", "run"}
+SYSTEM_VAR = {"lib", "cache", "run", "lock"}
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -66,6 +79,27 @@ def _bind(source: str, target: str) -> None:
     )
 
 
+def _bindable(directory: str) -> bool:
+    """False for / and the system directories that the root file system's own files live in."""
+    parts = directory.strip("/").split("/")
+    if not parts[0] or parts[0] in SYSTEM_TOPS:
+        return False
+    return not (parts[0] == "var" and (len(parts) < 2 or parts[1] in SYSTEM_VAR))
+
+
+def _named_dirs(args: list[str]) -> list[str]:
+    """Directories holding the files that arguments and libpq's variables name by absolute path."""
+    names = [os.environ.get(var, "") for var in LIBPQ_FILE_VARS]
+    for arg in args:
+        names.append(arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg)
+    dirs = []
+    for name in names:
+        if name.startswith("/"):
+            path = os.path.realpath(name)
+            dirs.append(path if os.path.isdir(path) else os.path.dirname(path))
+    return dirs
+
+
 def main(argv: list[str]) -> None:
     if len(argv) < 3:
         _die("usage: pgroot_exec.py ROOTFS PROGRAM [ARGS...]")
@@ -86,10 +120,13 @@ def main(argv: list[str]) -> None:
     _check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "making mounts private")
     extra = [p for p in os.environ.get("SINGULARITY_PG_BIND", "").split(":") if p]
     bound: list[str] = []
-    for source in ("/dev", "/proc", *DEFAULT_BINDS, *extra, cwd):
+    for source in ("/dev", "/proc", *DEFAULT_BINDS, *extra, cwd, *_named_dirs(args)):
         source = os.path.realpath(source)
-        if not os.path.isdir(source) or any(
-            source == b or source.startswith(b + "/") for b in bound
+        # A working directory of / (systemd units) or /usr must not shadow the rootfs.
+        if (
+            not _bindable(source)
+            or not os.path.isdir(source)
+            or any(source == b or source.startswith(b + "/") for b in bound)
         ):
             continue
         bound.append(source)

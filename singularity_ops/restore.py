@@ -567,6 +567,7 @@ def _run_restore(settings: Settings, dump: Path, manifest: dict, dbname: str) ->
             str(psql.path),
             "-X",
             "-q",
+            "--no-password",
             "-v",
             "ON_ERROR_STOP=1",
             "--single-transaction",
@@ -575,7 +576,13 @@ def _run_restore(settings: Settings, dump: Path, manifest: dict, dbname: str) ->
         stdin_path: Path | None = dump
     else:
         pg_restore = find_program("pg_restore", settings.bindir)
-        cmd = [str(pg_restore.path), "--exit-on-error", "--no-owner", f"--dbname={conninfo}"]
+        cmd = [
+            str(pg_restore.path),
+            "--exit-on-error",
+            "--no-owner",
+            "--no-password",
+            f"--dbname={conninfo}",
+        ]
         if manifest.get("knowledge_only"):
             cmd += ["--data-only", "--table=knowledge_artifacts"]
         if manifest["format"] == "directory":

@@ -69,3 +69,41 @@ def test_unreachable_mirror_fails_in_seconds(tmp_path):
     assert "Debian mirror http://127.0.0.1:9/debian is not reachable" in out.stderr
     assert time.monotonic() - started < 30
     assert not (tmp_path / "pg-home" / "rootfs").exists()
+
+
+def test_a_wrapped_client_reads_a_passfile_outside_the_default_binds(server_settings):
+    # CI clones under /check: the rootfs wrappers must bind the directory PGPASSFILE names,
+    # or pg_dump and pg_restore fail with "no password supplied" (they did, in CI).
+    from conftest import TEST_PASSFILE
+
+    from singularity_ops.backup import pg_env
+    from singularity_ops.pgbin import find_program
+
+    outside = Path(tempfile.mkdtemp(prefix="sops-passfile-", dir="/"))
+    try:
+        passfile = outside / "pgpass"
+        shutil.copy(TEST_PASSFILE, passfile)
+        passfile.chmod(0o600)
+        conninfo, env = pg_env(server_settings)
+        env.pop("PGPASSWORD", None)
+        env["PGPASSFILE"] = str(passfile)
+        psql = find_program("psql", server_settings.bindir).path
+        out = subprocess.run(
+            [
+                str(psql),
+                "-X",
+                "-At",
+                "--no-password",
+                f"--dbname={conninfo}",
+                "-c",
+                "SELECT 41 + 1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd="/",
+        )
+    finally:
+        shutil.rmtree(outside)
+    assert (out.returncode, out.stdout.strip()) == (0, "42"), out.stderr
