@@ -99,6 +99,71 @@ def get_artifact(
     return row
 
 
+# What get_artifact over MCP returns at most of an artifact's text (--max-chars / max_chars).
+VIEW_MAX_CHARS = 20_000
+
+
+@dataclass(frozen=True)
+class ArtifactView:
+    """An artifact as `show` and the server's get_artifact give it: the original text (cut at
+    max_chars, with `truncated` saying so), the parsed JSON when the text is whole, where it
+    came from, and how it has done."""
+
+    artifact_type: str
+    artifact_id: str
+    version: str
+    source_path: str | None
+    content_hash: str
+    content_raw: str  # the original text, first max_chars characters
+    content: Any | None  # the JSON document; None when truncated (the text is cut, not parsed)
+    truncated: bool
+    total_chars: int
+    usage_count: int
+    success_count: int
+    success_rate: float | None
+    last_used_at: datetime | None
+    updated_at: datetime
+
+
+def parse_ref(ref: str) -> tuple[str, str, str]:
+    """'TYPE/ID[@VERSION]' -> (type, id, version or LATEST); ValueError says what is wrong."""
+    body, _, version = ref.partition("@")
+    artifact_type, slash, artifact_id = body.partition("/")
+    if not slash or not artifact_type or not artifact_id or (ref.count("@") and not version):
+        raise ValueError(
+            f"{ref[:120]!r} is not TYPE/ID[@VERSION] (for example pattern/nats-consumer@1.2.0); "
+            "`singularity-ops search` prints them"
+        )
+    return artifact_type, artifact_id, version or LATEST
+
+
+def view_artifact(
+    conn: psycopg.Connection,
+    artifact_type: str,
+    artifact_id: str,
+    version: str = LATEST,
+    *,
+    max_chars: int | None = None,
+) -> ArtifactView:
+    """One artifact's text and figures; `max_chars` cuts the text (None: all of it)."""
+    if max_chars is not None and max_chars < 1:
+        raise SingularityOpsError(f"max_chars must be at least 1, got {max_chars}")
+    clause, params, label = _lookup(artifact_type, artifact_id, version)
+    limit = max_chars if max_chars is not None else 2**30
+    row = conn.execute(
+        "SELECT artifact_type, artifact_id, version, source_path, content_hash,"
+        " left(content_raw, %s), CASE WHEN char_length(content_raw) <= %s THEN content END,"
+        " char_length(content_raw) > %s, char_length(content_raw), usage_count, success_count,"
+        f" success_rate, last_used_at, updated_at FROM knowledge_artifacts {clause}",
+        [limit, limit, limit, *params],
+    ).fetchone()
+    if row is None:
+        raise ArtifactNotFound(
+            f"no artifact {label}; find artifacts with `search` (singularity-ops search QUERY)"
+        )
+    return ArtifactView(*row)
+
+
 def query_artifacts(
     conn: psycopg.Connection,
     *,

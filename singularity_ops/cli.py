@@ -13,8 +13,6 @@ import os
 import shlex
 import sys
 import traceback
-from dataclasses import asdict, is_dataclass
-from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import click
 
 from . import __version__
 from .errors import SingularityOpsError
+from .shapes import to_jsonable
 
 
 class _Group(click.Group):
@@ -129,20 +128,6 @@ def _unexpected(ctx: click.Context, exc: Exception) -> click.exceptions.Exit:
     return click.exceptions.Exit(1)
 
 
-def _to_jsonable(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return _to_jsonable(asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_to_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    return value
-
-
 def _finite(param: click.Parameter, value: float | None) -> float | None:
     """click's FloatRange lets nan through (every comparison with nan is false)."""
     if value is not None and not math.isfinite(value):
@@ -152,7 +137,7 @@ def _finite(param: click.Parameter, value: float | None) -> float | None:
 
 def emit_json(value: Any) -> None:
     """Exactly one JSON document on stdout."""
-    click.echo(json.dumps(_to_jsonable(value), indent=2, sort_keys=True))
+    click.echo(json.dumps(to_jsonable(value), indent=2, sort_keys=True))
 
 
 def warn(message: str) -> None:
@@ -756,7 +741,7 @@ def search_cmd(
                 sys.stdout.flush()
                 continue
             if from_stdin:
-                click.echo(json.dumps(_to_jsonable(result)))
+                click.echo(json.dumps(to_jsonable(result)))
                 sys.stdout.flush()  # a reader (an agent, a pipe) gets each answer at once
             elif as_json:
                 emit_json(result)
@@ -800,6 +785,221 @@ def _print_hits(hits, mode: str) -> None:
         else:
             lead = "  -  " if hit.similarity is None else f"{hit.similarity:.3f}"
         click.echo(f"{position:>{width}}  {lead}  {label}{extra}{stale}")
+
+
+@cli.command("show")
+@click.argument("ref", metavar="TYPE/ID[@VERSION]")
+@click.option(
+    "--max-chars",
+    type=click.IntRange(min=1),
+    help="Cut the text after this many characters (the JSON output says truncated).",
+)
+@json_option
+@click.pass_context
+def show_cmd(ctx: click.Context, ref: str, max_chars: int | None, as_json: bool) -> None:
+    """Print one artifact: its original text on stdout, its source path on stderr.
+
+    --json prints everything: content, source path, hash, usage figures. The server's
+    get_artifact tool returns the same.
+
+    \b
+    Examples:
+      singularity-ops show pattern/nats-consumer
+      singularity-ops show template/fastapi-service@2.0.0 --json | jq .source_path
+    """
+    from .artifacts import parse_ref, view_artifact
+    from .db import connect
+    from .errors import ConfigError
+
+    try:
+        artifact_type, artifact_id, version = parse_ref(ref)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    with connect(settings_of(ctx), autocommit=True) as conn:
+        view = view_artifact(conn, artifact_type, artifact_id, version, max_chars=max_chars)
+    if as_json:
+        emit_json(view)
+        return
+    text = view.content_raw
+    click.echo(text if text.endswith("\n") else text + "\n", nl=False)
+    if not ctx.obj.get("quiet"):
+        where = view.source_path or "(not from a file)"
+        click.echo(f"{artifact_type}/{artifact_id}@{view.version}: {where}", err=True)
+        if view.truncated:
+            click.echo(f"(cut at {max_chars:,} of {view.total_chars:,} characters)", err=True)
+
+
+@cli.group("token")
+def token_group() -> None:
+    """Bearer tokens for `serve --transport http` (stored as hashes in the database)."""
+
+
+@token_group.command("create")
+@click.argument("name")
+@click.option(
+    "--scope",
+    type=click.Choice(["read", "write"]),
+    default="read",
+    show_default=True,
+    help="read: search, get_artifact, usage_report; write: also record_usage.",
+)
+@json_option
+@click.pass_context
+def token_create_cmd(ctx: click.Context, name: str, scope: str, as_json: bool) -> None:
+    """Create a token and print it, once: only its hash is stored.
+
+    \b
+    Example:
+      singularity-ops token create ci-agent --scope write
+    """
+    from .db import connect
+    from .tokens import create_token
+
+    with connect(settings_of(ctx), autocommit=True) as conn:
+        created = create_token(conn, name, scope=scope)
+    if as_json:
+        emit_json(created)
+        return
+    click.echo(created.token)
+    if not ctx.obj.get("quiet"):
+        click.echo(
+            f"token {name!r} ({scope}) created; it is shown only now: keep it in the agent's "
+            "secret store (Authorization: Bearer TOKEN)",
+            err=True,
+        )
+
+
+@token_group.command("list")
+@json_option
+@click.pass_context
+def token_list_cmd(ctx: click.Context, as_json: bool) -> None:
+    """List tokens: name, scope, created, last used (never the tokens themselves)."""
+    from .db import connect
+    from .tokens import list_tokens
+
+    with connect(settings_of(ctx), autocommit=True) as conn:
+        tokens = list_tokens(conn)
+    if as_json:
+        emit_json(tokens)
+        return
+    if not tokens:
+        click.echo("no tokens (singularity-ops token create NAME)", err=True)
+    for t in tokens:
+        used = t.last_used_at.strftime("%Y-%m-%d %H:%M") if t.last_used_at else "never"
+        click.echo(f"{t.name}  {t.scope}  created {t.created_at:%Y-%m-%d %H:%M}  last used {used}")
+
+
+@token_group.command("revoke")
+@click.argument("name")
+@json_option
+@click.pass_context
+def token_revoke_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Revoke a token: every server refuses it from its next request on."""
+    from .db import connect
+    from .tokens import revoke_token
+
+    with connect(settings_of(ctx), autocommit=True) as conn:
+        revoke_token(conn, name)
+    if as_json:
+        emit_json({"revoked": name})
+        return
+    info(ctx, f"token {name!r} revoked")
+
+
+@cli.command("serve")
+@click.option(
+    "--transport",
+    type=click.Choice(["stdio", "http"]),
+    default="stdio",
+    show_default=True,
+    help="stdio: one agent that spawns this process; http: streamable HTTP for many.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="HTTP: address to bind.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    help="HTTP: 0 picks one.",
+)
+@click.option("--read-only", is_flag=True, help="Leave out record_usage and record_usage_batch.")
+@click.option(
+    "--no-auth", is_flag=True, help="HTTP: require no token (refused on a non-loopback host)."
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME[:PORT]",
+    help="HTTP: a Host clients use besides loopback (needed with a non-loopback --host).",
+)
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1024),
+    default=1_000_000,
+    show_default=True,
+    help="HTTP: larger request bodies are refused.",
+)
+@click.option(
+    "--stateless",
+    is_flag=True,
+    help="HTTP: no MCP sessions, any replica answers any request (behind a load balancer).",
+)
+@click.option(
+    "--pool-size", type=click.IntRange(1, 100), default=8, show_default=True,
+    help="Database connections kept open.",
+)  # fmt: skip
+@click.pass_context
+def serve_cmd(
+    ctx: click.Context,
+    transport: str,
+    host: str,
+    port: int,
+    read_only: bool,
+    no_auth: bool,
+    allowed_hosts: tuple[str, ...],
+    max_body_bytes: int,
+    stateless: bool,
+    pool_size: int,
+) -> None:
+    """Serve the knowledge base to agents over MCP, with the model loaded once.
+
+    Tools: search, get_artifact, record_usage, record_usage_batch, usage_report. Over HTTP:
+    MCP at /mcp, a JSON API (POST /v1/search, GET /v1/artifacts/TYPE/ID, POST /v1/usage),
+    GET /healthz; every request but /healthz needs a token (`token create`). Checks run
+    before the model loads; stdout carries only the protocol over stdio.
+
+    \b
+    Examples:
+      singularity-ops serve                                   # stdio, for one agent
+      singularity-ops serve --transport http --port 8765      # tokens required
+    """
+    from .server import HttpOptions, Knowledge, check_http_options, quiet_server_logs
+
+    options = HttpOptions(
+        host=host,
+        port=port,
+        require_tokens=not no_auth,
+        allowed_hosts=tuple(allowed_hosts),
+        max_body_bytes=max_body_bytes,
+        stateless=stateless,
+    )
+    if transport == "http":
+        check_http_options(options)  # before any connection or model load
+    settings = settings_of(ctx)
+    quiet_server_logs()
+    knowledge = Knowledge.open(settings, pool_size=pool_size, read_only=read_only)
+    try:
+        if transport == "stdio":
+            from .server import serve_stdio
+
+            serve_stdio(knowledge)
+        else:
+            from .server import serve_http
+
+            serve_http(knowledge, options, lambda m: click.echo(f"singularity-ops: {m}", err=True))
+    finally:
+        knowledge.close()
 
 
 @cli.command("backup")
@@ -1595,7 +1795,7 @@ def model_build_cmd(ctx: click.Context, force: bool, verify: bool, as_json: bool
     started = time.monotonic()
     result = ensure_graph(force=force, verify=verify)
     if as_json:
-        emit_json({**_to_jsonable(result), "seconds": time.monotonic() - started})
+        emit_json({**to_jsonable(result), "seconds": time.monotonic() - started})
         return
     state = f"built in {time.monotonic() - started:.1f} s" if result.built else "up to date"
     info(ctx, f"{result.path.parent}: {state}")

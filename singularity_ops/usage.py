@@ -398,6 +398,7 @@ def _parse_batches(
     result: IngestResult,
     batches: queue.Queue,
     stop: threading.Event,
+    max_problems: int = MAX_PROBLEMS_SHOWN,
 ) -> None:
     """The parser thread: lines -> COPY text of valid events, BATCH_LINES at a time, onto the
     queue (None at the end, an exception if reading failed). Gives up when `stop` is set: the
@@ -441,7 +442,7 @@ def _parse_batches(
                     )
             except ValueError as exc:
                 result.invalid += 1
-                if len(result.problems) < MAX_PROBLEMS_SHOWN:
+                if len(result.problems) < max_problems:
                     result.problems.append(f"{name}:{number}: {exc}")
                 continue
             if e.key in seen:  # the same event twice in this input: the first one counts
@@ -499,6 +500,7 @@ def ingest_usage(
     name: str = "-",
     skip_invalid: bool = False,
     environment: str = "dev",
+    max_problems: int = MAX_PROBLEMS_SHOWN,
 ) -> IngestResult:
     """Record usage events from JSON lines in one transaction: a thread parses while the
     database writes, batch by batch: a COPY into a staging table, then one statement that
@@ -531,7 +533,7 @@ def ingest_usage(
         stop = threading.Event()
         parser = threading.Thread(
             target=_parse_batches,
-            args=(stream, name, now, environment, identities, result, batches, stop),
+            args=(stream, name, now, environment, identities, result, batches, stop, max_problems),
             daemon=True,
         )
         parser.start()
@@ -564,6 +566,81 @@ def ingest_usage(
     result.duplicates = result.lines - result.invalid - result.recorded
     result.seconds = time.monotonic() - started
     return result
+
+
+MAX_BATCH_EVENTS = 500
+
+
+@dataclass(frozen=True)
+class EventError:
+    """Why one event of a batch was not recorded (index: its 0-based position)."""
+
+    index: int
+    error: str
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What record_events did: the valid events are recorded, the others listed."""
+
+    received: int
+    recorded: int
+    duplicates: int  # recorded before (same event_id or content), or repeated in the batch
+    errors: list[EventError]
+
+
+def record_events(
+    conn: psycopg.Connection,
+    events: Sequence[Any],
+    *,
+    environment: str = "dev",
+    reported_by: str | None = None,
+) -> BatchResult:
+    """Record up to MAX_BATCH_EVENTS usage events (dicts shaped like `record-usage --from`
+    lines, validated the same way); the invalid ones are reported one by one and the rest
+    recorded. `reported_by` (the caller's identity) goes into each event's metadata,
+    replacing anything the event says there."""
+    if len(events) > MAX_BATCH_EVENTS:
+        raise ConfigError(
+            f"{len(events)} events in one batch, more than {MAX_BATCH_EVENTS}; send them in parts"
+        )
+    lines: list[str] = []
+    errors: list[EventError] = []
+    for index, event in enumerate(events):
+        if not isinstance(event, Mapping):
+            errors.append(EventError(index, f"an event must be a JSON object, got {_kind(event)}"))
+            lines.append("")  # keeps line numbers equal to positions; blank lines are skipped
+            continue
+        event = dict(event)
+        if reported_by is not None:
+            metadata = event.get("metadata")
+            metadata = dict(metadata) if isinstance(metadata, Mapping) else {}
+            metadata["reported_by"] = reported_by
+            event["metadata"] = metadata
+        try:
+            lines.append(json.dumps(event, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            errors.append(EventError(index, f"not JSON: {exc}"))
+            lines.append("")
+    result = ingest_usage(
+        conn,
+        lines,
+        name="event",
+        skip_invalid=True,
+        environment=environment,
+        max_problems=MAX_BATCH_EVENTS,
+    )
+    for problem in result.problems:  # "event:N: message", N the 1-based line
+        _name, number, message = problem.split(":", 2)
+        errors.append(EventError(int(number) - 1, message.strip()))
+    errors.sort(key=lambda e: e.index)
+    return BatchResult(len(events), result.recorded, result.duplicates, errors)
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__
+    )
 
 
 # --- windows and reports -------------------------------------------------------------------
