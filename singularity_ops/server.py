@@ -13,6 +13,7 @@ and the search log live in PostgreSQL, so replicas behind a load balancer agree.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -331,6 +332,7 @@ def build_mcp(
     from mcp.server.mcpserver import MCPServer
     from mcp.server.mcpserver.exceptions import ResourceError, ToolError
     from mcp_types import ToolAnnotations
+
     from . import __version__
 
     settings = knowledge.settings
@@ -711,6 +713,22 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _uvicorn_server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM after its graceful shutdown, which would kill the process
+        before the pool closes: here a stop asked for by a signal is a clean exit (status 0)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                yield
+                self._captured_signals.clear()
+
+    return Server
+
+
 def serve_http(knowledge: Knowledge, options: HttpOptions, announce: Callable[[str], None]) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn finishes requests in flight, then returns)."""
     import uvicorn
@@ -730,7 +748,7 @@ def serve_http(knowledge: Knowledge, options: HttpOptions, announce: Callable[[s
         f"serving MCP on http://{shown}:{port}/mcp (JSON API under /v1, health at /healthz)"
         + ("" if options.require_tokens else "; no tokens required (--no-auth)")
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    _uvicorn_server_class()(config).run(sockets=[sock])
 
 
 def serve_stdio(knowledge: Knowledge) -> None:
