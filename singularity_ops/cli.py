@@ -804,8 +804,8 @@ def show_cmd(ctx: click.Context, ref: str, max_chars: int | None, as_json: bool)
 
     \b
     Examples:
-      singularity-ops show pattern/nats-consumer
-      singularity-ops show template/fastapi-service@2.0.0 --json | jq .source_path
+      singularity-ops show code_generation/nats_consumer_go
+      singularity-ops show code_generation/nats_consumer_go@1.0.2 --json | jq .source_path
     """
     from .artifacts import parse_ref, view_artifact
     from .db import connect
@@ -873,7 +873,12 @@ def token_create_cmd(ctx: click.Context, name: str, scope: str, as_json: bool) -
 @json_option
 @click.pass_context
 def token_list_cmd(ctx: click.Context, as_json: bool) -> None:
-    """List tokens: name, scope, created, last used (never the tokens themselves)."""
+    """List tokens: name, scope, created, last used (never the tokens themselves).
+
+    \b
+    Example:
+      singularity-ops token list --json
+    """
     from .db import connect
     from .tokens import list_tokens
 
@@ -894,7 +899,12 @@ def token_list_cmd(ctx: click.Context, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def token_revoke_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
-    """Revoke a token: every server refuses it from its next request on."""
+    """Revoke a token: every server refuses it from its next request on.
+
+    \b
+    Example:
+      singularity-ops token revoke ci-agent
+    """
     from .db import connect
     from .tokens import revoke_token
 
@@ -949,6 +959,17 @@ def token_revoke_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
     "--pool-size", type=click.IntRange(1, 100), default=8, show_default=True,
     help="Database connections kept open.",
 )  # fmt: skip
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Start as for serving (checks, pool, model, warm-up), report, and exit.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="With --check: the report as JSON. HTTP: the address as one JSON line on stdout.",
+)
 @click.pass_context
 def serve_cmd(
     ctx: click.Context,
@@ -961,6 +982,8 @@ def serve_cmd(
     max_body_bytes: int,
     stateless: bool,
     pool_size: int,
+    check: bool,
+    as_json: bool,
 ) -> None:
     """Serve the knowledge base to agents over MCP, with the model loaded once.
 
@@ -971,10 +994,21 @@ def serve_cmd(
 
     \b
     Examples:
-      singularity-ops serve                                   # stdio, for one agent
-      singularity-ops serve --transport http --port 8765      # tokens required
+      singularity-ops serve --check
+      singularity-ops serve --transport http --port 8765 --check --json
+    Then, to serve: `singularity-ops serve` (stdio, spawned by the agent) or
+    `singularity-ops serve --transport http` (tokens required).
     """
+    import time
+
+    from .errors import ConfigError
     from .server import HttpOptions, Knowledge, check_http_options, quiet_server_logs
+
+    if as_json and transport == "stdio" and not check:
+        raise ConfigError(
+            "--json needs --check or --transport http: over stdio, stdout carries the protocol"
+        )
+    started = time.monotonic()
 
     options = HttpOptions(
         host=host,
@@ -990,6 +1024,23 @@ def serve_cmd(
     quiet_server_logs()
     knowledge = Knowledge.open(settings, pool_size=pool_size, read_only=read_only)
     try:
+        if check:
+            from .server import build_http_app, build_mcp
+
+            build_mcp(knowledge) if transport == "stdio" else build_http_app(knowledge, options)
+            report = {
+                "ready": True,
+                "seconds": round(time.monotonic() - started, 3),
+                "transport": transport,
+                "model": f"{settings.embedding.provider}:{settings.embedding.model}",
+                "database": settings.url(),
+                "read_only": read_only,
+            }
+            if as_json:
+                emit_json(report)
+            else:
+                info(ctx, f"ready in {report['seconds']:.2f} s: {settings.url()}, {transport}")
+            return
         if transport == "stdio":
             from .server import serve_stdio
 
@@ -997,7 +1048,13 @@ def serve_cmd(
         else:
             from .server import serve_http
 
-            serve_http(knowledge, options, lambda m: click.echo(f"singularity-ops: {m}", err=True))
+            def announce(message: str, address: dict) -> None:
+                click.echo(f"singularity-ops: {message}", err=True)
+                if as_json:
+                    click.echo(json.dumps(address))
+                    sys.stdout.flush()
+
+            serve_http(knowledge, options, announce)
     finally:
         knowledge.close()
 

@@ -729,7 +729,9 @@ def _uvicorn_server_class() -> type:
     return Server
 
 
-def serve_http(knowledge: Knowledge, options: HttpOptions, announce: Callable[[str], None]) -> None:
+def serve_http(
+    knowledge: Knowledge, options: HttpOptions, announce: Callable[[str, dict], None]
+) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn finishes requests in flight, then returns)."""
     import uvicorn
 
@@ -744,9 +746,11 @@ def serve_http(knowledge: Knowledge, options: HttpOptions, announce: Callable[[s
         timeout_graceful_shutdown=10,
         lifespan="on",
     )
+    base = f"http://{shown}:{port}"
     announce(
-        f"serving MCP on http://{shown}:{port}/mcp (JSON API under /v1, health at /healthz)"
-        + ("" if options.require_tokens else "; no tokens required (--no-auth)")
+        f"serving MCP on {base}/mcp (JSON API under /v1, health at /healthz)"
+        + ("" if options.require_tokens else "; no tokens required (--no-auth)"),
+        {"url": base, "mcp": f"{base}/mcp", "healthz": f"{base}/healthz", "port": port},
     )
     _uvicorn_server_class()(config).run(sockets=[sock])
 
