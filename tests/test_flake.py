@@ -26,7 +26,9 @@ SYSTEMS = ["aarch64-darwin", "aarch64-linux", "x86_64-darwin", "x86_64-linux"]
 PY_NAMES = [
     "click", "psycopg", "pgvector", "pyyaml", "pglast", "onnxruntime", "tokenizers", "numpy",
     "onnx", "safetensors", "sentence-transformers", "pytest", "pytest-postgresql", "psutil",
-    "pytestCheckHook", "setuptools",
+    "pytestCheckHook", "setuptools", "psycopg-pool", "h11", "truststore", "anyio", "idna",
+    "typing-extensions", "pydantic", "cryptography", "jsonschema", "opentelemetry-api", "pyjwt",
+    "python-multipart", "sse-starlette", "starlette", "typing-inspection", "uvicorn",
 ]  # fmt: skip
 
 STUB_EVAL = """
@@ -165,6 +167,9 @@ def test_apps_are_exactly_cli_commands_each_described(flake):
         "backup",
         "restore",
         "status",
+        "show",
+        "serve",
+        "token",
     }
     assert apps <= set(cli.commands), f"apps without a CLI command: {apps - set(cli.commands)}"
     assert set(flake["types"].values()) == {"app"}
@@ -198,9 +203,21 @@ def test_checks_run_on_x86_64_linux_only_and_do_run_the_suite(flake):
 
 def test_the_runtime_gets_the_prebuilt_graph_and_no_torch(flake):
     assert "sentence-transformers" not in flake["dependencies"]
-    assert {"onnxruntime", "tokenizers", "numpy", "pglast", "psycopg"} <= set(flake["dependencies"])
+    names = {d if isinstance(d, str) else d["pname"] for d in flake["dependencies"]}
+    assert {"onnxruntime", "tokenizers", "numpy", "pglast", "psycopg", "mcp"} <= names
     assert flake["optional"]["embed"][:3] == ["onnxruntime", "tokenizers", "numpy"]
     assert flake["optional"]["reference"] == ["sentence-transformers"]
+    # serve: the MCP SDK 2.x from PyPI wheels, the version the checkout's .venv runs
+    from importlib.metadata import version
+
+    mcp, pool = flake["optional"]["serve"]
+    assert (mcp["pname"], pool) == ("mcp", "psycopg-pool")
+    assert mcp["version"] == version("mcp") and mcp["format"] == "wheel"
+    types = next(
+        d for d in mcp["dependencies"] if isinstance(d, dict) and d["pname"] == "mcp-types"
+    )
+    assert types["version"] == version("mcp-types")
+    assert mcp in flake["dependencies"], "`nix run .#serve` needs it in the package"
     assert "pythonRemoveDeps" not in flake["package_keys"]
     wrapper = flake["wrapper"]
     assert wrapper[wrapper.index("--set-default") + 1] == "SINGULARITY_ONNX_MODEL"
