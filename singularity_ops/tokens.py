@@ -8,7 +8,6 @@ every replica through the database.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
 import secrets
@@ -110,23 +109,28 @@ def revoke_token(conn: psycopg.Connection, name: str) -> None:
         raise TokenError(f"no token named {name[:80]!r}; `singularity-ops token list` shows them")
 
 
+_VERIFY = "SELECT name, scope, created_at, last_used_at FROM api_tokens WHERE token_sha256 = %s"
+_VERIFY_AND_NOTE = (
+    "WITH found AS (" + _VERIFY + "), noted AS (UPDATE api_tokens t SET last_used_at = now()"
+    " FROM found f WHERE t.name = f.name"
+    " AND (t.last_used_at IS NULL OR t.last_used_at < now() - interval '1 minute'))"
+    " SELECT * FROM found"
+)
+
+
 def verify_token(conn: psycopg.Connection, token: str) -> TokenInfo | None:
     """The token's record if `token` is a valid secret, else None. Notes the use (at most
     once a minute per token, so that busy servers do not write on every request)."""
     if not token.startswith(PREFIX) or len(token) > MAX_TOKEN_CHARS:
         return None
-    with conn.transaction():
-        row = conn.execute(
-            "SELECT name, scope, created_at, last_used_at FROM api_tokens WHERE token_sha256 = %s",
-            (_digest(token),),
-        ).fetchone()
-        if row is None:
-            return None
-        # A server on a read replica (--read-only) cannot write: the use goes unnoted.
-        with contextlib.suppress(psycopg.errors.ReadOnlySqlTransaction), conn.transaction():
-            conn.execute(
-                "UPDATE api_tokens SET last_used_at = now() WHERE name = %s"
-                " AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
-                (row[0],),
-            )
+    digest = _digest(token)
+    try:  # one round trip: every request of the HTTP server pays it
+        row = conn.execute(_VERIFY_AND_NOTE, (digest,)).fetchone()
+    except psycopg.errors.ReadOnlySqlTransaction:
+        # A server on a read replica cannot note the use; the check itself still works.
+        if not conn.autocommit:
+            conn.rollback()
+        row = conn.execute(_VERIFY, (digest,)).fetchone()
+    if row is None:
+        return None
     return TokenInfo(*row)

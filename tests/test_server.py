@@ -458,3 +458,15 @@ def test_tokens_are_shown_once_and_stored_as_hashes(embedded):
         from singularity_ops.tokens import verify_token
 
         assert verify_token(conn, token) is None
+
+
+def test_a_token_is_checked_on_a_read_only_server_too(embedded):
+    settings, _ = embedded
+    from singularity_ops.tokens import verify_token
+
+    with connect(settings, autocommit=True) as conn:
+        created = create_token(conn, "replica-reader")
+        conn.execute("SET default_transaction_read_only = on")  # as on a hot standby
+        assert verify_token(conn, created.token).name == "replica-reader"
+        assert verify_token(conn, created.token + "x") is None
+        assert verify_token(conn, "not-a-token") is None
