@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx2
 import psycopg
 from psycopg import sql
 
@@ -976,6 +977,148 @@ class Bench:
             )
         )
 
+    # -- 8. the MCP server ----------------------------------------------------------------
+    def bench_serve(self, calls: int, load_seconds: float, soak_seconds: float) -> None:
+        """`serve --transport http` driven by real MCP clients (bench/serve_load.py, another
+        process): ready time, single-client latencies, 8 clients under load, and a soak that
+        watches the server's RSS and its open sessions. The CLI's cold search beside them."""
+        from singularity_ops.tokens import create_token
+
+        print("serve", flush=True)
+        if self.args.quick:
+            settings = self.fresh_db("bench_serve")
+            config = self.config_for(settings, ROOT / "templates_data")
+            timed([*OPS, "--config", str(config), "-q", "import"])
+            timed([*OPS, "--config", str(config), "-q", "embed"])
+            queries = ROOT / "bench" / "relevance.json"
+        else:
+            import relevance_eval
+
+            settings = relevance_eval.build(self.base)
+            config = self.config_for(settings, ROOT / "templates_data")
+            queries = relevance_eval.QUERIES
+        with connect(settings, autocommit=True) as conn:
+            conn.execute("DELETE FROM api_tokens WHERE name = 'bench'")
+            token = create_token(conn, "bench", scope="write").token
+        serve = [*OPS, "--config", str(config), "serve", "--transport", "http", "--port", "0"]
+
+        def start() -> tuple[subprocess.Popen, str, float]:
+            started = time.perf_counter()
+            proc = subprocess.Popen(
+                [*serve, "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            )
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                raise RuntimeError(f"serve did not start (exit {proc.wait()})")
+            url = json.loads(line)["url"]
+            while True:
+                try:
+                    if httpx2.get(url + "/healthz", timeout=2).status_code == 200:
+                        return proc, url, time.perf_counter() - started
+                except httpx2.TransportError:
+                    pass
+                time.sleep(0.005)
+
+        def stop(proc: subprocess.Popen) -> None:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+        def rss_mib(proc: subprocess.Popen) -> float:
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+            return 0.0
+
+        def drive(what: str, url: str, *extra: str) -> dict:
+            out = subprocess.run(
+                [sys.executable, str(ROOT / "bench" / "serve_load.py"), what, url, token,
+                 str(queries), *extra],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if out.returncode != 0:
+                raise RuntimeError(f"serve_load {what} failed: {out.stderr[-800:]}")
+            return json.loads(out.stdout)
+
+        readies = []
+        for _ in range(max(self.args.repeat, 5)):
+            proc, _url, ready = start()
+            readies.append(ready)
+            stop(proc)
+        cold = statistics.median(
+            timed_rss([*OPS, "--config", str(config), "search", "retry with backoff"])[0]
+            for _ in range(max(self.args.repeat, 5))
+        )
+        ready = statistics.median(readies)
+        self.add(
+            Row(
+                "serve: ready (model loaded, /healthz 200; vs one cold CLI search)",
+                ready,
+                cold,
+                "under 2 s",
+                ready <= 2.0,
+            )
+        )
+        proc, url, _ = start()
+        try:
+            latency = drive("latency", url, "--calls", str(calls))
+            search = latency["search"]
+            self.add(
+                Row(
+                    f"serve: search p50 over MCP/HTTP, one client, {search['calls']} calls"
+                    f" (p95 {search['p95_ms']:.1f} ms; limit: the cold CLI search)",
+                    search["p50_ms"] / 1000,
+                    cold,
+                    "p50 25 ms, p95 60 ms",
+                    search["p50_ms"] <= 25 and search["p95_ms"] <= 60 and not latency["errors"],
+                )
+            )
+            for tool in ("get_artifact", "record_usage"):
+                figures = latency[tool]
+                self.add(
+                    Row(
+                        f"serve: {tool} p50 over MCP/HTTP, one client (p95 {figures['p95_ms']:.1f} ms)",
+                        figures["p50_ms"] / 1000,
+                        None,
+                        "p50 10 ms",
+                        figures["p50_ms"] <= 10,
+                    )
+                )
+            loaded = drive("load", url, "--clients", "8", "--seconds", str(load_seconds))
+            self.add(
+                Row(
+                    f"serve: 8 clients for {loaded['seconds']:.0f} s: {loaded['per_second']:.0f}"
+                    f" searches/s, {loaded['errors']} errors (time = p95)",
+                    loaded["p95_ms"] / 1000,
+                    None,
+                    "60/s, p95 250 ms, 0 errors",
+                    loaded["per_second"] >= 60 and loaded["p95_ms"] <= 250 and not loaded["errors"],
+                )
+            )
+            before = rss_mib(proc)
+            soak_started = time.monotonic()
+            waves = errors = 0
+            while time.monotonic() - soak_started < soak_seconds:
+                wave = min(30.0, soak_seconds - (time.monotonic() - soak_started))
+                errors += drive("load", url, "--clients", "8", "--seconds", str(max(wave, 1)))[
+                    "errors"
+                ]
+                waves += 1
+            grown = rss_mib(proc) - before
+            sessions = httpx2.get(url + "/healthz").json()["sessions"]
+            self.add(
+                Row(
+                    f"serve: soak {soak_seconds:.0f} s ({waves} waves of 8 clients): RSS"
+                    f" {before:.0f} -> {before + grown:.0f} MiB, {sessions} sessions open after,"
+                    f" {errors} errors",
+                    None,
+                    None,
+                    "growth under 30 MB, 0 sessions",
+                    grown < 30 and sessions == 0 and not errors,
+                )
+            )
+        finally:
+            stop(proc)
+
     def cleanup(self) -> None:
         with psycopg.connect(**self.base.conninfo("postgres"), autocommit=True) as admin:
             names = [
@@ -1033,7 +1176,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["import", "embed", "search", "model", "usage", "backup", "startup"],
+        choices=["import", "embed", "search", "model", "usage", "backup", "startup", "serve"],
     )
     parser.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results", help="where latest.md goes"
@@ -1043,7 +1186,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.repeat = max(args.repeat, 3)
-    only = set(args.only or ["import", "embed", "search", "model", "usage", "backup", "startup"])
+    only = set(
+        args.only or ["import", "embed", "search", "model", "usage", "backup", "startup", "serve"]
+    )
     sizes = (
         {
             "import": [200],
@@ -1052,6 +1197,7 @@ def main() -> None:
             "model": (40, 3),
             "usage": (2000, 50_000, 500),
             "backup": (200, 20_000),
+            "serve": (20, 2, 2),
         }
         if args.quick
         else {
@@ -1061,6 +1207,7 @@ def main() -> None:
             "model": (500, 7),
             "usage": (100_000, 10_000_000, 100_000),
             "backup": (20_000, 3_000_000),
+            "serve": (200, 60, 300),
         }
     )
     bench = Bench(args)
@@ -1084,6 +1231,8 @@ def main() -> None:
             bench.bench_backup(*sizes["backup"])
         if "startup" in only:
             bench.bench_startup()
+        if "serve" in only:
+            bench.bench_serve(*sizes["serve"])
     finally:
         bench.cleanup()
     now = datetime.now(UTC)

@@ -61,7 +61,9 @@ class LocalProvider:
 
     name = "local"
 
-    def __init__(self, config: EmbeddingConfig) -> None:
+    def __init__(self, config: EmbeddingConfig, *, serving: bool = False) -> None:
+        """serving=True tunes onnxruntime for many small concurrent requests (see
+        local_model.OnnxEncoder) instead of one big batch."""
         from . import local_model
 
         if config.model != LOCAL_MODEL:
@@ -78,7 +80,7 @@ class LocalProvider:
         self.dimensions = local_model.DIMENSIONS
         self.batch_size = config.batch_size
         try:
-            self._encoder = local_model.load_encoder()
+            self._encoder = local_model.load_encoder(serving=serving)
         except ImportError as exc:
             raise ProviderError(
                 f"the local model needs onnxruntime, tokenizers and numpy ({exc}); run "
@@ -213,10 +215,11 @@ def _backoff(attempt: int, retry_after: str | None) -> float:
     return min(0.2 * 2 ** (attempt - 1), 10.0) * random.uniform(0.75, 1.25)
 
 
-def make_provider(config: EmbeddingConfig) -> Provider:
-    """The provider for this configuration (loading a local model takes seconds)."""
+def make_provider(config: EmbeddingConfig, *, serving: bool = False) -> Provider:
+    """The provider for this configuration (loading a local model takes seconds); serving=True
+    for a long-running server answering one query at a time from many threads."""
     if config.provider == "local":
-        return LocalProvider(config)
+        return LocalProvider(config, serving=serving)
     if config.provider == "openai":
         return OpenAIProvider(config)
     raise ConfigError(

@@ -120,7 +120,10 @@ class Knowledge:
         try:
             pool.open(wait=True, timeout=settings.connect_timeout + 5)
             knowledge = cls(
-                settings, pool, provider or make_provider(settings.embedding), read_only
+                settings,
+                pool,
+                provider or make_provider(settings.embedding, serving=True),
+                read_only,
             )
             if warm:
                 knowledge.provider.embed(["warm up"])
