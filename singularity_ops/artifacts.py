@@ -85,6 +85,54 @@ class UsageResult:
     recorded: bool = True  # False: this event_id was recorded before, nothing changed
 
 
+def known_types(conn: psycopg.Connection) -> list[str]:
+    """The artifact types present, sorted."""
+    return [
+        row[0]
+        for row in conn.execute("SELECT DISTINCT artifact_type FROM knowledge_artifacts ORDER BY 1")
+    ]
+
+
+def resolve_types(
+    conn: psycopg.Connection,
+    types: Sequence[str],
+    type_map: Mapping[str, str] | None = None,
+) -> tuple[list[str], list[str]]:
+    """(the artifact types `types` name, a note per name that was taken as something else).
+
+    A corpus folder name (`prompts`) is accepted for the type import.type_map gives it
+    (`prompt`); an unknown name is a ConfigError that lists the types there are."""
+    from .errors import ConfigError
+
+    if not types:
+        return [], []
+    known = known_types(conn)
+    resolved, notes, unknown = [], [], []
+    for name in types:
+        mapped = (type_map or {}).get(name)
+        if name in known:
+            resolved.append(name)
+        elif mapped in known:
+            resolved.append(mapped)  # type: ignore[arg-type]
+            notes.append(f"{name!r} is the folder of artifact type {mapped!r}; using that")
+        else:
+            unknown.append(name)
+    if unknown:
+        raise ConfigError(
+            f"no artifact has type {', '.join(map(repr, unknown))} "
+            f"(types: {', '.join(known) or 'none, nothing is imported yet'})"
+        )
+    return resolved, notes
+
+
+def _not_found(conn: psycopg.Connection, label: str, artifact_type: str, hint: str) -> str:
+    detail = ""
+    if artifact_type not in (types := known_types(conn)):
+        shown = ", ".join(types) or "none: nothing is imported yet"
+        detail = f" (there is no type {artifact_type!r}; types: {shown})"
+    return f"no artifact {label}{detail}; {hint}"
+
+
 def get_artifact(
     conn: psycopg.Connection, artifact_type: str, artifact_id: str, version: str = LATEST
 ) -> ArtifactRecord:
@@ -159,7 +207,12 @@ def view_artifact(
     ).fetchone()
     if row is None:
         raise ArtifactNotFound(
-            f"no artifact {label}; find artifacts with `search` (singularity-ops search QUERY)"
+            _not_found(
+                conn,
+                label,
+                artifact_type,
+                "; find artifacts with `search` (singularity-ops search QUERY)",
+            )
         )
     return ArtifactView(*row)
 
@@ -240,8 +293,12 @@ def record_usage(
         ).fetchone()
         if row is None:
             raise ArtifactNotFound(
-                f"no artifact {label} to record usage for (artifacts are looked up by type and id); "
-                "check the spelling or import it first"
+                _not_found(
+                    conn,
+                    label,
+                    artifact_type,
+                    "check the spelling or import it first (artifacts are looked up by type and id)",
+                )
             )
         pk, found_version = row
         rank = None

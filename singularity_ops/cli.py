@@ -140,6 +140,22 @@ def emit_json(value: Any) -> None:
     click.echo(json.dumps(to_jsonable(value), indent=2, sort_keys=True))
 
 
+def _resolve_types(ctx: click.Context, conn, types) -> list[str]:
+    """--type values as artifact types (a corpus folder name is taken for its type, with a
+    note on stderr); an unknown one is a usage error listing the types there are."""
+    from .artifacts import resolve_types
+
+    resolved, notes = resolve_types(conn, types, settings_of(ctx).type_map)
+    for note in notes:
+        click.echo(f"singularity-ops: note: {note}", err=True)
+    return resolved
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    """'1 use', '2 uses'."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
 def warn(message: str) -> None:
     """A warning on stderr, redacted like every other diagnostic."""
     click.echo(f"singularity-ops: warning: {_redacted(message)}", err=True)
@@ -575,7 +591,13 @@ def import_cmd(
             ctx,
             f"{prefix}{result.inserted} inserted, {result.updated} updated, {result.unchanged} unchanged, "
             f"{result.skipped} skipped, {result.invalid} invalid, {result.pruned} pruned "
-            f"({result.seconds:.2f} s)",
+            f"({result.seconds:.2f} s)"
+            + (
+                f"; {result.need_embedding} artifact(s) need `singularity-ops embed` before "
+                "vector and hybrid search find them"
+                if result.need_embedding
+                else ""
+            ),
         )
     if result.invalid:
         ctx.exit(1)
@@ -723,6 +745,7 @@ def search_cmd(
     queries = _stdin_lines() if from_stdin else [query]
     failed = 0
     with connect(settings, autocommit=True) as conn:
+        options["types"] = _resolve_types(ctx, conn, types)
         for result in search_many(
             conn,
             None,
@@ -746,7 +769,7 @@ def search_cmd(
             elif as_json:
                 emit_json(result)
             else:
-                _print_hits(result.hits, mode)
+                _print_hits(result, mode)
                 # stderr, and only for a person: the hits stay the whole of stdout
                 if (
                     result.search_id
@@ -769,17 +792,37 @@ def _stdin_lines():
     return (line for _number, line in read_lines(sys.stdin.buffer))
 
 
-def _print_hits(hits, mode: str) -> None:
+def _print_hits(result, mode: str) -> None:
+    hits = result.hits
+    if result.unembedded:
+        click.echo(
+            f"note: {result.unembedded} artifact(s) have no vector yet, so only their words "
+            "can match; run `singularity-ops embed`",
+            err=True,
+        )
     if not hits:
-        click.echo("no results (is everything embedded? try `singularity-ops embed`)", err=True)
+        if result.best_similarity is not None:
+            click.echo(
+                f"no results above --min-similarity; the most similar artifact scored "
+                f"{result.best_similarity:.3f}",
+                err=True,
+            )
+        else:
+            click.echo("no results", err=True)
         return
     # Position first: in hybrid mode the order is the fused rank, so the similarity column
     # need not decrease (a better text match can lift a less similar artifact).
     width = len(str(len(hits)))
+    column = {"text": "text rank", "vector": "similarity"}.get(
+        mode, "similarity (order: fused rank)"
+    )
+    click.echo(f"{'#':>{width}}  {column}  artifact")
     for position, hit in enumerate(hits, 1):
         label = f"{hit.artifact_type}/{hit.artifact_id}@{hit.version}"
         extra = f"  {hit.name}" if hit.name else ""
-        stale = "  (stale embedding)" if hit.stale else ""
+        stale = (
+            "  (not embedded)" if not hit.embedded else "  (stale embedding)" if hit.stale else ""
+        )
         if mode == "text":
             lead = f"{hit.score:.3f}"
         else:
@@ -1131,7 +1174,7 @@ def backup_cmd(
 
 
 @cli.command("restore")
-@click.argument("file", required=False, type=click.Path(exists=True, path_type=Path))
+@click.argument("file", required=False, type=click.Path(path_type=Path))
 @click.option(
     "--latest", is_flag=True, help="Restore the newest good backup in the backup directory."
 )
@@ -1208,6 +1251,15 @@ def restore_cmd(
         return
     if bool(file) == latest:
         raise ConfigError("give either a backup FILE or --latest")
+    if file is not None and not file.exists():
+        # The bare name `backup` printed: look for it in the backup directory.
+        beside = settings.backup_dir / file.name
+        if file.parent != Path(".") or not beside.exists():
+            raise ConfigError(
+                f"backup {file} does not exist"
+                + ("" if file.parent != Path(".") else f" (nor in {settings.backup_dir})")
+            )
+        file = beside
     dump = file or latest_backup(settings.backup_dir, settings.dbname)
     result = restore(
         settings,
@@ -1266,6 +1318,12 @@ def restore_cmd(
     is_flag=True,
     help="With --from: record the valid lines, report the rest (exit 1).",
 )
+@click.option(
+    "--unkeyed-now",
+    is_flag=True,
+    help="With --from: record lines that have neither event_id nor used_at as uses at the "
+    "time of ingest (each run records them again) instead of refusing them.",
+)
 @json_option
 @click.pass_context
 def record_usage_cmd(
@@ -1279,6 +1337,7 @@ def record_usage_cmd(
     event_id,
     from_file,
     skip_invalid: bool,
+    unkeyed_now: bool,
     as_json,
 ):
     """Record uses of artifacts and update their counters (one transaction).
@@ -1287,13 +1346,14 @@ def record_usage_cmd(
     object per line: {"artifact_type", "artifact_id", "version"?, "success", "duration_ms"?,
     "used_at"?, "environment"?, "metadata"?, "event_id"?, "search_id"?}. Strict: any bad line or unknown
     artifact records nothing (--skip-invalid records the rest). Events already recorded (same
-    event_id, or the same line content when there is none) are skipped, so re-ingesting a log
-    counts nothing twice.
+    event_id, or the same line content with its used_at) are skipped, so re-ingesting a log
+    counts nothing twice. A line needs an event_id or a used_at: one with neither is refused
+    (it would count once ever), unless --unkeyed-now records it at the time of ingest.
 
     \b
     Examples:
       singularity-ops record-usage code_generation nats_consumer_go --success --duration-ms 120
-      echo '{"artifact_type": "prompt", "artifact_id": "explain_error", "success": true}' | singularity-ops record-usage --from -
+      echo '{"artifact_type": "prompt", "artifact_id": "explain_error", "success": true, "event_id": "job-1"}' | singularity-ops record-usage --from -
     """
     from .db import connect
     from .errors import ConfigError
@@ -1321,6 +1381,7 @@ def record_usage_cmd(
                 name=from_file.name if from_file.name != "<stdin>" else "-",
                 skip_invalid=skip_invalid,
                 environment=settings.environment,
+                unkeyed="now" if unkeyed_now else "refuse",
             )
         for problem in result.problems:
             click.echo(f"skipped invalid: {problem}", err=True)
@@ -1338,8 +1399,8 @@ def record_usage_cmd(
         return
     if not (artifact_type and artifact_id) or success is None:
         raise ConfigError("give TYPE ID and --success or --failure, or --from FILE")
-    if skip_invalid:
-        raise ConfigError("--skip-invalid goes with --from")
+    if skip_invalid or unkeyed_now:
+        raise ConfigError("--skip-invalid and --unkeyed-now go with --from")
     from .artifacts import record_usage
 
     with connect(settings, autocommit=True) as conn:
@@ -1361,8 +1422,9 @@ def record_usage_cmd(
     note = "" if result.recorded else " (this event_id was recorded before: nothing changed)"
     info(
         ctx,
-        f"{result.artifact_type}/{result.artifact_id}@{result.version}: {result.usage_count} uses, "
-        f"{result.success_count} successes ({rate}){note}",
+        f"{result.artifact_type}/{result.artifact_id}@{result.version}: "
+        f"{_count(result.usage_count, 'use')}, {_count(result.success_count, 'success', 'successes')}"
+        f" ({rate}){note}",
     )
 
 
@@ -1406,7 +1468,7 @@ def usage_cmd(ctx, since: str, types, environment, top: int, from_raw: bool, as_
         report = usage_report(
             conn,
             since_days=days,
-            types=types,
+            types=_resolve_types(ctx, conn, types),
             environment=environment,
             top=top,
             source="raw" if from_raw else "rollup",
@@ -1578,6 +1640,7 @@ def export_cmd(ctx, min_usage, min_success_rate, types, out, since, as_json: boo
     settings = settings_of(ctx)
     since_days = parse_window(since) if since else None
     with connect(settings, autocommit=True) as conn:
+        types = tuple(_resolve_types(ctx, conn, types))
         result = export_proven(
             conn,
             out or settings.export_dir,
@@ -1822,6 +1885,40 @@ def migrate_new_cmd(ctx: click.Context, description: str, as_json: bool) -> None
         emit_json({"path": path})
     else:
         click.echo(path)
+
+
+@migrate_cmd.command("forget")
+@click.argument("version", type=click.IntRange(min=1))
+@click.option("--yes", is_flag=True, help="Do not ask (needed when stdin is not a terminal).")
+@json_option
+@click.pass_context
+def migrate_forget_cmd(ctx: click.Context, version: int, yes: bool, as_json: bool) -> None:
+    """Forget that migration VERSION was applied (its row in schema_migrations), undoing nothing.
+
+    The way out when a migration was applied by mistake (an empty `migrate new` file, say):
+    forget it, then fix or delete the file; the next `migrate` applies what the file holds
+    then. Anything it did, undo by hand first.
+
+    \b
+    Example:
+      singularity-ops migrate forget 42 --yes || true    # 42: not applied, so this says so
+    """
+    from .db import connect
+    from .errors import ConfigError
+    from .migrate import forget_migration
+
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigError("stdin is not a terminal: confirm with --yes")
+        click.confirm(
+            f"forget migration {version:04d} (its effects stay in the database)?", abort=True
+        )
+    with connect(settings_of(ctx), autocommit=True) as conn:
+        row = forget_migration(conn, version)
+    if as_json:
+        emit_json(row)
+        return
+    info(ctx, f"forgot {row.version:04d}_{row.name}.sql (applied {row.applied_at:%Y-%m-%d %H:%M})")
 
 
 @cli.group("model")

@@ -41,6 +41,7 @@ class ImportResult:
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    need_embedding: int = 0  # artifacts (all of them, not only this import's) `embed` has to do
 
 
 def known_sources(conn: psycopg.Connection) -> dict[str, tuple[str, str, str, str]]:
@@ -103,6 +104,11 @@ def import_artifacts(
         raise SingularityOpsError(
             f"import failed and was rolled back, nothing was written: {detail}"
         ) from None
+    if not dry_run:
+        result.need_embedding = conn.execute(
+            "SELECT count(*) FROM knowledge_artifacts"
+            " WHERE embedding IS NULL OR embedded_hash IS DISTINCT FROM embedding_source_hash"
+        ).fetchone()[0]  # type: ignore[index]
     result.seconds = time.monotonic() - started
     return result
 

@@ -368,7 +368,15 @@ def check_pending(
             "number) or pass --out-of-order to apply it anyway"
         )
     for migration in pending:
-        check_transaction_control(migration, parse_statements(migration))
+        statements = parse_statements(migration)
+        if not statements:
+            # Applied, it would be stuck: adding SQL later is "changed after it was applied".
+            raise MigrationError(
+                f"{migration.filename}: no SQL statements (only comments or blank lines); "
+                "write the migration first, or delete the file if it was made by mistake; "
+                "nothing was applied"
+            )
+        check_transaction_control(migration, statements)
     return pending
 
 
@@ -417,6 +425,25 @@ def migrate(
             _reset_session(conn)
             done.append(migration.filename)
     return MigrateResult(done, len(pending), len(applied), False, time.monotonic() - started)
+
+
+def forget_migration(
+    conn: psycopg.Connection, version: int, *, lock_timeout: float = 60
+) -> AppliedMigration:
+    """Remove `version` from schema_migrations without undoing anything it did: the way out
+    for a migration applied by mistake (an empty file, say) whose file you then fix or
+    delete. Undo its effects by hand first if it had any."""
+    if not conn.autocommit:
+        raise ValueError("forget_migration() needs an autocommit connection (it takes the lock)")
+    with advisory_lock(conn, LOCK_KEY, lock_timeout, "migrate"):
+        row = applied_migrations(conn).get(version)
+        if row is None:
+            raise MigrationError(
+                f"migration {version:04d} is not applied; `singularity-ops migrate status` "
+                "lists the applied ones"
+            )
+        conn.execute(f"DELETE FROM {TABLE} WHERE version = %s", (version,))
+    return row
 
 
 def new_migration(directory: Path, description: str) -> Path:

@@ -38,7 +38,7 @@ from psycopg import sql
 
 from .backup import BackupError, good_backups, pg_env, series_name, table_counts, verify_backup
 from .config import Settings
-from .db import advisory_lock, connect, database_exists, lock_key, wait_for_server
+from .db import advisory_lock, connect, database_exists, lock_key, relation_exists, wait_for_server
 from .errors import SingularityOpsError
 from .faults import pause_point
 from .pgbin import find_program
@@ -69,6 +69,10 @@ class RestoreResult:
     cleaned: list[str] = field(default_factory=list)  # leftovers of killed restores removed
     usage_kept: int = 0  # knowledge-only: usage events carried over from the replaced database
     usage_discarded: int = 0  # ... and events dropped because their artifact is not in the backup
+    # A full restore over a database: its usage events used after the backup was taken (not
+    # in the backup, so gone with the replaced database), and their first and last time.
+    usage_lost: int = 0
+    usage_lost_span: list[str] | None = None
 
 
 def latest_backup(directory: Path, dbname: str) -> Path:
@@ -293,6 +297,8 @@ def restore(
                             settings, source, scratch, discard_orphaned_usage
                         )
                         result.usage_kept, result.usage_discarded = kept, discarded
+                    else:
+                        _note_lost_usage(source, manifest, result)
                 finally:
                     source.close()
             _swap(admin, target, scratch, aside, exists, record)
@@ -308,6 +314,28 @@ def restore(
             _drop(admin, aside)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _note_lost_usage(source: psycopg.Connection, manifest: dict, result: RestoreResult) -> None:
+    """Count the replaced database's usage events used after the backup was taken: a full
+    restore loses them (a knowledge-only one carries usage over)."""
+    taken = manifest.get("created_at")
+    if not taken or not relation_exists(source, "artifact_usage"):
+        return
+    count, first, last = source.execute(
+        "SELECT count(*), min(used_at), max(used_at) FROM artifact_usage WHERE used_at > %s",
+        (taken,),
+    ).fetchone()  # type: ignore[misc]
+    if not count:
+        return
+    result.usage_lost = count
+    result.usage_lost_span = [first.isoformat(), last.isoformat()]
+    result.warnings.append(
+        f"{count} usage event(s) recorded in {result.target!r} after this backup was taken "
+        f"({first:%Y-%m-%d %H:%M} .. {last:%Y-%m-%d %H:%M} UTC) are not in it and went with "
+        "the replaced database; to restore artifacts without losing usage, restore a "
+        "knowledge-only backup (`backup --knowledge-only`), which carries usage over"
+    )
 
 
 _PG_DUMP_META = re.compile(r"^\\(connect|restrict|unrestrict)\b")

@@ -143,7 +143,8 @@ class SearchHit:
     description: str | None
     language: str | None
     tags: list[str]
-    stale: bool  # the content changed since it was embedded
+    stale: bool  # embedded, but the content changed since
+    embedded: bool  # has a vector of the configured model (False: `embed` has not reached it)
     score: float  # what the order follows: similarity, ts_rank_cd, or the fused RRF score
     vector_rank: int | None  # 1-based rank in the vector ranking (None: not among its candidates)
     text_rank: int | None  # 1-based rank in the full-text ranking (None: no query word matched)
@@ -161,6 +162,11 @@ class SearchResult:
     mode: str
     rank_by: str
     hits: list[SearchHit]
+    # vector and hybrid: artifacts without a vector of the configured model, which only the
+    # text ranking can find (run `embed`)
+    unembedded: int = 0
+    # no hit passed --min-similarity: the best similarity there was, to say how far off it was
+    best_similarity: float | None = None
 
 
 def _filters(types: bool, language: bool, tags: bool) -> list[sql.Composable]:
@@ -307,7 +313,9 @@ def search_sql(
         SELECT a.artifact_type, a.artifact_id, a.version, s.similarity,
                coalesce(a.content->>'name', a.content->'metadata'->>'name') AS name,
                coalesce(a.content->>'description', a.content->'metadata'->>'description') AS description,
-               a.language, a.tags, a.embedded_hash IS DISTINCT FROM a.embedding_source_hash AS stale,
+               a.language, a.tags,
+               a.embedded_hash IS NOT NULL AND a.embedded_hash IS DISTINCT FROM a.embedding_source_hash AS stale,
+               coalesce(a.embedding_model = {key}, false) AS embedded,
                r.score, r.vector_rank, r.text_rank, a.id::text, a.source_path
         FROM ranked r JOIN knowledge_artifacts a USING (id)
         CROSS JOIN LATERAL (SELECT {similarity} AS similarity) s
@@ -320,6 +328,7 @@ def search_sql(
         ranked=ranked,
         similarity=similarity,
         cutoff=cutoff,
+        key=sql.Literal(key),
     )
 
 
@@ -444,6 +453,16 @@ def check_search(
     )
 
 
+def unembedded_count(conn: psycopg.Connection, config: EmbeddingConfig) -> int:
+    """Artifacts without a vector of the configured model: vector ranking cannot find them."""
+    key = model_key(config, TEXT_VERSION)
+    return conn.execute(
+        "SELECT count(*) FROM knowledge_artifacts WHERE embedding_model IS DISTINCT FROM %s"
+        " OR embedding IS NULL",
+        (key,),
+    ).fetchone()[0]  # type: ignore[index]
+
+
 def run_search(
     conn: psycopg.Connection,
     config: EmbeddingConfig,
@@ -542,6 +561,7 @@ def search_many(
         raise ConfigError(f"--rank-by must be one of {', '.join(RANKINGS)}, got {rank_by!r}")
     check_search(conn, config, mode=mode, **_check_options(options))
     top_k = options.pop("top_k", 10)
+    unembedded = 0 if mode == "text" else unembedded_count(conn, config)
     for query in queries:
         if isinstance(query, BadLine):  # from lines.read_lines: too long, or not UTF-8
             if on_error == "yield":
@@ -591,7 +611,14 @@ def search_many(
                 duration_ms=(time.perf_counter() - started) * 1000,
             )
             search_id = search_id if logged else None
-        yield SearchResult(search_id, text, mode, rank_by, hits)
+        best = None
+        if not hits and options.get("min_similarity") is not None and vector is not None:
+            nearest = run_search(
+                conn, config, vector=vector, query=text, mode="vector", top_k=1,
+                **{**options, "min_similarity": None},
+            )  # fmt: skip
+            best = nearest[0].similarity if nearest else None
+        yield SearchResult(search_id, text, mode, rank_by, hits, unembedded, best)
 
 
 def _check_options(options: dict) -> dict:

@@ -290,9 +290,22 @@ def _parse_used_at(used_at: Any, now: datetime) -> str:
     return utc.date().isoformat()
 
 
-def parse_event(line: str, now: datetime, default_environment: str) -> ParsedEvent:
+UNKEYED_HINT = (
+    'has neither "event_id" nor "used_at", so it is keyed on its content: the same use '
+    "reported again later (a second run of the same job, say) would count once only. Add "
+    'an "event_id" (your id for this use) or a "used_at" time, or pass --unkeyed-now to '
+    "record each such line as a use at the time of ingest"
+)
+
+
+def parse_event(
+    line: str, now: datetime, default_environment: str, unkeyed: str = "refuse"
+) -> ParsedEvent:
     """One JSON line of a usage log; ValueError says what is wrong with it. Whatever passes is
-    taken by PostgreSQL as it is (no NUL, NaN, week dates or offsets it would refuse)."""
+    taken by PostgreSQL as it is (no NUL, NaN, week dates or offsets it would refuse).
+
+    unkeyed: a line with neither event_id nor used_at is refused ("refuse"), or recorded as a
+    use at `now` ("now"; ingesting it again records it again)."""
     try:
         event = json.loads(line, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
@@ -334,6 +347,11 @@ def parse_event(line: str, now: datetime, default_environment: str) -> ParsedEve
     if problem:
         raise ValueError(problem)
     used_at = event.get("used_at")
+    if used_at is None and event.get("event_id") is None:
+        if unkeyed != "now":
+            raise ValueError(UNKEYED_HINT)
+        used_at = now.isoformat()
+        event = {**event, "used_at": used_at}  # the key differs from one ingest to the next
     if used_at is not None:
         day = _parse_used_at(used_at, now)
     else:
@@ -399,6 +417,7 @@ def _parse_batches(
     batches: queue.Queue,
     stop: threading.Event,
     max_problems: int = MAX_PROBLEMS_SHOWN,
+    unkeyed: str = "refuse",
 ) -> None:
     """The parser thread: lines -> COPY text of valid events, BATCH_LINES at a time, onto the
     queue (None at the end, an exception if reading failed). Gives up when `stop` is set: the
@@ -426,7 +445,7 @@ def _parse_batches(
                     raise ValueError(line.reason)
                 if len(line) > MAX_LINE_BYTES:
                     raise ValueError(f"longer than {MAX_LINE_BYTES:,} bytes")
-                e = parse_event(line, now, environment)
+                e = parse_event(line, now, environment, unkeyed)
                 pk = (
                     exact.get((e.artifact_type, e.artifact_id, e.version))
                     if e.version is not None
@@ -501,13 +520,15 @@ def ingest_usage(
     skip_invalid: bool = False,
     environment: str = "dev",
     max_problems: int = MAX_PROBLEMS_SHOWN,
+    unkeyed: str = "refuse",
 ) -> IngestResult:
     """Record usage events from JSON lines in one transaction: a thread parses while the
     database writes, batch by batch: a COPY into a staging table, then one statement that
     inserts the new events, rolls them up and bumps each artifact's counters once.
 
     Strict unless skip_invalid: a bad line (its file:line and what is wrong, or an artifact
-    that does not exist) means nothing is recorded. Events already ingested (same event_key)
+    that does not exist) means nothing is recorded. A line with neither event_id nor used_at
+    is refused unless unkeyed="now" (parse_event). Events already ingested (same event_key)
     are counted as duplicates and skipped, so ingesting the same log twice changes nothing.
     """
     started = time.monotonic()
@@ -533,7 +554,18 @@ def ingest_usage(
         stop = threading.Event()
         parser = threading.Thread(
             target=_parse_batches,
-            args=(stream, name, now, environment, identities, result, batches, stop, max_problems),
+            args=(
+                stream,
+                name,
+                now,
+                environment,
+                identities,
+                result,
+                batches,
+                stop,
+                max_problems,
+                unkeyed,
+            ),
             daemon=True,
         )
         parser.start()
@@ -629,6 +661,7 @@ def record_events(
         skip_invalid=True,
         environment=environment,
         max_problems=MAX_BATCH_EVENTS,
+        unkeyed="now",  # an agent reports as it goes: like record_usage called once per event
     )
     for problem in result.problems:  # "event:N: message", N the 1-based line
         _name, number, message = problem.split(":", 2)

@@ -96,7 +96,7 @@ def test_record_usage_cli_and_unknown_artifact(versioned, tmp_path):
         "--config", str(config), "record-usage", "patterns", "nope", "--failure", cwd=tmp_path
     )
     assert missing.returncode == 1
-    assert "no artifact patterns/nope to record usage for" in missing.stderr
+    assert "no artifact patterns/nope; check the spelling" in missing.stderr
     usage = run_cli("--config", str(config), "record-usage", "patterns", "cache", cwd=tmp_path)
     assert usage.returncode == 2, "--success or --failure is required"
     with psycopg.connect(**versioned.conninfo()) as conn:

@@ -374,3 +374,37 @@ def test_a_connection_ended_by_another_session_prints_no_stray_rollback_line(ful
     )
     assert out.returncode == 0, out.stderr
     assert "error ignored in rollback" not in out.stderr and out.stderr == ""
+
+
+def test_a_full_restore_says_how_much_usage_after_the_backup_it_drops(full_db, tmp_path):
+    dump = backup(full_db, tmp_path / "b").path
+    with psycopg.connect(**full_db.conninfo()) as conn:
+        record_usage(conn, "pattern", "p2", success=True)
+        record_usage(conn, "pattern", "p3", success=False)
+        conn.commit()
+    config = write_cli_config(tmp_path, full_db, backup={"dir": str(tmp_path / "b")})
+    out = run_cli("--config", str(config), "restore", str(dump), "--force", "--json",
+                  cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["usage_lost"] == 2 and len(result["usage_lost_span"]) == 2
+    assert "2 usage event(s)" in out.stderr and "--knowledge-only" in out.stderr
+    again = run_cli("--config", str(config), "restore", str(dump), "--force", "--json",
+                    cwd=tmp_path)  # fmt: skip
+    assert json.loads(again.stdout)["usage_lost"] == 0, "nothing newer than the backup: no warning"
+
+
+def test_restore_finds_a_bare_backup_name_in_the_backup_directory(full_db, tmp_path):
+    dump = backup(full_db, tmp_path / "b").path
+    config = write_cli_config(tmp_path, full_db, backup={"dir": str(tmp_path / "b")})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = run_cli("--config", str(config), "restore", dump.name, "--target-db", "sops_bare_name",
+                  "--json", cwd=elsewhere)  # fmt: skip
+    try:
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["file"] == str(dump)
+    finally:
+        drop(full_db, "sops_bare_name")
+    missing = run_cli("--config", str(config), "restore", "nope.dump", cwd=elsewhere)
+    assert missing.returncode == 2 and f"nor in {tmp_path / 'b'}" in missing.stderr

@@ -371,3 +371,33 @@ def test_a_misnamed_migration_file_is_named_in_a_warning(ext_settings, tmp_path)
     out = run_cli("--config", str(config), "migrate")
     assert out.returncode == 0, out.stderr
     assert "0002_b.SQL: ignored, not a migration" in out.stderr
+
+
+def test_an_empty_migration_is_refused_and_forget_is_the_way_out(
+    ext_settings, migrations, tmp_path
+):
+    run_migrate(ext_settings, migrations)
+    empty = new_migration(migrations, "add an index later")
+    with pytest.raises(MigrationError, match=rf"{empty.name}: no SQL statements"):
+        run_migrate(ext_settings, migrations)
+    # An empty file applied by an older toolkit: SQL added later would be refused as an edit.
+    with psycopg.connect(**ext_settings.conninfo()) as conn:
+        version = int(empty.name[:4])
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum, execution_ms)"
+            " VALUES (%s, 'add_an_index_later', 'x', 0)",
+            (version,),
+        )
+    empty.write_text("CREATE TABLE later (id int);\n")
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        run_migrate(ext_settings, migrations)
+    config = write_cli_config(tmp_path, ext_settings, migrations={"dir": str(migrations)})
+    unconfirmed = run_cli("--config", str(config), "migrate", "forget", str(version), cwd=tmp_path)
+    assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+    forgot = run_cli("--config", str(config), "migrate", "forget", str(version), "--yes",
+                     cwd=tmp_path)  # fmt: skip
+    assert forgot.returncode == 0, forgot.stderr
+    assert run_migrate(ext_settings, migrations).applied == [empty.name]
+    assert "later" in tables(ext_settings)
+    missing = run_cli("--config", str(config), "migrate", "forget", "999", "--yes", cwd=tmp_path)
+    assert missing.returncode == 1 and "not applied" in missing.stderr

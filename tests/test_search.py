@@ -175,8 +175,10 @@ def test_nothing_embedded_fails_before_any_model_load(corpus_db, tmp_path):
     # text mode works without any embedding
     out = run_cli("--config", str(config), "search", "pancake", "--mode", "text")
     assert out.returncode == 0 and "code/pancakes" in out.stdout
-    lines = out.stdout.splitlines()
+    header, *lines = out.stdout.splitlines()
+    assert header.split() == ["#", "ts_rank", "type/id@version", "name"]
     assert [line.split()[0] for line in lines] == [str(n) for n in range(1, len(lines) + 1)]
+    assert all(line.endswith("(not embedded)") for line in lines), "never embedded, not stale"
 
 
 def test_missing_database_fails_before_any_model_load(db_settings, tmp_path):
@@ -205,3 +207,23 @@ def test_library_search_rejects_bad_arguments_before_the_model(embedded):
             search(conn, UnusedProvider(), LOCAL, "x", mode="fuzzy")
         with pytest.raises(ConfigError, match="--top-k must be at least 1"):
             search(conn, UnusedProvider(), LOCAL, "x", top_k=0)
+
+
+def test_search_says_what_it_left_out_and_how_far_off_a_cutoff_was(corpus_db, tmp_path):
+    settings, root = corpus_db
+    run_embed(settings, None)
+    (root / "code" / "late.json").write_text('{"id": "late", "name": "Late arrival"}')
+    config = write_cli_config(tmp_path, settings, **{"import": {"root": str(root)}})
+    imported = run_cli("--config", str(config), "import", cwd=tmp_path)
+    assert "1 artifact(s) need `singularity-ops embed`" in imported.stdout
+    out = run_cli("--config", str(config), "search", "pancake recipe", cwd=tmp_path)
+    assert out.returncode == 0
+    assert "note: 1 artifact(s) have no vector yet" in out.stderr
+    assert out.stdout.splitlines()[0].endswith("(ordered by the fused rank)")
+    far = run_cli("--config", str(config), "search", "pancake recipe", "--min-similarity", "0.99",
+                  "--json", cwd=tmp_path)  # fmt: skip
+    result = json.loads(far.stdout)
+    assert result["hits"] == [] and 0 < result["best_similarity"] < 0.99
+    text = run_cli("--config", str(config), "search", "pancake recipe", "--min-similarity",
+                   "0.99", cwd=tmp_path)  # fmt: skip
+    assert f"the most similar artifact scored {result['best_similarity']:.3f}" in text.stderr

@@ -396,3 +396,41 @@ def test_export_since_judges_by_the_window_and_records_it(kb, tmp_path):
     config = write_cli_config(tmp_path, kb, export={"out": str(tmp_path / "cli")})
     out = run_cli("--config", str(config), "export", "--since", "90d", "--json", cwd=tmp_path)
     assert json.loads(out.stdout)["written"] == ["patterns/beta.json"]
+
+
+def test_a_line_without_event_id_or_used_at_is_refused_unless_unkeyed_now(kb, tmp_path):
+    config = write_cli_config(tmp_path, kb)
+    keyless = line("alpha") + "\n"
+    refused = run_cli("--config", str(config), "record-usage", "--from", "-", input=keyless,
+                      cwd=tmp_path)  # fmt: skip
+    assert refused.returncode == 1
+    assert "-:1: has neither" in refused.stderr
+    assert '"event_id"' in refused.stderr and "--unkeyed-now" in refused.stderr
+    assert counters(kb)[1] == 0
+    for _ in range(2):  # the same job run twice: two uses, not one
+        out = run_cli("--config", str(config), "record-usage", "--from", "-", "--unkeyed-now",
+                      input=keyless, cwd=tmp_path)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+    assert counters(kb)[0]["alpha@1.0.0"] == (2, 2)
+    keyed = line("alpha", event_id="job-1") + "\n"
+    for _ in range(2):
+        run_cli("--config", str(config), "record-usage", "--from", "-", input=keyed, cwd=tmp_path)
+    assert counters(kb)[0]["alpha@1.0.0"] == (3, 3), "an event_id still counts once"
+
+
+def test_a_wrong_type_is_caught_everywhere_and_a_folder_name_is_taken_for_its_type(kb, tmp_path):
+    config = write_cli_config(tmp_path, kb, **{"import": {"type_map": {"pats": "patterns"}}})
+
+    def cli(*args):
+        return run_cli("--config", str(config), *args, cwd=tmp_path)
+
+    for args in (("usage", "--type", "nope"), ("export", "--type", "nope"),
+                 ("search", "x", "--mode", "text", "--type", "nope")):  # fmt: skip
+        out = cli(*args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert "'nope'" in out.stderr and "types: patterns" in out.stderr, args
+    folder = cli("usage", "--type", "pats", "--json")
+    assert folder.returncode == 0, folder.stderr
+    assert "'pats' is the folder of artifact type 'patterns'" in folder.stderr
+    record = cli("record-usage", "nope", "alpha", "--success")
+    assert record.returncode == 1 and "there is no type 'nope'; types: patterns" in record.stderr
