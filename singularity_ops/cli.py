@@ -813,10 +813,9 @@ def _print_hits(result, mode: str) -> None:
     # Position first: in hybrid mode the order is the fused rank, so the similarity column
     # need not decrease (a better text match can lift a less similar artifact).
     width = len(str(len(hits)))
-    column = {"text": "text rank", "vector": "similarity"}.get(
-        mode, "similarity (order: fused rank)"
-    )
-    click.echo(f"{'#':>{width}}  {column}  artifact")
+    column = "ts_rank" if mode == "text" else "similarity"
+    order = "  (ordered by the fused rank)" if mode == "hybrid" else ""
+    click.echo(f"{'#':>{width}}  {column}  type/id@version  name{order}")
     for position, hit in enumerate(hits, 1):
         label = f"{hit.artifact_type}/{hit.artifact_id}@{hit.version}"
         extra = f"  {hit.name}" if hit.name else ""

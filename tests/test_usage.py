@@ -114,17 +114,17 @@ def history(days: int, per_day: int, seed: int = 0) -> list[str]:
 def test_strict_ingest_writes_nothing_and_names_every_bad_line(kb):
     before = counters(kb)
     bad = [
-        line("alpha"),
+        line("alpha", event_id="e1"),
         "{not json",
-        line("nosuch"),
+        line("nosuch", event_id="e3"),
         json.dumps({"artifact_type": "patterns", "artifact_id": "beta"}),
         line("beta", success="yes"),
         line("beta", used_at="2026-01-01T00:00:00"),
         line("beta", used_at=(NOW + timedelta(days=2)).isoformat()),
-        line("beta", environment="staging"),
+        line("beta", environment="staging", event_id="e8"),
         line("beta", sucess=True),
         line("beta", duration_ms=-1),
-        line("multi", version="9.9.9"),
+        line("multi", version="9.9.9", event_id="e11"),
     ]
     with pytest.raises(UsageError) as info:
         ingest(kb, bad)
@@ -148,7 +148,10 @@ def test_strict_ingest_writes_nothing_and_names_every_bad_line(kb):
 
 def test_skip_invalid_records_the_rest_and_the_cli_exits_1(kb, tmp_path):
     log = tmp_path / "app.log.jsonl"
-    log.write_text("\n".join([line("alpha"), "{oops", line("beta", False), ""]) + "\n")
+    log.write_text(
+        "\n".join([line("alpha", event_id="a"), "{oops", line("beta", False, event_id="b"), ""])
+        + "\n"
+    )
     config = write_cli_config(tmp_path, kb)
     out = run_cli(
         "--config",
@@ -170,9 +173,11 @@ def test_skip_invalid_records_the_rest_and_the_cli_exits_1(kb, tmp_path):
 
 
 def test_ingesting_the_same_log_twice_counts_every_event_once(kb, tmp_path):
-    events = [*history(3, 5), line("gamma", duration_ms=5), line("gamma", duration_ms=5)]
+    when = (NOW - timedelta(hours=1)).isoformat()
+    twice = line("gamma", duration_ms=5, used_at=when)
+    events = [*history(3, 5), twice, twice]
     first = ingest(kb, events)
-    # the two identical lines without event_id or used_at are one event (documented)
+    # two identical lines (same content and used_at, no event_id) are one event
     assert (first.recorded, first.duplicates) == (16, 1)
     after_first = counters(kb)
     second = ingest(kb, events)
