@@ -1032,14 +1032,14 @@ def serve_cmd(
     Tools: search, get_artifact, record_usage, record_usage_batch, usage_report. Over HTTP:
     MCP at /mcp, a JSON API (POST /v1/search, GET /v1/artifacts/TYPE/ID, POST /v1/usage),
     GET /healthz; every request but /healthz needs a token (`token create`). Checks run
-    before the model loads; stdout carries only the protocol over stdio.
+    before the model loads; stdout carries only the protocol over stdio. To serve: `serve`
+    (stdio, spawned by the agent) or `serve --transport http` (tokens required); --check
+    starts everything, reports and exits.
 
     \b
     Examples:
       singularity-ops serve --check
       singularity-ops serve --transport http --port 8765 --check --json
-    Then, to serve: `singularity-ops serve` (stdio, spawned by the agent) or
-    `singularity-ops serve --transport http` (tokens required).
     """
     import time
 
