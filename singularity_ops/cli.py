@@ -233,7 +233,8 @@ def _with_templates(ctx: click.Context, templates: Path | None):
 
     settings = settings_of(ctx)
     if templates is not None:
-        settings = replace(settings, templates_dir=templates.resolve())
+        # Another corpus: its rows are named after its own directory, not import.corpus.
+        settings = replace(settings, templates_dir=templates.resolve(), corpus=None)
         ctx.obj["settings"] = settings
     return settings
 
@@ -536,7 +537,16 @@ def validate_cmd(
     "--skip-invalid", is_flag=True, help="Import the valid files; report the rest (exit 1)."
 )
 @click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
-@click.option("--prune", is_flag=True, help="Delete rows from git whose file is gone.")
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Delete rows of this corpus whose file is gone (other corpora are never touched).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Let --prune delete more than import.max_prune_share (25%) of the corpus.",
+)
 @learned_option
 @templates_option
 @json_option
@@ -547,6 +557,7 @@ def import_cmd(
     skip_invalid: bool,
     dry_run: bool,
     prune: bool,
+    force: bool,
     include_learned: bool,
     templates,
     as_json: bool,
@@ -554,7 +565,9 @@ def import_cmd(
     """Upsert artifacts from templates_data/ (or PATHs inside it) into knowledge_artifacts.
 
     Strict by default: if any file is invalid, nothing is written. Unchanged files are not
-    written; changed files keep their usage metrics; one transaction per run.
+    written; changed files keep their usage metrics; one transaction per run. Rows remember
+    their corpus (the import root's directory name, or import.corpus), and --prune stays
+    inside the corpus it reads.
 
     \b
     Example:
@@ -573,6 +586,9 @@ def import_cmd(
             dry_run=dry_run,
             prune=prune,
             include_learned=include_learned,
+            corpus=settings.corpus,
+            force=force,
+            max_prune_share=settings.max_prune_share,
         )
     if as_json:
         emit_json(result)

@@ -53,6 +53,8 @@ SCHEMA: dict[str, Any] = {
         "root": str,
         "type_map": dict,
         "max_file_bytes": int,
+        "corpus": str,
+        "max_prune_share": (int, float),
     },
     "embedding": {
         "provider": str,
@@ -129,6 +131,8 @@ class Settings:
     templates_dir: Path = Path("templates_data")
     type_map: Mapping[str, str] = field(default_factory=dict)
     max_file_bytes: int = 1024 * 1024
+    corpus: str | None = None  # import.corpus; None: the import root's directory name
+    max_prune_share: float = 0.25
     export_dir: Path = Path("templates_data/learned")
     export_min_usage: int = 10
     export_min_success_rate: float = 0.90
@@ -207,6 +211,16 @@ def redact(text: str, password: str | None = None) -> str:
     for secret in sorted(_SECRETS | ({password} if password else set()), key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
+
+
+def _share(value: Any) -> float:
+    if value is None:
+        return 0.25
+    if isinstance(value, bool) or not 0 <= value <= 1:
+        raise ConfigError(
+            f"{CONFIG_NAME}: import.max_prune_share must be between 0 and 1, got {value!r}"
+        )
+    return float(value)
 
 
 def find_project_root(start: Path) -> Path:
@@ -560,6 +574,8 @@ def _resolve(
         max_file_bytes=_positive(
             _get(data, "import.max_file_bytes"), "import.max_file_bytes", 1024 * 1024
         ),
+        corpus=_get(data, "import.corpus") or None,
+        max_prune_share=_share(_get(data, "import.max_prune_share")),
         export_dir=_resolve_path(
             project_root, _get(data, "export.out") or "templates_data/learned"
         ),

@@ -44,6 +44,12 @@ class ImportResult:
     need_embedding: int = 0  # artifacts (all of them, not only this import's) `embed` has to do
 
 
+# --prune refuses to delete more than this share of a corpus without --force (a handful of
+# files is always allowed: in a small corpus one deletion is already a large share).
+DEFAULT_MAX_PRUNE_SHARE = 0.25
+PRUNE_ALWAYS_ALLOWED = 5
+
+
 def known_sources(conn: psycopg.Connection) -> dict[str, tuple[str, str, str, str]]:
     """source_path -> (content_hash, type, id, version) of rows from git, for corpus.scan(known=)."""
     return {
@@ -73,8 +79,16 @@ def import_artifacts(
     prune: bool = False,
     include_learned: bool = False,
     lock_timeout: float = 60,
+    corpus: str | None = None,
+    force: bool = False,
+    max_prune_share: float = DEFAULT_MAX_PRUNE_SHARE,
 ) -> ImportResult:
-    """Upsert `scan.artifacts`. Strict unless skip_invalid: any problem means nothing is written."""
+    """Upsert `scan.artifacts`. Strict unless skip_invalid: any problem means nothing is written.
+
+    Rows remember their corpus (default: the import root's directory name); prune removes
+    only rows of this corpus whose files are gone, and refuses to remove more than
+    max_prune_share of the corpus unless force (a wrong --templates looks like that)."""
+    corpus = corpus or scan.root.name
     started = time.monotonic()
     result = ImportResult(
         skipped=len(scan.skipped),
@@ -98,6 +112,9 @@ def import_artifacts(
                 prune=prune,
                 include_learned=include_learned,
                 lock_timeout=lock_timeout,
+                corpus=corpus,
+                force=force,
+                max_prune_share=max_prune_share,
             )
     except psycopg.Error as exc:
         detail = exc.diag.message_primary or str(exc)
@@ -122,6 +139,9 @@ def _write(
     prune: bool,
     include_learned: bool,
     lock_timeout: float,
+    corpus: str,
+    force: bool,
+    max_prune_share: float,
 ) -> None:
     with conn.transaction():
         conn.execute(
@@ -134,10 +154,10 @@ def _write(
                 f"another import has been running for more than {lock_timeout:g} s; try again later"
             ) from None
         existing = {
-            (t, i, v): (pk, h, path, source)
-            for pk, t, i, v, h, path, source in conn.execute(
-                "SELECT id, artifact_type, artifact_id, version, content_hash, source_path, source "
-                "FROM knowledge_artifacts"
+            (t, i, v): (pk, h, path, source, rows_corpus)
+            for pk, t, i, v, h, path, source, rows_corpus in conn.execute(
+                "SELECT id, artifact_type, artifact_id, version, content_hash, source_path, source,"
+                " corpus FROM knowledge_artifacts"
             )
         }
         to_write: list[Artifact] = []
@@ -146,7 +166,12 @@ def _write(
             if current is None:
                 result.inserted += 1
                 to_write.append(artifact)
-            elif current[1:] != (artifact.content_hash, artifact.source_path, artifact.source):
+            elif current[1:] != (
+                artifact.content_hash,
+                artifact.source_path,
+                artifact.source,
+                corpus,
+            ):
                 result.updated += 1
                 to_write.append(artifact)
             else:
@@ -156,12 +181,22 @@ def _write(
         invalid_paths = {_problem_path(p) for p in scan.problems}
         orphans = [
             (pk, key, path)
-            for key, (pk, _hash, path, source) in existing.items()
+            for key, (pk, _hash, path, source, rows_corpus) in existing.items()
             if key not in seen
+            and rows_corpus == corpus  # another corpus's rows are never this import's orphans
             and (source == "git" or (source == "learned" and include_learned))
             and path not in invalid_paths  # a broken file is not a deleted file
             and _in_scope(path, scan.scopes)
         ]
+        size = sum(1 for row in existing.values() if row[4] == corpus)
+        many = len(orphans) > max(max_prune_share * size, PRUNE_ALWAYS_ALLOWED)
+        if prune and not force and many:
+            raise SingularityOpsError(
+                f"--prune would delete {len(orphans)} of the {size} artifacts of corpus "
+                f"{corpus!r} (more than {max_prune_share:.0%}, import.max_prune_share), with their "
+                f"usage history; is {scan.root} the right import root? Check with --dry-run, "
+                "then pass --force if it is"
+            )
         orphan_labels = sorted(f"{t}/{i}@{v} ({path})" for _pk, (t, i, v), path in orphans)
         if prune:
             result.pruned = len(orphans)
@@ -171,7 +206,7 @@ def _write(
 
         if not dry_run:
             if to_write:
-                _merge(conn, to_write)
+                _merge(conn, to_write, corpus)
             if prune and orphans:
                 conn.execute(
                     "DELETE FROM knowledge_artifacts WHERE id = ANY(%s)",
@@ -192,7 +227,7 @@ def _problem_path(problem: Problem) -> str:
     return location
 
 
-def _merge(conn: psycopg.Connection, artifacts: list[Artifact]) -> None:
+def _merge(conn: psycopg.Connection, artifacts: list[Artifact], corpus: str) -> None:
     conn.execute(
         "CREATE TEMP TABLE import_staging (artifact_type text, artifact_id text, version text,"
         " content_raw text, source_path text, source text) ON COMMIT DROP"
@@ -207,13 +242,16 @@ def _merge(conn: psycopg.Connection, artifacts: list[Artifact]) -> None:
     conn.execute(
         """
         INSERT INTO knowledge_artifacts
-            (artifact_type, artifact_id, version, content_raw, content, source_path, source)
-        SELECT artifact_type, artifact_id, version, content_raw, content_raw::jsonb, source_path, source
+            (artifact_type, artifact_id, version, content_raw, content, source_path, source, corpus)
+        SELECT artifact_type, artifact_id, version, content_raw, content_raw::jsonb, source_path,
+               source, %s
         FROM import_staging
         ON CONFLICT (artifact_type, artifact_id, version) DO UPDATE SET
             content_raw = EXCLUDED.content_raw,
             content = EXCLUDED.content,
             source_path = EXCLUDED.source_path,
-            source = EXCLUDED.source
-        """
+            source = EXCLUDED.source,
+            corpus = EXCLUDED.corpus
+        """,
+        (corpus,),
     )

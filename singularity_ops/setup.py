@@ -110,7 +110,7 @@ def _import(settings: Settings) -> tuple[bool, str]:
             max_file_bytes=settings.max_file_bytes,
             known=known_sources(conn),
         )
-        r = import_artifacts(conn, scan)
+        r = import_artifacts(conn, scan, corpus=settings.corpus)
     did = bool(r.inserted or r.updated)
     return did, f"{r.inserted} inserted, {r.updated} updated, {r.unchanged} unchanged"
 

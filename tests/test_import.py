@@ -247,3 +247,33 @@ def test_templates_names_another_corpus_and_a_path_outside_the_root_says_so(kb_s
     out = run_cli("--config", str(config), "import", "--templates", str(other), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert [key[:2] for key in rows(kb_settings)] == [("prompt", "p")]
+
+
+def test_a_second_corpus_never_prunes_the_first_and_a_big_prune_needs_force(kb_settings, tmp_path):
+    main = tmp_path / "templates_data"
+    for n in range(8):
+        write(main, f"patterns/p{n}.json", {"id": f"p{n}", "name": f"P{n}"})
+    other = tmp_path / "other_corpus"
+    write(other, "patterns/x.json", {"id": "x", "name": "X"})
+    do_import(kb_settings, main)
+    with connect(kb_settings, autocommit=True) as conn:
+        record_usage(conn, "patterns", "p1", success=True)
+    config = write_cli_config(tmp_path, kb_settings, **{"import": {"root": str(main)}})
+    dry = run_cli("--config", str(config), "import", "--templates", str(other), "--prune",
+                  "--dry-run", "--json", cwd=tmp_path)  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["orphans"] == [], "the first corpus is not this import's"
+    run_cli("--config", str(config), "import", "--templates", str(other), "--prune", cwd=tmp_path)
+    assert {k[1] for k in rows(kb_settings)} == {f"p{n}" for n in range(8)} | {"x"}
+    with psycopg.connect(**kb_settings.conninfo()) as conn:
+        corpora = dict(conn.execute("SELECT artifact_id, corpus FROM knowledge_artifacts"))
+    assert corpora["x"] == "other_corpus" and corpora["p1"] == "templates_data"
+    for n in range(7):  # 7 of 8 files gone: a wrong checkout, say
+        (main / f"patterns/p{n}.json").unlink()
+    refused = run_cli("--config", str(config), "import", "--prune", cwd=tmp_path)
+    assert refused.returncode == 1
+    assert "--prune would delete 7 of the 8 artifacts of corpus 'templates_data'" in refused.stderr
+    assert "--force" in refused.stderr and len(rows(kb_settings)) == 9
+    forced = run_cli("--config", str(config), "import", "--prune", "--force", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert {k[1] for k in rows(kb_settings)} == {"p7", "x"}
