@@ -1637,16 +1637,28 @@ def usage_prune_cmd(ctx, older_than: str | None, dry_run: bool, as_json: bool) -
     "--since",
     help="Judge by the uses and success rate of the last N days (30d, 12w) instead of lifetime.",
 )
+@click.option(
+    "--dry-run", is_flag=True, help="Report what would be written or removed; touch nothing."
+)
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Delete earlier exports that no longer qualify (files with a _learning block only).",
+)
 @json_option
 @click.pass_context
-def export_cmd(ctx, min_usage, min_success_rate, types, out, since, as_json: bool) -> None:
+def export_cmd(
+    ctx, min_usage, min_success_rate, types, out, since, dry_run: bool, prune: bool, as_json: bool
+) -> None:
     """Write proven artifacts to templates_data/learned/<type>/<id>.json for review.
 
-    Deterministic: a second run with no change in the database changes no file.
+    Deterministic: a second run with no change in the database changes no file. Earlier
+    exports that no longer qualify are listed (--prune deletes them); when nothing
+    qualifies, the closest candidates say which threshold they miss.
 
     \b
     Example:
-      singularity-ops export --min-usage 20 --min-success-rate 0.95 --type code_generation
+      singularity-ops export --min-usage 20 --min-success-rate 0.95 --type code_generation --dry-run
     """
     from .db import connect
     from .export import export_proven
@@ -1665,21 +1677,37 @@ def export_cmd(ctx, min_usage, min_success_rate, types, out, since, as_json: boo
             else min_success_rate,
             types=types,
             since_days=since_days,
+            dry_run=dry_run,
+            prune=prune,
         )
     if as_json:
         emit_json(result)
         return
+    would = "would " if dry_run else ""
     for name in result.written:
-        info(ctx, f"wrote {result.out_dir / name}")
+        info(
+            ctx,
+            f"{would}write {result.out_dir / name}"
+            if dry_run
+            else f"wrote {result.out_dir / name}",
+        )
     for name in result.curated:
         info(ctx, f"skipped {name}: the curated file already holds it (promoted)")
     for name in result.removed:
-        info(ctx, f"removed {result.out_dir / name}: a copy of its curated file")
+        info(ctx, f"{would}remove {result.out_dir / name}: a copy of its curated file")
+    for name in result.no_longer_qualifying:
+        if name in result.pruned:
+            info(ctx, f"{would}remove {result.out_dir / name}: no longer qualifies")
+        else:
+            info(ctx, f"no longer qualifies: {result.out_dir / name} (remove with --prune)")
+    for miss in result.near_misses:
+        info(ctx, f"near miss: {miss.artifact}: {miss.misses}")
     info(
         ctx,
-        f"{result.qualifying} proven artifact(s): {len(result.written)} written, "
-        f"{len(result.unchanged)} unchanged, {len(result.curated)} already curated "
-        f"in {result.out_dir}",
+        f"{'dry run: ' if dry_run else ''}{result.qualifying} proven artifact(s): "
+        f"{len(result.written)} {'to write' if dry_run else 'written'}, "
+        f"{len(result.unchanged)} unchanged, {len(result.curated)} already curated, "
+        f"{len(result.no_longer_qualifying)} no longer qualifying in {result.out_dir}",
     )
 
 

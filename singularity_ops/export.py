@@ -39,6 +39,23 @@ class ExportResult:
     curated: list[str] = field(default_factory=list)
     # earlier exports of those, identical to the curated file apart from metrics: removed
     removed: list[str] = field(default_factory=list)
+    # files export wrote earlier (they hold a `_learning` block) that no longer qualify:
+    # listed, and deleted with prune
+    no_longer_qualifying: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    # nothing qualified: the closest candidates and the threshold each misses
+    near_misses: list[NearMiss] = field(default_factory=list)
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class NearMiss:
+    """A candidate that did not qualify, and why."""
+
+    artifact: str  # type/id@version
+    uses: int
+    success_rate: float | None
+    misses: str  # "uses 4 < 10", "success rate 0.75 < 0.90", or both
 
 
 def safe_relative_path(artifact_type: str, artifact_id: str) -> Path:
@@ -175,14 +192,12 @@ def strip_learning(document: dict) -> dict:
     return {k: v for k, v in document.items() if k != LEARNING_KEY}
 
 
-def _write_if_changed(path: Path, data: bytes) -> bool:
+def _differs(path: Path, data: bytes) -> bool:
+    """True when writing `data` to `path` would change it."""
     try:
-        if path.read_bytes() == data:
-            return False
+        return path.read_bytes() != data
     except FileNotFoundError:
-        pass
-    write_atomically(path, data)
-    return True
+        return True
 
 
 def export_proven(
@@ -193,12 +208,15 @@ def export_proven(
     min_success_rate: float = 0.90,
     types: tuple[str, ...] = (),
     since_days: int | None = None,
+    dry_run: bool = False,
+    prune: bool = False,
 ) -> ExportResult:
     """Write every artifact with at least min_usage uses and min_success_rate success rate.
 
     Without since_days the lifetime counters are judged; with it, the uses and success rate
     of the last since_days UTC days (from the daily rollup), and the `_learning` block records
-    that window beside the lifetime numbers.
+    that window beside the lifetime numbers. Earlier exports that no longer qualify are
+    listed (prune deletes them); dry_run reports all of it and touches no file.
     """
     if min_usage < 1:
         raise ConfigError(f"--min-usage must be at least 1, got {min_usage}")
@@ -231,12 +249,16 @@ def export_proven(
         params.append(list(types))
     query += " ORDER BY artifact_type, artifact_id, knowledge_version_key(version), version"
     rows = conn.execute(query, params).fetchall()
+    if not rows:
+        near = _near_misses(conn, min_usage, min_success_rate, types, window)
     targets: dict[Path, tuple] = {}
     for row in rows:
         # Rows come oldest version first: only the latest qualifying version of each artifact
         # is exported, since that is what a reviewer would promote.
         targets[safe_relative_path(row[1], row[2])] = row
-    result = ExportResult(out_dir=out_dir, qualifying=len(targets))
+    result = ExportResult(out_dir=out_dir, qualifying=len(targets), dry_run=dry_run)
+    if not rows:
+        result.near_misses = near
     for relative, row in targets.items():
         (
             pk,
@@ -291,13 +313,82 @@ def export_proven(
         if source == "git" and curated == strip_learning(json.loads(data)):
             # Promoted already: git holds this content, a copy in learned/ would only make
             # `import --include-learned` see two files claiming one artifact.
-            result.curated.append(f"{label} (in {source_path})")
+            result.curated.append(label if source_path == label else f"{label} (in {source_path})")
             if _holds(target, curated):
-                target.unlink()
+                if not dry_run:
+                    target.unlink()
                 result.removed.append(label)
             continue
-        (result.written if _write_if_changed(target, data) else result.unchanged).append(label)
+        changed = _differs(target, data)
+        if changed and not dry_run:
+            write_atomically(target, data)
+        (result.written if changed else result.unchanged).append(label)
+    keep = {relative.as_posix() for relative in targets}
+    for path in sorted(out_dir.rglob("*.json")) if out_dir.is_dir() else []:
+        label = path.relative_to(out_dir).as_posix()
+        if label in keep or label in result.removed or not _exported(path):
+            continue
+        result.no_longer_qualifying.append(label)
+        if prune:
+            if not dry_run:
+                path.unlink()
+            result.pruned.append(label)
     return result
+
+
+def _exported(path: Path) -> bool:
+    """True for a file export wrote: a JSON object with a `_learning` block."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and isinstance(document.get("_learning"), dict)
+
+
+def _near_misses(
+    conn: psycopg.Connection,
+    min_usage: int,
+    min_success_rate: float,
+    types: tuple[str, ...],
+    window,
+    limit: int = 3,
+) -> list[NearMiss]:
+    """The most used candidates (lifetime, or in the window), with what each one misses."""
+    if window is None:
+        query = (
+            "SELECT artifact_type || '/' || artifact_id || '@' || version, usage_count,"
+            " success_count FROM knowledge_artifacts WHERE usage_count > 0"
+        )
+        params: list = []
+        if types:
+            query += " AND artifact_type = ANY(%s)"
+            params.append(list(types))
+        query += " ORDER BY usage_count DESC, success_rate DESC NULLS LAST LIMIT %s"
+        candidates = conn.execute(query, [*params, limit]).fetchall()
+    else:
+        from .usage import window_stats
+
+        stats = sorted(window_stats(conn, window, types=types), key=lambda s: -s["uses"])[:limit]
+        labels = dict(
+            conn.execute(
+                "SELECT id, artifact_type || '/' || artifact_id || '@' || version"
+                " FROM knowledge_artifacts WHERE id = ANY(%s)",
+                ([s["pk"] for s in stats],),
+            ).fetchall()
+        )
+        candidates = [(labels.get(s["pk"], "?"), s["uses"], s["successes"]) for s in stats]
+    out = []
+    for label, uses, successes in candidates:
+        rate = successes / uses if uses else None
+        misses = []
+        if uses < min_usage:
+            misses.append(f"uses {uses} < {min_usage}")
+        if rate is None or rate < min_success_rate:
+            misses.append(
+                f"success rate {0 if rate is None else rate:.2f} < {min_success_rate:.2f}"
+            )
+        out.append(NearMiss(label, uses, rate, ", ".join(misses)))
+    return out
 
 
 def _holds(path: Path, document: dict) -> bool:

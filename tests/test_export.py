@@ -173,9 +173,8 @@ def test_a_promoted_artifact_is_neither_re_embedded_nor_exported_again(learned_d
     with connect(settings, autocommit=True) as conn:
         use(conn, "patterns", "proven", 2, 0)  # new metrics since the promotion
         again = export_proven(conn, out)
-    assert again.written == [] and again.curated == [
-        "patterns/proven.json (in patterns/proven.json)"
-    ]
+    # the same path in learned/ and in the corpus: said once
+    assert again.written == [] and again.curated == ["patterns/proven.json"]
     assert not (out / "patterns/proven.json").exists()
     with connect(settings, autocommit=True) as conn:
         result = import_artifacts(conn, scan(root, include_learned=True), include_learned=True)
@@ -201,3 +200,37 @@ def test_a_stale_copy_of_a_promoted_artifact_is_removed_but_an_edited_one_is_kep
     with connect(settings) as conn:
         result = export_proven(conn, out)
     assert result.removed == [] and promoted.exists()
+
+
+def test_exports_that_no_longer_qualify_are_listed_and_pruned_and_dry_run_touches_nothing(
+    learned_db, tmp_path
+):
+    settings, _root = learned_db
+    out = tmp_path / "learned"
+    with connect(settings) as conn:
+        loose = export_proven(conn, out, min_usage=3, min_success_rate=0.6)
+    assert len(loose.written) == 3
+    (out / "patterns" / "notes.json").write_text('{"by": "a reviewer"}')  # not an export: kept
+    before = {p: p.read_bytes() for p in out.rglob("*.json")}
+    with connect(settings) as conn:
+        dry = export_proven(conn, out, min_usage=10, min_success_rate=0.9, dry_run=True, prune=True)
+    assert dry.no_longer_qualifying == ["patterns/flaky.json", "patterns/rare.json"]
+    assert dry.pruned == dry.no_longer_qualifying
+    assert {p: p.read_bytes() for p in out.rglob("*.json")} == before, "a dry run writes nothing"
+    with connect(settings) as conn:
+        listed = export_proven(conn, out, min_usage=10, min_success_rate=0.9)
+        assert listed.no_longer_qualifying == dry.no_longer_qualifying and not listed.pruned
+        pruned = export_proven(conn, out, min_usage=10, min_success_rate=0.9, prune=True)
+    assert pruned.pruned == dry.no_longer_qualifying
+    assert sorted(p.name for p in out.rglob("*.json")) == ["notes.json", "proven.json"]
+
+
+def test_when_nothing_qualifies_the_near_misses_say_which_threshold_they_miss(learned_db, tmp_path):
+    settings, _root = learned_db
+    config = write_cli_config(tmp_path, settings)
+    out = run_cli("--config", str(config), "export", "--min-usage", "50", "--out",
+                  str(tmp_path / "x"), "--dry-run", cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "near miss: patterns/flaky@1.0.0: uses 12 < 50, success rate 0.67 < 0.90" in out.stdout
+    assert "near miss: patterns/proven@1.0.0: uses 10 < 50" in out.stdout
+    assert not (tmp_path / "x").exists()
