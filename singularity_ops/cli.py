@@ -509,6 +509,7 @@ def validate_cmd(
                 "invalid": len(result.problems),
                 "skipped": len(result.skipped),
                 "problems": [str(p) for p in result.problems],
+                "notes": result.notes,
                 **(
                     {"quality": issues, "near_duplicates_checked": duplicates_checked}
                     if quality
@@ -519,6 +520,8 @@ def validate_cmd(
     else:
         for problem in result.problems:
             click.echo(str(problem), err=True)
+        for note in result.notes:
+            click.echo(f"note: {note}", err=True)
         for issue in issues:
             click.echo(str(issue))
         info(
@@ -595,6 +598,8 @@ def import_cmd(
     else:
         for problem in result.problems:
             click.echo(f"skipped invalid: {problem}", err=True)
+        for note in result.notes:
+            click.echo(f"note: {note}", err=True)
         for orphan in result.orphans:
             verb = (
                 "would prune"

@@ -71,6 +71,7 @@ class Scan:
     problems: list[Problem] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # non-artifact files, relative paths
     scopes: list[str] = field(default_factory=list)  # relative folders/files that were scanned
+    notes: list[str] = field(default_factory=list)  # files left out on purpose, and why
 
     @property
     def ok(self) -> bool:
@@ -377,6 +378,18 @@ def scan(
             by_key.setdefault(artifact.key, []).append(artifact)
 
     for (artifact_type, artifact_id, version), group in by_key.items():
+        curated = [a for a in group if a.source == "git"]
+        if len(group) > 1 and len(curated) == 1:
+            # An export in learned/ of an artifact whose curated file exists (not promoted
+            # yet, or promoted and exported again): the curated file wins.
+            for copy in group:
+                if copy is not curated[0]:
+                    result.notes.append(
+                        f"{copy.source_path}: an export of {curated[0].source_path} (same type, "
+                        "id and version); skipped, the curated file wins. To promote it, copy it "
+                        "over the curated file (its _learning block is ignored by identity)"
+                    )
+            group = curated
         if len(group) == 1:
             result.artifacts.append(group[0])
             continue

@@ -42,6 +42,7 @@ class ImportResult:
     problems: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     need_embedding: int = 0  # artifacts (all of them, not only this import's) `embed` has to do
+    notes: list[str] = field(default_factory=list)  # files left out on purpose (corpus.Scan.notes)
 
 
 # --prune refuses to delete more than this share of a corpus without --force (a handful of
@@ -91,6 +92,7 @@ def import_artifacts(
     corpus = corpus or scan.root.name
     started = time.monotonic()
     result = ImportResult(
+        notes=list(scan.notes),
         skipped=len(scan.skipped),
         invalid=len(scan.problems),
         dry_run=dry_run,

@@ -234,3 +234,18 @@ def test_when_nothing_qualifies_the_near_misses_say_which_threshold_they_miss(le
     assert "near miss: patterns/flaky@1.0.0: uses 12 < 50, success rate 0.67 < 0.90" in out.stdout
     assert "near miss: patterns/proven@1.0.0: uses 10 < 50" in out.stdout
     assert not (tmp_path / "x").exists()
+
+
+def test_import_include_learned_right_after_an_export_keeps_the_curated_file(learned_db, tmp_path):
+    settings, root = learned_db
+    with connect(settings) as conn:
+        exported = export_proven(conn, root / "learned", min_usage=3, min_success_rate=0.6)
+    assert len(exported.written) == 3
+    config = write_cli_config(tmp_path, settings, **{"import": {"root": str(root)}})
+    out = run_cli("--config", str(config), "import", "--include-learned", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "note: learned/patterns/proven.json: an export of patterns/proven.json" in out.stderr
+    assert "the curated file wins" in out.stderr and "another id or version" not in out.stderr
+    with psycopg.connect(**settings.conninfo()) as conn:
+        sources = conn.execute("SELECT DISTINCT source FROM knowledge_artifacts").fetchall()
+    assert sources == [("git",)]
