@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -138,6 +139,15 @@ def _finite(param: click.Parameter, value: float | None) -> float | None:
 def emit_json(value: Any) -> None:
     """Exactly one JSON document on stdout."""
     click.echo(json.dumps(to_jsonable(value), indent=2, sort_keys=True))
+
+
+def _fit_label(name: str, version: str, width: int) -> str:
+    """`name` + `version` in `width` characters: the middle of the name gives way to an
+    ellipsis, the version always stays."""
+    if len(name) + len(version) <= width:
+        return name + version
+    keep = max(1, width - len(version) - 1)
+    return name[:keep] + "…" + version
 
 
 def _resolve_types(ctx: click.Context, conn, types) -> list[str]:
@@ -1481,7 +1491,7 @@ def usage_cmd(ctx, since: str, types, environment, top: int, from_raw: bool, as_
     if ctx.invoked_subcommand is not None:
         return
     from .db import connect
-    from .usage import parse_window, sparkline, usage_report
+    from .usage import buckets, parse_window, sparkline, usage_report
 
     days = parse_window(since)
     with connect(settings_of(ctx), autocommit=True) as conn:
@@ -1505,14 +1515,23 @@ def usage_cmd(ctx, since: str, types, environment, top: int, from_raw: bool, as_
     echo(f"{report.start} .. {report.end} ({days} days, UTC): {report.uses} uses{change}")
     if not report.top:
         echo("no uses in this window")
-    else:
-        echo(f"{'artifact':<48} {'uses':>6} {'rate':>5} {'life':>5} {'trend':>7}  daily")
+    # The sparkline gets what the terminal has left (at least 10 characters); longer windows
+    # are summed into that many buckets, so a line never wraps on 80 columns.
+    label_width = 40
+    room = max(10, shutil.get_terminal_size((80, 24)).columns - (label_width + 29))
+    per = -(-days // room) if days > room else 1
+    if report.top:
+        daily = "daily" if per == 1 else f"per {per} days"
+        echo(
+            f"{'artifact':<{label_width}} {'uses':>6} {'rate':>5} {'life':>5} {'trend':>7}  {daily}"
+        )
     for e in report.top:
         rate = "-" if e.success_rate is None else f"{e.success_rate:.0%}"
         life = "-" if e.lifetime_success_rate is None else f"{e.lifetime_success_rate:.0%}"
         trend = "new" if e.uses_change is None else f"{e.uses_change:+.0%}"
-        label = f"{e.artifact_type}/{e.artifact_id}@{e.version}"
-        echo(f"{label[:48]:<48} {e.uses:>6} {rate:>5} {life:>5} {trend:>7}  {sparkline(e.daily)}")
+        label = _fit_label(f"{e.artifact_type}/{e.artifact_id}", f"@{e.version}", label_width)
+        spark = sparkline(buckets(e.daily, room))
+        echo(f"{label:<{label_width}} {e.uses:>6} {rate:>5} {life:>5} {trend:>7}  {spark}")
     for e in report.falling:
         echo(
             f"falling: {e.artifact_type}/{e.artifact_id}@{e.version} success rate "

@@ -753,6 +753,9 @@ class UsageReport:
     top: list[ArtifactUsage]
     falling: list[ArtifactUsage]
     query_ms: float
+    days: list[date] = field(
+        default_factory=list
+    )  # the window's days, oldest first: `daily`'s dates
 
 
 def histogram_percentile(histogram: Sequence[int], q: float) -> float | None:
@@ -987,10 +990,20 @@ def usage_report(
         top=[e for _, e in used],
         falling=[e for _, e in falling],
         query_ms=round(query_ms, 1),
+        days=[window.start + timedelta(days=i) for i in range(since_days)],
     )
 
 
 SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def buckets(values: Sequence[int], count: int) -> list[int]:
+    """`values` summed into at most `count` consecutive groups of equal size (the last one may
+    be shorter): a 90-day series fits a 30-character sparkline."""
+    if count < 1 or len(values) <= count:
+        return list(values)
+    size = -(-len(values) // count)
+    return [sum(values[i : i + size]) for i in range(0, len(values), size)]
 
 
 def sparkline(values: Sequence[int]) -> str:

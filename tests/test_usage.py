@@ -439,3 +439,24 @@ def test_a_wrong_type_is_caught_everywhere_and_a_folder_name_is_taken_for_its_ty
     assert "'pats' is the folder of artifact type 'patterns'" in folder.stderr
     record = cli("record-usage", "nope", "alpha", "--success")
     assert record.returncode == 1 and "there is no type 'nope'; types: patterns" in record.stderr
+
+
+def test_usage_text_fits_80_columns_keeps_versions_and_json_daily_has_dates(kb, tmp_path):
+    long_id = "a-really-long-artifact-identifier-that-goes-on-and-on"
+    write(tmp_path / "td2", f"patterns/{long_id}.json", {"id": long_id, "version": "12.3.4"})
+    with connect(kb, autocommit=True) as conn:
+        import_artifacts(conn, scan(tmp_path / "td2"), corpus="td2")
+    ingest(kb, [*history(60, 3), line(long_id, used_at=NOW.isoformat())])
+    config = write_cli_config(tmp_path, kb)
+    out = run_cli("--config", str(config), "usage", "--since", "90d", env={"COLUMNS": "80"},
+                  cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, lines
+    assert "per 9 days" in lines[1]
+    assert any(line.startswith("patterns/a-really-long") and "…@12.3.4" in line for line in lines)
+    report = json.loads(
+        run_cli("--config", str(config), "usage", "--since", "7d", "--json", cwd=tmp_path).stdout
+    )
+    assert len(report["days"]) == 7 == len(report["top"][0]["daily"])
+    assert report["days"][-1] == report["end"]
