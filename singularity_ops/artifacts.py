@@ -83,6 +83,10 @@ class UsageResult:
     success_rate: float | None
     used_at: datetime | None
     recorded: bool = True  # False: this event_id was recorded before, nothing changed
+    event_id: str | None = None
+    environment: str | None = None
+    duration_ms: int | None = None
+    search_id: str | None = None
 
 
 def known_types(conn: psycopg.Connection) -> list[str]:
@@ -347,9 +351,13 @@ def record_usage(
             ).fetchone()
             assert current is not None
             return UsageResult(
-                artifact_type, artifact_id, found_version, success, *current, recorded=False
-            )
-    return UsageResult(artifact_type, artifact_id, found_version, success, *counts)
+                artifact_type, artifact_id, found_version, success, *current, False,
+                event_id, environment, duration_ms, search_id,
+            )  # fmt: skip
+    return UsageResult(
+        artifact_type, artifact_id, found_version, success, *counts, True,
+        event_id, environment, duration_ms, search_id,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -610,13 +610,13 @@ def import_cmd(
             click.echo(f"skipped invalid: {problem}", err=True)
         for note in result.notes:
             click.echo(f"note: {note}", err=True)
+        if dry_run:
+            for change in result.changes:
+                click.echo(f"would have {change}", err=True)
         for orphan in result.orphans:
-            verb = (
-                "would prune"
-                if dry_run and prune
-                else ("pruned" if prune else "file gone (use --prune)")
-            )
-            click.echo(f"{verb}: {orphan}", err=True)
+            click.echo(f"file gone (use --prune): {orphan}", err=True)
+        for orphan in result.pruned_rows:
+            click.echo(f"{'would prune' if dry_run else 'pruned'}: {orphan}", err=True)
         prefix = "dry run: " if dry_run else ""
         info(
             ctx,
@@ -1420,8 +1420,8 @@ def record_usage_cmd(
         else:
             info(
                 ctx,
-                f"{result.recorded} recorded, {result.duplicates} already recorded, "
-                f"{result.invalid} invalid, {result.artifacts} artifact(s) updated "
+                f"{result.recorded} recorded, {result.duplicates} duplicates (recorded before), "
+                f"{result.invalid} invalid, {result.artifacts} artifacts updated "
                 f"({result.seconds:.2f} s)",
             )
         if result.invalid:
@@ -1787,7 +1787,7 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     by_type = ", ".join(f"{t.artifact_type} {t.artifacts}" for t in k.by_type)
     echo(f"artifacts    {k.total}" + (f" ({by_type})" if by_type else ""))
     e = k.embeddings
-    echo(f"embeddings   {e.present} current, {e.stale} stale, {e.missing} missing")
+    echo(f"embeddings   {e.present} present, {e.stale} stale, {e.missing} missing")
     echo(f"usage        {k.usage_events} recorded uses")
     u = report.usage
     if u is not None:

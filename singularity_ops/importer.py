@@ -40,7 +40,10 @@ class ImportResult:
     dry_run: bool = False
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
-    orphans: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)  # rows whose file is gone, kept (no --prune)
+    pruned_rows: list[str] = field(default_factory=list)  # ... deleted (or, dry run, to delete)
+    # what changes: "inserted type/id@version (path)", "updated ..."
+    changes: list[str] = field(default_factory=list)
     need_embedding: int = 0  # artifacts (all of them, not only this import's) `embed` has to do
     notes: list[str] = field(default_factory=list)  # files left out on purpose (corpus.Scan.notes)
 
@@ -168,6 +171,7 @@ def _write(
             if current is None:
                 result.inserted += 1
                 to_write.append(artifact)
+                result.changes.append(f"inserted {_label(artifact)}")
             elif current[1:] != (
                 artifact.content_hash,
                 artifact.source_path,
@@ -176,6 +180,7 @@ def _write(
             ):
                 result.updated += 1
                 to_write.append(artifact)
+                result.changes.append(f"updated {_label(artifact)}")
             else:
                 result.unchanged += 1
 
@@ -202,9 +207,10 @@ def _write(
         orphan_labels = sorted(f"{t}/{i}@{v} ({path})" for _pk, (t, i, v), path in orphans)
         if prune:
             result.pruned = len(orphans)
+            result.pruned_rows = orphan_labels
         else:
             result.orphaned = len(orphans)
-        result.orphans = orphan_labels
+            result.orphans = orphan_labels
 
         if not dry_run:
             if to_write:
@@ -218,6 +224,11 @@ def _write(
         else:
             # A dry run writes nothing: leave through the rollback path on purpose.
             raise psycopg.Rollback()
+
+
+def _label(artifact: Artifact) -> str:
+    t, i, v = artifact.key
+    return f"{t}/{i}@{v} ({artifact.source_path})"
 
 
 def _problem_path(problem: Problem) -> str:

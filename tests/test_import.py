@@ -262,7 +262,9 @@ def test_a_second_corpus_never_prunes_the_first_and_a_big_prune_needs_force(kb_s
     dry = run_cli("--config", str(config), "import", "--templates", str(other), "--prune",
                   "--dry-run", "--json", cwd=tmp_path)  # fmt: skip
     assert dry.returncode == 0, dry.stderr
-    assert json.loads(dry.stdout)["orphans"] == [], "the first corpus is not this import's"
+    planned = json.loads(dry.stdout)
+    assert planned["pruned_rows"] == [], "the first corpus is not this import's"
+    assert planned["changes"] == ["inserted patterns/x@1.0.0 (patterns/x.json)"]
     run_cli("--config", str(config), "import", "--templates", str(other), "--prune", cwd=tmp_path)
     assert {k[1] for k in rows(kb_settings)} == {f"p{n}" for n in range(8)} | {"x"}
     with psycopg.connect(**kb_settings.conninfo()) as conn:
