@@ -1758,14 +1758,19 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
             echo(f"database     {report.target} unreachable: {report.error}")
             if report.local_cluster is not None:
                 lc = report.local_cluster
-                state = (
-                    "running"
-                    if lc.running
-                    else ("stopped" if lc.initialized else "not initialised")
-                )
-                echo(
-                    f"cluster      {state} ({lc.data_dir}); start it with `singularity-ops ensure-db`"
-                )
+                configured = settings_of(ctx).port
+                if lc.running and lc.port != configured:
+                    advice = (
+                        f"running on port {lc.port}, but this configuration says {configured} "
+                        "(PGPORT or postgres.local.port): unset it, or `singularity-ops server "
+                        "stop` and start it again on the new port"
+                    )
+                elif lc.running:
+                    advice = "running, but it does not answer (see above and its log)"
+                else:
+                    state = "stopped" if lc.initialized else "not initialised"
+                    advice = f"{state}; start it with `singularity-ops ensure-db`"
+                echo(f"cluster      {lc.data_dir}: {advice}")
         ctx.exit(EXIT_UNREACHABLE)
     if as_json:
         return
@@ -2081,7 +2086,9 @@ def server_status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"  data directory: {st.data_dir}")
         if st.pid:
             click.echo(f"  pid: {st.pid}")
-        click.echo(f"  listening: 127.0.0.1:{st.port}, socket in {st.socket_dir}")
+            click.echo(f"  listening: 127.0.0.1:{st.port}, socket in {st.socket_dir}")
+        else:
+            click.echo(f"  port when started: {st.port} (PGPORT or postgres.local.port)")
         click.echo(f"  log: {st.log_file}")
         if st.authentication == "trust":
             click.echo("  authentication: trust (anyone local gets in; `ensure-db` fixes it)")
@@ -2106,11 +2113,15 @@ def server_start(ctx: click.Context, timeout: float, as_json: bool) -> None:
     settings = _local_cluster(ctx)
     created = cluster.init(settings.local, settings.bindir)
     started = cluster.start(settings.local, settings.bindir, timeout)
+    port = cluster.status(settings.local).port
     if as_json:
-        emit_json({"initialised": created, "started": started})
+        emit_json({"initialised": created, "started": started, "port": port})
         return
     info(
-        ctx, ("initialised and " if created else "") + ("started" if started else "already running")
+        ctx,
+        ("initialised and " if created else "")
+        + ("started" if started else "already running")
+        + f" on 127.0.0.1:{port} ({settings.local.data_dir})",
     )
 
 

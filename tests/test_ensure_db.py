@@ -261,3 +261,13 @@ def test_the_cluster_keeps_its_port_and_another_port_is_named_not_waited_for(own
     assert f"already running on port {own_cluster.port}, not {other}" in wrong.stderr
     search = run_cli("status", "--json", env={**data_env, "PGPORT": other}, cwd=tmp_path)
     assert f"running on port {own_cluster.port}, not {other}" in search.stdout
+    text = run_cli("status", env={**data_env, "PGPORT": other}, cwd=tmp_path)
+    assert f"running on port {own_cluster.port}, but this configuration says {other}" in text.stdout
+    assert "start it with" not in text.stdout, "a running cluster is not told to start"
+    stop = run_cli("server", "stop", env=data_env, cwd=tmp_path)
+    assert stop.returncode == 0, stop.stderr
+    stopped = run_cli("server", "status", env=data_env, cwd=tmp_path)
+    assert "listening" not in stopped.stdout
+    assert f"port when started: {own_cluster.port}" in stopped.stdout
+    started_again = run_cli("server", "start", env=data_env, cwd=tmp_path)
+    assert f"started on 127.0.0.1:{own_cluster.port}" in started_again.stdout
