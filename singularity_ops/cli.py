@@ -129,11 +129,23 @@ def _unexpected(ctx: click.Context, exc: Exception) -> click.exceptions.Exit:
     return click.exceptions.Exit(1)
 
 
-def _finite(param: click.Parameter, value: float | None) -> float | None:
-    """click's FloatRange lets nan through (every comparison with nan is false)."""
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a number of days", param=param)
-    return value
+def _days(param: click.Parameter, value: str | None) -> float | None:
+    """A number of days: 14, 1.5, 14d or 2w (the `--since` spelling), positive and finite."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    factor = {"d": 1, "w": 7}.get(text[-1:])
+    try:
+        days = float(text[:-1] if factor else text) * (factor or 1)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a number of days (14, 14d, 2w)", param=param
+        ) from None
+    if not math.isfinite(days) or not 0 < days <= 36_500:
+        raise click.BadParameter(
+            f"{value!r} must be more than 0 and at most 36500 days", param=param
+        )
+    return days
 
 
 def emit_json(value: Any) -> None:
@@ -711,7 +723,15 @@ def embed_cmd(ctx: click.Context, rebuild: bool, batch_size: int | None, as_json
 @click.option(
     "--tag", "tags", multiple=True, metavar="TAG", help="Must have this tag (repeatable)."
 )
-@click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--top",
+    "--top-k",
+    "top_k",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="How many results (--top-k is the older name; at most search.max_top_k).",
+)
 @click.option(
     "--min-similarity",
     type=click.FloatRange(-1, 1),
@@ -1154,10 +1174,10 @@ def serve_cmd(
 )
 @click.option(
     "--keep-days",
-    type=click.FloatRange(min=0, min_open=True, max=36_500),
-    callback=lambda _ctx, param, value: _finite(param, value),
-    help="Delete backups of this series older than N days; with --keep, never one of the "
-    "newest N (default: backup.keep_days).",
+    metavar="DAYS",
+    callback=lambda _ctx, param, value: _days(param, value),
+    help="Delete backups of this series older than this (14, 14d or 2w); with --keep, never "
+    "one of the newest N (default: backup.keep_days).",
 )
 @click.option(
     "--jobs",
@@ -1469,7 +1489,10 @@ def record_usage_cmd(
     type=click.Choice(["dev", "test", "prod"]),
     help="Only this environment.",
 )
-@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--top", type=click.IntRange(min=1), default=10, show_default=True,
+    help="How many artifacts to list.",
+)  # fmt: skip
 @click.option(
     "--from-raw",
     is_flag=True,
@@ -2098,7 +2121,10 @@ def server_status(ctx: click.Context, as_json: bool) -> None:
 
 
 @server.command("start")
-@click.option("--timeout", type=click.FloatRange(min=1), default=60, show_default=True)
+@click.option(
+    "--timeout", type=click.FloatRange(min=1), default=30, show_default=True,
+    help="Seconds to wait for the server (the same default as ensure-db).",
+)  # fmt: skip
 @json_option
 @click.pass_context
 def server_start(ctx: click.Context, timeout: float, as_json: bool) -> None:
@@ -2126,7 +2152,10 @@ def server_start(ctx: click.Context, timeout: float, as_json: bool) -> None:
 
 
 @server.command("update-extensions")
-@click.option("--timeout", type=click.FloatRange(min=1), default=60, show_default=True)
+@click.option(
+    "--timeout", type=click.FloatRange(min=1), default=30, show_default=True,
+    help="Seconds to wait for the server (the same default as ensure-db).",
+)  # fmt: skip
 @json_option
 @click.pass_context
 def server_update_extensions(ctx: click.Context, timeout: float, as_json: bool) -> None:
@@ -2150,7 +2179,10 @@ def server_update_extensions(ctx: click.Context, timeout: float, as_json: bool) 
 
 
 @server.command("stop")
-@click.option("--timeout", type=click.FloatRange(min=1), default=60, show_default=True)
+@click.option(
+    "--timeout", type=click.FloatRange(min=1), default=30, show_default=True,
+    help="Seconds to wait for the server (the same default as ensure-db).",
+)  # fmt: skip
 @json_option
 @click.pass_context
 def server_stop(ctx: click.Context, timeout: float, as_json: bool) -> None:

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT, TEST_PASSFILE, run_cli
 
 
@@ -85,3 +86,36 @@ def test_commands_on_an_unmigrated_database_say_to_migrate(db_settings, tmp_path
         assert result.returncode == 1, (args, result.stderr)
         assert "run `singularity-ops migrate`" in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr and "this is a bug" not in result.stderr
+
+
+def test_every_option_has_help_and_durations_and_result_counts_are_spelled_alike():
+    import click
+
+    from singularity_ops.cli import cli
+
+    def walk(group, prefix):
+        for name, command in group.commands.items():
+            yield [*prefix, name], command
+            if hasattr(command, "commands"):
+                yield from walk(command, [*prefix, name])
+
+    for path, command in walk(cli, []):
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"{' '.join(path)} {param.opts[0]} has no help text"
+    backup = cli.commands["backup"]
+    for spelled, days in (("14", 14), ("14d", 14), ("2w", 14), ("1.5", 1.5)):
+        ctx = backup.make_context("backup", ["--keep-days", spelled])
+        assert ctx.params["keep_days"] == days
+    for bad in ("2x", "0", "nan", "-1d"):
+        with pytest.raises(click.BadParameter):
+            backup.make_context("backup", ["--keep-days", bad])
+    search = cli.commands["search"]
+    assert search.make_context("search", ["q", "--top", "3"]).params["top_k"] == 3
+    assert search.make_context("search", ["q", "--top-k", "3"]).params["top_k"] == 3
+    timeouts = {
+        " ".join(p): next(o.default for o in c.params if o.name == "timeout")
+        for p, c in walk(cli, [])
+        if any(o.name == "timeout" for o in c.params)
+    }
+    assert set(timeouts.values()) == {30}, timeouts
