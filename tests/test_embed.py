@@ -113,7 +113,15 @@ def test_search_cli_json_and_empty_query(corpus_db, local_provider, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert set(result) == {"search_id", "query", "mode", "rank_by", "hits"}
+    assert set(result) == {
+        "search_id",
+        "query",
+        "mode",
+        "rank_by",
+        "hits",
+        "unembedded",
+        "best_similarity",
+    }
     hits = result["hits"]
     assert len(hits) == 2 and {"artifact_type", "artifact_id", "version", "similarity"} <= set(
         hits[0]
