@@ -37,10 +37,8 @@ class _Group(click.Group):
             raise
         except click.exceptions.Abort:
             _fail(ctx, "aborted", 1)
-        except click.ClickException as exc:
-            if _wants_json(ctx):
-                emit_json({"error": _redacted(exc.format_message()), "exit_code": exc.exit_code})
-            raise
+        except click.ClickException:
+            raise  # main() reports it, in the same style as every other error
         except BrokenPipeError:
             # The reader went away (`| head`): stop quietly, as tools killed by SIGPIPE do.
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -1789,7 +1787,7 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
                         "stop` and start it again on the new port"
                     )
                 elif lc.running:
-                    advice = "running, but it does not answer (see above and its log)"
+                    advice = f"running on 127.0.0.1:{lc.port} (the error above is the database's)"
                 else:
                     state = "stopped" if lc.initialized else "not initialised"
                     advice = f"{state}; start it with `singularity-ops ensure-db`"
@@ -2211,11 +2209,68 @@ def quiet_library_logs() -> None:
     logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 
+def _global_options_everywhere(group: click.Group) -> None:
+    """-q, -v, --config, --dbname and --database-url also after the command (`import -q`),
+    where they override the same option given before it. Hidden from each command's help:
+    `singularity-ops --help` documents them once."""
+
+    def setter(key: str):
+        def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+            if value not in (None, False):
+                ctx.obj[key] = value
+            return value
+
+        return callback
+
+    specs = [
+        (["--config"], "config_file", {"type": click.Path(dir_okay=False, path_type=Path)}),
+        (["--database-url"], "database_url", {}),
+        (["--dbname"], "dbname", {}),
+        (["-q", "--quiet"], "quiet", {"is_flag": True}),
+        (["-v", "--verbose"], "verbose", {"is_flag": True}),
+    ]
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _global_options_everywhere(command)
+        taken = {opt for param in command.params for opt in getattr(param, "opts", [])}
+        for opts, key, extra in specs:
+            if not taken.intersection(opts):
+                command.params.append(
+                    click.Option(
+                        opts,
+                        expose_value=False,
+                        hidden=True,
+                        callback=setter(key),
+                        help="(global option; see singularity-ops --help)",
+                        **extra,
+                    )
+                )
+
+
+_global_options_everywhere(cli)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script."""
+    """Entry point of the console script. Usage errors (click's own included) are reported
+    like every other error: one `singularity-ops: error:` line naming the --help to read."""
     quiet_library_logs()
     argv = sys.argv[1:] if argv is None else argv
-    cli.main(args=argv, prog_name="singularity-ops", obj={"argv": tuple(argv)})
+    try:
+        code = cli.main(
+            args=argv, prog_name="singularity-ops", obj={"argv": tuple(argv)}, standalone_mode=False
+        )
+    except click.exceptions.Abort:
+        click.echo("singularity-ops: error: aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        message = _redacted(exc.format_message())
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            message += f" (see `{exc.ctx.command_path} --help`)"
+        if "--json" in argv:
+            emit_json({"error": message, "exit_code": exc.exit_code})
+        click.echo(f"singularity-ops: error: {message}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -119,3 +119,20 @@ def test_every_option_has_help_and_durations_and_result_counts_are_spelled_alike
         if any(o.name == "timeout" for o in c.params)
     }
     assert set(timeouts.values()) == {30}, timeouts
+
+
+def test_global_options_work_after_the_command_and_errors_have_one_style(tmp_path):
+    (tmp_path / "singularity.yaml").write_text("database:\n  url: postgresql://u@127.0.0.1:1/x\n")
+    quiet = run_cli("validate", "-q", "--templates", str(tmp_path), cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stdout == "", quiet.stderr
+    loud = run_cli("validate", "--templates", str(tmp_path), cwd=tmp_path)
+    assert loud.stdout.startswith("0 valid")
+    other = tmp_path / "other.yaml"
+    other.write_text("databse: {}\n")
+    after = run_cli("status", "--config", str(other), cwd=tmp_path)
+    assert after.returncode == 2 and "other.yaml: unknown key 'databse'" in after.stderr
+    for args in (["import", "--bogus"], ["--bogus"], ["search", "x", "--mode", "nope"]):
+        out = run_cli(*args, cwd=tmp_path)
+        assert out.returncode == 2, args
+        assert out.stderr.startswith("singularity-ops: error: "), out.stderr
+        assert "--help`)" in out.stderr and "Usage:" not in out.stderr
