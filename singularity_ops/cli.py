@@ -542,6 +542,9 @@ def validate_cmd(
             click.echo(str(problem), err=True)
         for note in result.notes:
             click.echo(f"note: {note}", err=True)
+        if ctx.obj.get("verbose"):  # -v: what each file resolves to
+            for a in result.artifacts:
+                click.echo(f"{a.source_path} -> {a.artifact_type}/{a.artifact_id}@{a.version}")
         for issue in issues:
             click.echo(str(issue))
         info(

@@ -257,7 +257,26 @@ def resolve_identity(
                 f"its {what} is {size:,} bytes long; at most {MAX_IDENTITY_BYTES} (the database's "
                 "unique index on type, id and version cannot hold longer ones)"
             )
+    _check_read_fields(data, metadata)
     return artifact_type, artifact_id, version, source
+
+
+def _check_read_fields(data: Mapping[str, Any], metadata: Mapping[str, Any]) -> None:
+    """The fields search and the reports read (top level, else metadata.*) have the types they
+    are read as: a wrong type would otherwise be dropped without a word (tags: "x" -> none)."""
+    for where, doc in (("", data), ("metadata.", metadata)):
+        for key in ("name", "description", "language"):
+            value = doc.get(key)
+            if value is not None and not isinstance(value, str):
+                raise _Invalid(f'"{where}{key}" must be a string, got {json.dumps(value)[:60]}')
+        tags = doc.get("tags")
+        if tags is not None and (
+            not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)
+        ):
+            raise _Invalid(
+                f'"{where}tags" must be a list of strings, got {json.dumps(tags)[:60]}; '
+                'write ["a", "b"]'
+            )
 
 
 def folder_type(relative: str, type_map: Mapping[str, str]) -> str | None:

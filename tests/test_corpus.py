@@ -245,3 +245,19 @@ def test_a_symlink_swapped_during_the_scan_never_leads_outside_the_root(tmp_path
         stop.set()
         flipper.join()
     assert stolen == 0
+
+
+def test_fields_search_reads_must_have_the_types_it_reads_them_as(tmp_path):
+    root = tmp_path / "td"
+    write(root, "patterns/ok.json", {"id": "ok", "tags": ["a"], "metadata": {"tags": ["b"]}})
+    write(root, "patterns/tags.json", {"id": "tags", "tags": "not-a-list"})
+    write(root, "patterns/mixed.json", {"id": "mixed", "tags": ["a", 1]})
+    write(root, "patterns/name.json", {"id": "name", "name": {"en": "x"}})
+    write(root, "patterns/meta.json", {"id": "meta", "metadata": {"description": 5}})
+    result = scan(root)
+    assert [a.artifact_id for a in result.artifacts] == ["ok"]
+    problems = {p.location.rsplit("/", 1)[-1]: p.message for p in result.problems}
+    assert '"tags" must be a list of strings, got "not-a-list"' in problems["tags.json"]
+    assert '"tags" must be a list of strings' in problems["mixed.json"]
+    assert '"name" must be a string' in problems["name.json"]
+    assert '"metadata.description" must be a string' in problems["meta.json"]
