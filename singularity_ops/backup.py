@@ -586,6 +586,42 @@ def good_backups(directory: Path, series: str | None = None) -> list[Path]:
     return sorted(found, key=lambda p: NAME_PATTERN.match(p.name)["stamp"])  # type: ignore[index]
 
 
+@dataclass(frozen=True)
+class BackupInfo:
+    """One good backup in a directory, from its manifest."""
+
+    file: Path
+    series: str
+    database: str
+    created_at: str
+    bytes: int
+    format: str
+    knowledge_only: bool
+    exact_counts: bool  # taken with --verify: exact row counts, the dump re-read
+
+
+def list_backups(directory: Path, series: str | None = None) -> list[BackupInfo]:
+    """The good backups in `directory` (those this tool wrote, with their manifests), oldest
+    first, optionally of one series."""
+    out = []
+    for path in good_backups(directory, series):
+        manifest = read_manifest(path) or {}
+        match = NAME_PATTERN.match(path.name)
+        out.append(
+            BackupInfo(
+                file=path,
+                series=match["series"] if match else "?",
+                database=str(manifest.get("database", "?")),
+                created_at=str(manifest.get("created_at", "")),
+                bytes=int(manifest.get("bytes", 0)),
+                format=str(manifest.get("format", "?")),
+                knowledge_only=bool(manifest.get("knowledge_only")),
+                exact_counts=manifest.get("row_counts") == "exact",
+            )
+        )
+    return out
+
+
 def apply_retention(
     directory: Path, newest: Path, *, keep: int | None = None, keep_days: float | None = None
 ) -> list[str]:

@@ -1153,7 +1153,7 @@ def serve_cmd(
         knowledge.close()
 
 
-@cli.command("backup")
+@cli.group("backup", invoke_without_command=True)
 @click.option(
     "--format",
     "fmt",
@@ -1199,11 +1199,14 @@ def backup_cmd(
 
     Exit 0 on success, 1 on any failure, 75 when another backup holds the directory lock.
     From cron: `17 3 * * * cd /srv/singularity && .venv/bin/singularity-ops backup --keep 14`.
+    `backup list` shows the backups there are.
 
     \b
     Example:
       singularity-ops backup --keep 14 --verify
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from .backup import backup
 
     settings = settings_of(ctx)
@@ -1222,6 +1225,39 @@ def backup_cmd(
     elif sys.stdout.isatty() and not ctx.obj.get("quiet"):
         deleted = f", deleted {len(result.deleted)} old" if result.deleted else ""
         click.echo(f"{result.path} ({result.bytes} bytes, {result.seconds:.1f} s{deleted})")
+
+
+@backup_cmd.command("list")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Backup directory (default: backup.dir, backups/).",
+)
+@json_option
+@click.pass_context
+def backup_list_cmd(ctx: click.Context, out, as_json: bool) -> None:
+    """List the good backups (those with a manifest), oldest first: series, time, size,
+    format, and whether --verify took exact counts. Restore one by the name shown.
+
+    \b
+    Example:
+      singularity-ops backup list --json
+    """
+    from .backup import list_backups
+
+    settings = settings_of(ctx)
+    directory = out or settings.backup_dir
+    backups = list_backups(directory)
+    if as_json:
+        emit_json(backups)
+        return
+    if not backups:
+        click.echo(f"no backups in {directory}", err=True)
+        return
+    for b in backups:
+        kind = f"{b.format}{', knowledge only' if b.knowledge_only else ''}"
+        verified = ", verified" if b.exact_counts else ""
+        click.echo(f"{b.file.name}  {b.created_at[:19]}Z  {b.bytes / 1e6:.1f} MB  {kind}{verified}")
 
 
 @cli.command("restore")
@@ -1829,6 +1865,17 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
         echo(
             f"             last event {last}, {u.events_last_24h} in the last 24 h; daily rollup {rollup}"
         )
+    b = report.last_backup
+    if b is None:
+        echo(f"backup       none in {settings_of(ctx).backup_dir} (singularity-ops backup)")
+    else:
+        age = report.last_backup_age_hours
+        ago = (
+            ""
+            if age is None
+            else (f", {age:.0f} h ago" if age < 48 else f", {age / 24:.0f} days ago")
+        )
+        echo(f"backup       {b.file.name} ({b.bytes / 1e6:.1f} MB{ago})")
     for title, rows in (("most used", k.top_used), ("best rate", k.best_success_rate)):
         for i, r in enumerate(rows):
             rate = "-" if r.success_rate is None else f"{r.success_rate:.0%}"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import psycopg
 
 from . import cluster
 from .artifacts import KnowledgeStats, stats
+from .backup import BackupInfo, list_backups, series_name
 from .config import Settings
 from .db import connect, relation_exists
 from .errors import DatabaseUnavailable
@@ -35,6 +37,8 @@ class StatusReport:
     migrations_pending: list[str] = field(default_factory=list)
     knowledge: KnowledgeStats | None = None  # None until the schema is migrated
     usage: UsageStatus | None = None  # None until migration 0006
+    last_backup: BackupInfo | None = None  # the newest good backup of this database in backup.dir
+    last_backup_age_hours: float | None = None
 
 
 def collect_status(settings: Settings, conn: psycopg.Connection | None = None) -> StatusReport:
@@ -70,4 +74,18 @@ def _collect(conn: psycopg.Connection, settings: Settings, base: dict) -> Status
         migrations_pending=pending,
         knowledge=stats(conn) if has_schema else None,
         usage=usage_status(conn) if has_rollup else None,
+        **_last_backup(settings),
     )
+
+
+def _last_backup(settings: Settings) -> dict:
+    backups = list_backups(settings.backup_dir, series_name(settings.dbname))
+    if not backups:
+        return {}
+    newest = backups[-1]
+    try:
+        taken = datetime.fromisoformat(newest.created_at)
+    except ValueError:
+        return {"last_backup": newest}
+    age = (datetime.now(UTC) - taken).total_seconds() / 3600
+    return {"last_backup": newest, "last_backup_age_hours": round(age, 1)}

@@ -408,3 +408,20 @@ def test_restore_finds_a_bare_backup_name_in_the_backup_directory(full_db, tmp_p
         drop(full_db, "sops_bare_name")
     missing = run_cli("--config", str(config), "restore", "nope.dump", cwd=elsewhere)
     assert missing.returncode == 2 and f"nor in {tmp_path / 'b'}" in missing.stderr
+
+
+def test_backup_list_and_status_show_the_backups_there_are(full_db, tmp_path):
+    config = write_cli_config(tmp_path, full_db, backup={"dir": str(tmp_path / "b")})
+    empty = run_cli("--config", str(config), "status", cwd=tmp_path)
+    assert "backup       none in" in empty.stdout
+    dump = backup(full_db, tmp_path / "b", verify=True).path
+    listed = run_cli("--config", str(config), "backup", "list", "--json", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    [entry] = json.loads(listed.stdout)
+    assert entry["file"] == str(dump) and entry["format"] == "custom" and entry["exact_counts"]
+    text = run_cli("--config", str(config), "backup", "list", cwd=tmp_path)
+    assert text.stdout.startswith(dump.name) and "verified" in text.stdout
+    status = json.loads(run_cli("--config", str(config), "status", "--json", cwd=tmp_path).stdout)
+    assert status["last_backup"]["file"] == str(dump) and status["last_backup_age_hours"] < 1
+    again = run_cli("--config", str(config), "backup", "--json", cwd=tmp_path)
+    assert again.returncode == 0 and json.loads(again.stdout)["path"], "backup itself still works"
