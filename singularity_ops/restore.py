@@ -137,6 +137,22 @@ def _mark(admin: psycopg.Connection, dbname: str, record: dict | None) -> None:
     )
 
 
+def _restored_from(admin: psycopg.Connection, dbname: str) -> str | None:
+    """The database a restore of this toolkit filled `dbname` from, per its mark, or None."""
+    row = admin.execute(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+        (dbname,),
+    ).fetchone()
+    comment = row[0] if row else None
+    if not comment or not comment.startswith(MARK):
+        return None
+    try:
+        record = json.loads(comment[len(MARK) :])
+    except ValueError:
+        return None
+    return record.get("from_database") if record.get("kind") == "restored" else None
+
+
 def leftover_name(target: str, kind: str, stamp: str) -> str:
     """`<target>__<kind>_<stamp>` within PostgreSQL's 63 bytes whatever the target's length
     (the target is cut on a character boundary; the comment keeps its full name)."""
@@ -262,7 +278,10 @@ def restore(
                     "database with --target-db NAME, or pass --force to replace it (safely: the "
                     "old one is only dropped after the new one is complete)"
                 )
-            if populated and manifest["database"] != target and not from_other_database:
+            same_source = manifest["database"] == target or (
+                _restored_from(admin, target) == manifest["database"]
+            )
+            if populated and not same_source and not from_other_database:
                 raise RestoreError(
                     f"{dump.name} is a backup of database {manifest['database']!r}, not of "
                     f"{target!r}; pass --from-other-database to replace {target!r} with it, or "
@@ -273,7 +292,12 @@ def restore(
                 sql.Identifier(scratch)
             )
         )
-        record = {"kind": "restoring", "target": target, "started": stamp}
+        record = {
+            "kind": "restoring",
+            "target": target,
+            "started": stamp,
+            "from_database": manifest["database"],
+        }
         _mark(admin, scratch, record)
         closed = False
         try:
@@ -382,6 +406,13 @@ def _swap(
                     _mark(admin, aside, {**record, "kind": "replaced"})
                     pause_point("restore:between-renames")
                 _rename(admin, scratch, target)
+                if comment is None or comment.startswith(MARK):
+                    # Remember where it came from: a later restore of the same source over it
+                    # needs no --from-other-database. A DBA's own comment is kept instead.
+                    comment = MARK + json.dumps(
+                        {"kind": "restored", "from_database": record.get("from_database")},
+                        sort_keys=True,
+                    )
                 admin.execute(
                     sql.SQL("COMMENT ON DATABASE {} IS {}").format(
                         sql.Identifier(target), sql.Literal(comment)

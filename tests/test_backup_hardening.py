@@ -75,6 +75,11 @@ def test_restoring_another_databases_dump_over_a_target_needs_an_explicit_flag(
 ):
     dump = backup(full_db, tmp_path / "b").path
     restore(full_db, dump, target_db=target)  # a new database: nothing replaced, no question
+    # made by a restore of this database (its mark says so): refreshing it asks nothing
+    assert restore(full_db, dump, target_db=target, force=True).replaced
+    with psycopg.connect(**full_db.conninfo("postgres"), autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("COMMENT ON DATABASE {} IS NULL").format(
+            psycopg.sql.Identifier(target)))  # fmt: skip
     with pytest.raises(RestoreError, match=r"is a backup of database .* --from-other-database"):
         restore(full_db, dump, target_db=target, force=True)
     assert restore(full_db, dump, target_db=target, force=True, from_other_database=True).replaced
@@ -425,3 +430,22 @@ def test_backup_list_and_status_show_the_backups_there_are(full_db, tmp_path):
     assert status["last_backup"]["file"] == str(dump) and status["last_backup_age_hours"] < 1
     again = run_cli("--config", str(config), "backup", "--json", cwd=tmp_path)
     assert again.returncode == 0 and json.loads(again.stdout)["path"], "backup itself still works"
+
+
+def test_refreshing_a_scratch_copy_needs_no_from_other_database(full_db, tmp_path):
+    backup(full_db, tmp_path / "b")
+    config = write_cli_config(tmp_path, full_db, backup={"dir": str(tmp_path / "b")})
+    refresh = ("--config", str(config), "restore", "--latest", "--target-db", "sops_scratch_copy")
+    try:
+        first = run_cli(*refresh, cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+        again = run_cli(*refresh, "--force", cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        with psycopg.connect(**full_db.conninfo("sops_scratch_copy"), autocommit=True) as conn:
+            conn.execute("COMMENT ON DATABASE sops_scratch_copy IS 'the DBA''s own'")
+        other = run_cli(*refresh, "--force", cwd=tmp_path)
+        assert other.returncode == 1 and "--from-other-database" in other.stderr, (
+            "without the mark, nothing says it came from this database"
+        )
+    finally:
+        drop(full_db, "sops_scratch_copy")
