@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from .db import relation_exists
 from .errors import ExtensionError
 
 # Extensions that must be loaded at server start, not only created.
@@ -66,6 +67,35 @@ def check_extensions(conn: psycopg.Connection, names: Sequence[str]) -> None:
         raise ExtensionError("\n".join(problems))
 
 
+# On the Apache build of TimescaleDB every policy job needs the TSL license: the one it
+# schedules itself ("Job History Log Retention Policy", job 3) then fails each time it runs,
+# and after every restore, with "functionality not supported under the current apache
+# license" in the server log. Only telemetry runs under Apache.
+_APACHE_RUNNABLE = ("policy_telemetry",)
+
+
+def unschedule_unlicensed_jobs(conn: psycopg.Connection) -> list[int]:
+    """On the Apache build, unschedule TimescaleDB's own jobs that it cannot run (alter_job
+    is TSL too, so through its catalog, which needs superuser; without it, nothing changes).
+    Returns the job ids unscheduled."""
+    if not relation_exists(conn, "_timescaledb_config.bgw_job"):
+        return []
+    license_row = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()
+    if not license_row or license_row[0] != "apache":
+        return []
+    try:
+        with conn.transaction():
+            rows = conn.execute(
+                "UPDATE _timescaledb_config.bgw_job SET scheduled = false"
+                " WHERE scheduled AND proc_schema = '_timescaledb_functions'"
+                " AND NOT proc_name = ANY(%s) RETURNING id",
+                (list(_APACHE_RUNNABLE),),
+            ).fetchall()
+    except psycopg.errors.InsufficientPrivilege:
+        return []
+    return [r[0] for r in rows]
+
+
 def create_extensions(conn: psycopg.Connection, names: Sequence[str]) -> list[ExtensionResult]:
     """Create the extensions that are missing, in one transaction. Idempotent.
 
@@ -79,6 +109,7 @@ def create_extensions(conn: psycopg.Connection, names: Sequence[str]) -> list[Ex
                 conn.execute(
                     sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(name))
                 )
+            unschedule_unlicensed_jobs(conn)
     except psycopg.Error as exc:
         message = exc.diag.message_primary or str(exc)
         raise ExtensionError(f"CREATE EXTENSION failed: {message}") from None

@@ -468,7 +468,10 @@ def _restore_into(
         _run_restore(settings, dump, manifest, dbname)
     finally:
         if timescale:
+            from .extensions import unschedule_unlicensed_jobs
+
             with connect(settings, dbname, autocommit=True) as conn:
+                unschedule_unlicensed_jobs(conn)  # before the scheduler starts them again
                 conn.execute("SELECT timescaledb_post_restore()")
     with connect(settings, dbname, autocommit=True) as conn:
         conn.execute("ANALYZE")

@@ -449,3 +449,15 @@ def test_refreshing_a_scratch_copy_needs_no_from_other_database(full_db, tmp_pat
         )
     finally:
         drop(full_db, "sops_scratch_copy")
+
+
+def test_a_restored_database_has_no_job_the_apache_build_cannot_run(full_db, target, tmp_path):
+    with psycopg.connect(**full_db.conninfo(), autocommit=True) as conn:
+        conn.execute("UPDATE _timescaledb_config.bgw_job SET scheduled = true")  # as before
+    dump = backup(full_db, tmp_path / "b").path
+    restore(full_db, dump, target_db=target)
+    with psycopg.connect(**full_db.conninfo(target)) as conn:
+        jobs = conn.execute(
+            "SELECT proc_name, scheduled FROM _timescaledb_config.bgw_job"
+        ).fetchall()
+    assert jobs and all(not scheduled for name, scheduled in jobs if name != "policy_telemetry")

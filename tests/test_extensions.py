@@ -62,3 +62,15 @@ def test_timescaledb_without_preload_gives_the_fix(cluster_without_preload):
     message = str(info.value)
     assert "extension 'timescaledb' must be preloaded" in message
     assert "shared_preload_libraries" in message and "restart" in message
+
+
+def test_jobs_the_apache_build_cannot_run_are_unscheduled(db_settings):
+    with psycopg.connect(**db_settings.conninfo(), autocommit=True) as conn:
+        create_extensions(conn, ["timescaledb"])
+        license_name = conn.execute("SHOW timescaledb.license").fetchone()[0]
+        jobs = conn.execute(
+            "SELECT proc_name, scheduled FROM _timescaledb_config.bgw_job ORDER BY id"
+        ).fetchall()
+    assert license_name == "apache"  # what Debian's and nixpkgs' timescaledb-apache ship
+    assert ("policy_job_stat_history_retention", False) in jobs, jobs
+    assert all(not scheduled for name, scheduled in jobs if name != "policy_telemetry")
