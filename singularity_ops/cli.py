@@ -1729,10 +1729,24 @@ def usage_prune_cmd(ctx, older_than: str | None, dry_run: bool, as_json: bool) -
     is_flag=True,
     help="Delete earlier exports that no longer qualify (files with a _learning block only).",
 )
+@click.option(
+    "--refresh-curated",
+    is_flag=True,
+    help="Bring the _learning block of promoted (curated) files up to date, in place.",
+)
 @json_option
 @click.pass_context
 def export_cmd(
-    ctx, min_usage, min_success_rate, types, out, since, dry_run: bool, prune: bool, as_json: bool
+    ctx,
+    min_usage,
+    min_success_rate,
+    types,
+    out,
+    since,
+    dry_run: bool,
+    prune: bool,
+    refresh_curated: bool,
+    as_json: bool,
 ) -> None:
     """Write proven artifacts to templates_data/learned/<type>/<id>.json for review.
 
@@ -1763,11 +1777,14 @@ def export_cmd(
             since_days=since_days,
             dry_run=dry_run,
             prune=prune,
+            refresh_curated=settings.templates_dir if refresh_curated else None,
         )
     if as_json:
         emit_json(result)
         return
     would = "would " if dry_run else ""
+    for name in result.refreshed:
+        info(ctx, f"{would}refresh the _learning block of {settings.templates_dir / name}")
     for name in result.written:
         info(
             ctx,
@@ -1776,7 +1793,9 @@ def export_cmd(
             else f"wrote {result.out_dir / name}",
         )
     for name in result.curated:
-        info(ctx, f"skipped {name}: the curated file already holds it (promoted)")
+        if not refresh_curated:
+            info(ctx, f"skipped {name}: the curated file already holds it (promoted; "
+                      "--refresh-curated updates its _learning block)")  # fmt: skip
     for name in result.removed:
         info(ctx, f"{would}remove {result.out_dir / name}: a copy of its curated file")
     for name in result.no_longer_qualifying:

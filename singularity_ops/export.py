@@ -43,6 +43,8 @@ class ExportResult:
     # listed, and deleted with prune
     no_longer_qualifying: list[str] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
+    # with refresh_curated: curated files whose `_learning` block was brought up to date
+    refreshed: list[str] = field(default_factory=list)
     # nothing qualified: the closest candidates and the threshold each misses
     near_misses: list[NearMiss] = field(default_factory=list)
     dry_run: bool = False
@@ -210,6 +212,7 @@ def export_proven(
     since_days: int | None = None,
     dry_run: bool = False,
     prune: bool = False,
+    refresh_curated: Path | None = None,
 ) -> ExportResult:
     """Write every artifact with at least min_usage uses and min_success_rate success rate.
 
@@ -217,6 +220,10 @@ def export_proven(
     of the last since_days UTC days (from the daily rollup), and the `_learning` block records
     that window beside the lifetime numbers. Earlier exports that no longer qualify are
     listed (prune deletes them); dry_run reports all of it and touches no file.
+
+    refresh_curated (the import root): a proven artifact whose curated file already holds
+    its content (promoted) gets that file's `_learning` block brought up to date in place,
+    so the figures in git do not stay those of the day it was promoted.
     """
     if min_usage < 1:
         raise ConfigError(f"--min-usage must be at least 1, got {min_usage}")
@@ -314,6 +321,13 @@ def export_proven(
             # Promoted already: git holds this content, a copy in learned/ would only make
             # `import --include-learned` see two files claiming one artifact.
             result.curated.append(label if source_path == label else f"{label} (in {source_path})")
+            if refresh_curated is not None and source_path:
+                root = refresh_curated.resolve()
+                curated_path = (root / source_path).resolve()
+                if root in curated_path.parents and _differs(curated_path, data):
+                    if not dry_run:
+                        write_atomically(curated_path, data)
+                    result.refreshed.append(source_path)
             if _holds(target, curated):
                 if not dry_run:
                     target.unlink()

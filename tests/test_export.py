@@ -249,3 +249,30 @@ def test_import_include_learned_right_after_an_export_keeps_the_curated_file(lea
     with psycopg.connect(**settings.conninfo()) as conn:
         sources = conn.execute("SELECT DISTINCT source FROM knowledge_artifacts").fetchall()
     assert sources == [("git",)]
+
+
+def test_refresh_curated_brings_a_promoted_files_learning_up_to_date(learned_db, tmp_path):
+    settings, root = learned_db
+    out = root / "learned"
+    with connect(settings) as conn:
+        export_proven(conn, out)
+    (out / "patterns/proven.json").replace(root / "patterns/proven.json")  # promoted
+    with connect(settings, autocommit=True) as conn:
+        import_artifacts(conn, scan(root))
+        use(conn, "patterns", "proven", 2, 0)
+        skipped = export_proven(conn, out)
+        assert skipped.curated == ["patterns/proven.json"] and not skipped.refreshed
+        learning = json.loads((root / "patterns/proven.json").read_text())["_learning"]
+        assert learning["usage_count"] == 10, "untouched without --refresh-curated"
+        dry = export_proven(conn, out, refresh_curated=root, dry_run=True)
+        assert dry.refreshed == ["patterns/proven.json"]
+        assert json.loads((root / "patterns/proven.json").read_text())["_learning"] == learning
+        done = export_proven(conn, out, refresh_curated=root)
+    assert done.refreshed == ["patterns/proven.json"] and done.written == []
+    text = (root / "patterns/proven.json").read_text()
+    assert json.loads(text)["_learning"]["usage_count"] == 12
+    assert text.startswith('{"name": "Proven", "zeta": 1'), "the file's own layout stays"
+    with connect(settings, autocommit=True) as conn:
+        assert import_artifacts(conn, scan(root)).updated == 1
+        again = export_proven(conn, out, refresh_curated=root)
+    assert again.refreshed == [], "a second run changes nothing"
