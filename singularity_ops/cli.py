@@ -2151,6 +2151,10 @@ def _local_cluster(ctx: click.Context):
             "the configured target is an external server (DATABASE_URL or PGHOST is set), "
             "not the project-local cluster; unset them to manage the local cluster"
         )
+    if settings.no_project:
+        from .config import no_project_message
+
+        raise ConfigError(no_project_message(settings))
     return settings
 
 

@@ -143,6 +143,9 @@ class Settings:
     search_log: bool = True
     search_log_retention_days: int = 90
     search_limits: Any = None  # search.SearchLimits; Any keeps this module free of imports
+    # No singularity.yaml was found and nothing (DATABASE_URL, PGHOST, PGDATA) says where the
+    # knowledge base is: the local cluster would be one in whatever directory this ran in.
+    no_project: bool = False
     embedding: Any = None  # providers.EmbeddingConfig; Any keeps this module free of imports
 
     @property
@@ -221,6 +224,17 @@ def _share(value: Any) -> float:
             f"{CONFIG_NAME}: import.max_prune_share must be between 0 and 1, got {value!r}"
         )
     return float(value)
+
+
+def no_project_message(settings: Settings) -> str:
+    """What to do when the toolkit runs outside a project (Settings.no_project)."""
+    return (
+        f"no {CONFIG_NAME} at or above {settings.project_root}, and no DATABASE_URL, PGHOST or "
+        "PGDATA: this directory is not a singularity-ops project. Run the command inside the "
+        "checkout, point at its configuration with --config PATH (or SINGULARITY_CONFIG), or "
+        'at the database with DATABASE_URL (`eval "$(singularity-ops env)"` in the checkout '
+        "sets it)"
+    )
 
 
 def find_project_root(start: Path) -> Path:
@@ -552,6 +566,7 @@ def _resolve(
         raise ConfigError(f"{CONFIG_NAME}: extensions must be a list of extension names")
 
     return Settings(
+        no_project=config_path is None and local is not None and not env.get("PGDATA"),
         project_root=project_root,
         config_file=config_path,
         environment=environment,

@@ -167,6 +167,10 @@ def check_local_identity(settings: Settings, conn: psycopg.Connection) -> None:
     if not conn.autocommit:
         conn.rollback()
     if os.path.realpath(served) != os.path.realpath(settings.local.data_dir):
+        if settings.no_project:
+            from .config import no_project_message
+
+            raise DatabaseUnavailable(no_project_message(settings))
         raise DatabaseUnavailable(
             f"127.0.0.1:{settings.port} is served by the cluster in {served}, not this project's "
             f"{settings.local.data_dir}; stop that one (`singularity-ops server stop` in its "
@@ -194,6 +198,10 @@ CLOSED_HINT = (
 
 def explain_connect_error(settings: Settings, dbname: str, exc: psycopg.Error) -> str:
     """Why a connection failed, the password redacted, and what to do about it."""
+    if settings.no_project:
+        from .config import no_project_message
+
+        return no_project_message(settings)
     detail = settings.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
     where = f"{settings.url(dbname)}"
     text = str(exc).lower()
@@ -438,6 +446,11 @@ def ensure_db(settings: Settings, timeout: float = 30) -> EnsureDbResult:
     For the project-local cluster: initialise it if missing, start it if stopped, and preload
     timescaledb when it is installed.
     """
+    if settings.no_project:
+        from .config import no_project_message
+        from .errors import ConfigError
+
+        raise ConfigError(no_project_message(settings))
     initialized = started = preloaded = False
     if settings.local is not None:
         # Before initdb: a port already taken by another server means this cluster could not

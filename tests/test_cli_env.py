@@ -136,3 +136,13 @@ def test_global_options_work_after_the_command_and_errors_have_one_style(tmp_pat
         assert out.returncode == 2, args
         assert out.stderr.startswith("singularity-ops: error: "), out.stderr
         assert "--help`)" in out.stderr and "Usage:" not in out.stderr
+
+
+def test_outside_a_project_the_toolkit_says_so_instead_of_making_one_there(tmp_path):
+    for args in (["status"], ["ensure-db"], ["server", "start"]):
+        out = run_cli(*args, cwd=tmp_path)
+        assert out.returncode in (2, 3), (args, out.stderr, out.stdout)
+        said = out.stderr + out.stdout
+        assert f"no singularity.yaml at or above {tmp_path}" in said, args
+        assert "DATABASE_URL" in said and "--config" in said
+    assert not (tmp_path / ".singularity").exists(), "no cluster was made in a random directory"
