@@ -252,13 +252,12 @@
             ++ optional-dependencies.reference;
             # Provisioning a Debian root file system and evaluating this flake need a host, not
             # a sandbox; the --help examples and the README's Quick start need a checkout's
-            # .venv; the old-pg_dump test uses a host's PostgreSQL 15 client.
+            # .venv.
             disabledTestPaths = [
               "tests/test_provision.py"
               "tests/test_flake.py"
               "tests/test_cli_examples.py"
             ];
-            disabledTests = [ "test_pg_dump_older_than_the_server_is_refused" ];
             preCheck = ''
               export HOME=$TMPDIR
               unset SINGULARITY_ONNX_MODEL  # the tests build and corrupt graphs of their own

@@ -1999,11 +1999,12 @@ def migrate_cmd(
 @json_option
 @click.pass_context
 def migrate_status_cmd(ctx: click.Context, exit_code: bool, as_json: bool) -> None:
-    """List applied and pending migrations.
+    """List applied and pending migrations; with --exit-code, exit 3 while any is pending
+    (a CI gate: `migrate status --exit-code || singularity-ops migrate`).
 
     \b
     Example:
-      singularity-ops migrate status --exit-code || echo "run singularity-ops migrate"
+      singularity-ops migrate status --exit-code
     """
     from .db import connect
     from .migrate import status
@@ -2052,35 +2053,41 @@ def migrate_new_cmd(ctx: click.Context, description: str, as_json: bool) -> None
 @migrate_cmd.command("forget")
 @click.argument("version", type=click.IntRange(min=1))
 @click.option("--yes", is_flag=True, help="Do not ask (needed when stdin is not a terminal).")
+@click.option("--dry-run", is_flag=True, help="Say what would be forgotten; change nothing.")
 @json_option
 @click.pass_context
-def migrate_forget_cmd(ctx: click.Context, version: int, yes: bool, as_json: bool) -> None:
+def migrate_forget_cmd(
+    ctx: click.Context, version: int, yes: bool, dry_run: bool, as_json: bool
+) -> None:
     """Forget that migration VERSION was applied (its row in schema_migrations), undoing nothing.
 
     The way out when a migration was applied by mistake (an empty `migrate new` file, say):
     forget it, then fix or delete the file; the next `migrate` applies what the file holds
     then. Anything it did, undo by hand first.
 
+    Exits 1 when VERSION was never applied. --dry-run says what it would forget.
+
     \b
     Example:
-      singularity-ops migrate forget 42 --yes || true    # 42: not applied, so this says so
+      singularity-ops migrate forget 10 --dry-run
     """
     from .db import connect
     from .errors import ConfigError
     from .migrate import forget_migration
 
-    if not yes:
+    if not yes and not dry_run:
         if not sys.stdin.isatty():
             raise ConfigError("stdin is not a terminal: confirm with --yes")
         click.confirm(
             f"forget migration {version:04d} (its effects stay in the database)?", abort=True
         )
     with connect(settings_of(ctx), autocommit=True) as conn:
-        row = forget_migration(conn, version)
+        row = forget_migration(conn, version, dry_run=dry_run)
     if as_json:
         emit_json(row)
         return
-    info(ctx, f"forgot {row.version:04d}_{row.name}.sql (applied {row.applied_at:%Y-%m-%d %H:%M})")
+    verb = "would forget" if dry_run else "forgot"
+    info(ctx, f"{verb} {row.version:04d}_{row.name}.sql (applied {row.applied_at:%Y-%m-%d %H:%M})")
 
 
 @cli.group("model")

@@ -428,7 +428,7 @@ def migrate(
 
 
 def forget_migration(
-    conn: psycopg.Connection, version: int, *, lock_timeout: float = 60
+    conn: psycopg.Connection, version: int, *, lock_timeout: float = 60, dry_run: bool = False
 ) -> AppliedMigration:
     """Remove `version` from schema_migrations without undoing anything it did: the way out
     for a migration applied by mistake (an empty file, say) whose file you then fix or
@@ -442,7 +442,8 @@ def forget_migration(
                 f"migration {version:04d} is not applied; `singularity-ops migrate status` "
                 "lists the applied ones"
             )
-        conn.execute(f"DELETE FROM {TABLE} WHERE version = %s", (version,))
+        if not dry_run:
+            conn.execute(f"DELETE FROM {TABLE} WHERE version = %s", (version,))
     return row
 
 

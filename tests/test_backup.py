@@ -196,11 +196,14 @@ def test_failed_restore_leaves_the_target_exactly_as_it_was(full_db, tmp_path):
 
 
 def test_pg_dump_older_than_the_server_is_refused(full_db, tmp_path):
-    old = Path("/usr/lib/postgresql/15/bin")
-    assert (old / "pg_dump").exists(), "this machine's PostgreSQL 15 client is the old pg_dump"
+    # Only the version check is under test: a bindir whose pg_dump says it is 15.4.
+    old = tmp_path / "pg15" / "bin"
+    old.mkdir(parents=True)
+    (old / "pg_dump").write_text('#!/bin/sh\necho "pg_dump (PostgreSQL) 15.4"\n')
+    (old / "pg_dump").chmod(0o755)
     with pytest.raises(
         PgBinaryError,
-        match=r"pg_dump 15\.\d+ at /usr/lib/postgresql/15/bin/pg_dump is too old: .* needs version 17",
+        match=rf"pg_dump 15\.4 at {old}/pg_dump is too old: .* needs version 17",
     ):
         backup(replace(full_db, bindir=old), tmp_path / "b")
     assert not (tmp_path / "b").exists() or [p.name for p in (tmp_path / "b").iterdir()] == [

@@ -175,7 +175,6 @@ def test_failure_during_the_merge_rolls_back_everything(kb_settings, tmp_path):
 
 def test_learned_files_are_imported_only_when_asked(kb_settings, tmp_path):
     root = messy_tree(tmp_path / "td")
-    assert ("patterns", "proven", "1.0.0") not in rows(kb_settings) | {}
     do_import(kb_settings, root)
     assert ("patterns", "proven", "1.0.0") not in rows(kb_settings)
     do_import(kb_settings, root, include_learned=True)

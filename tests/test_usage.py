@@ -34,6 +34,14 @@ from singularity_ops.usage import (
 NOW = datetime.now(UTC)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_now():
+    """NOW as each test starts, not when the module was imported: a session that crosses UTC
+    midnight would otherwise compare yesterday's dates with the server's today."""
+    global NOW
+    NOW = datetime.now(UTC)
+
+
 def corpus(root):
     for name in ("alpha", "beta", "gamma"):
         write(root, f"patterns/{name}.json", {"id": name, "name": name.title()})
