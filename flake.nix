@@ -220,6 +220,7 @@
             py.pgvector
             py.pyyaml
             py.pglast
+            py.jsonschema
           ]
           # `nix run .#setup` ends with every artifact embedded; `nix run .#serve` serves it
           ++ optional-dependencies.embed

@@ -396,6 +396,7 @@ def scan(
             )
             by_key.setdefault(artifact.key, []).append(artifact)
 
+    schemas = _Schemas(root, max_file_bytes)
     for (artifact_type, artifact_id, version), group in by_key.items():
         curated = [a for a in group if a.source == "git"]
         if len(group) > 1 and len(curated) == 1:
@@ -410,7 +411,11 @@ def scan(
                     )
             group = curated
         if len(group) == 1:
-            result.artifacts.append(group[0])
+            mismatch = schemas.mismatch(group[0])
+            if mismatch:
+                result.problems.append(Problem(group[0].source_path, mismatch))
+            else:
+                result.artifacts.append(group[0])
             continue
         # Never pick a winner: every claimant is reported and none is imported.
         for artifact in group:
@@ -422,7 +427,71 @@ def scan(
                     f"id {artifact_id!r}, version {version!r}); give one of them another id or version",
                 )
             )
+    result.problems.extend(schemas.problems)
     return result
+
+
+class _Schemas:
+    """The JSON Schemas (`*.schema.json`) beside the artifacts: each artifact must match those
+    of the nearest folder at or above its own that has any (learned/ files: their curated
+    folder's). Loaded once per folder; jsonschema is imported only when a schema exists."""
+
+    def __init__(self, root: Path, max_file_bytes: int) -> None:
+        self.root = root
+        self.max_file_bytes = max_file_bytes
+        self.by_folder: dict[str, list[tuple[str, Any]]] = {}
+        self.problems: list[Problem] = []
+
+    def _load(self, folder: str) -> list[tuple[str, Any]]:
+        directory = self.root / folder if folder else self.root
+        found = []
+        for path in sorted(directory.glob(f"*{SCHEMA_FILE_SUFFIX}")):
+            rel = path.relative_to(self.root).as_posix()
+            try:
+                if not path.is_file() or path.is_symlink():
+                    continue
+                if path.stat().st_size > self.max_file_bytes:
+                    raise ValueError(f"larger than {self.max_file_bytes} bytes")
+                schema = json.loads(path.read_text(encoding="utf-8"))
+                from jsonschema.validators import validator_for
+
+                cls = validator_for(schema)
+                cls.check_schema(schema)
+                found.append((rel, cls(schema)))
+            except ImportError:
+                self.problems.append(
+                    Problem(rel, "cannot check artifacts against it: install jsonschema")
+                )
+            except Exception as exc:  # invalid JSON, or not a valid JSON Schema
+                message = getattr(exc, "message", None) or str(exc)
+                self.problems.append(Problem(rel, f"is not a usable JSON Schema: {message[:200]}"))
+        return found
+
+    def mismatch(self, artifact: Artifact) -> str | None:
+        """Why the artifact does not match its folder's schemas, or None."""
+        parts = artifact.source_path.split("/")[:-1]
+        if parts and parts[0] == LEARNED_DIR:
+            parts = parts[1:]
+        while True:
+            folder = "/".join(parts)
+            if folder not in self.by_folder:
+                self.by_folder[folder] = self._load(folder)
+            if self.by_folder[folder] or not parts:
+                break
+            parts.pop()
+        validators = self.by_folder[folder]
+        if not validators:
+            return None
+        from jsonschema.exceptions import best_match
+
+        document = json.loads(artifact.content_raw)
+        for rel, validator in validators:
+            error = best_match(validator.iter_errors(document))
+            if error is not None:
+                where = "/".join(str(p) for p in error.absolute_path)
+                at = f" at {where}" if where else ""
+                return f"does not match {rel}{at}: {error.message[:200]}"
+        return None
 
 
 def _inside(path: str, root: str) -> bool:

@@ -261,3 +261,28 @@ def test_fields_search_reads_must_have_the_types_it_reads_them_as(tmp_path):
     assert '"tags" must be a list of strings' in problems["mixed.json"]
     assert '"name" must be a string' in problems["name.json"]
     assert '"metadata.description" must be a string' in problems["meta.json"]
+
+
+def test_artifacts_must_match_the_json_schema_beside_them(tmp_path):
+    root = tmp_path / "td"
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "required": ["name", "description"],
+        "properties": {"tags": {"type": "array", "items": {"type": "string"}}},
+    }
+    write(root, "checks/check.schema.json", schema)
+    write(root, "checks/good.json", {"name": "Good", "description": "complete"})
+    write(root, "checks/sub/thin.json", {"name": "Thin"})  # the nearest schema is its parent's
+    write(root, "learned/checks/copy.json", {"name": "Copy"})  # its curated folder's schema
+    write(root, "other/free.json", {"id": "free"})  # no schema there: anything goes
+    write(root, "broken/x.schema.json", {"type": 12})
+    write(root, "broken/y.json", {"id": "y"})
+    result = scan(root, include_learned=True)
+    assert sorted(a.artifact_id for a in result.artifacts) == ["free", "good", "y"]
+    problems = {p.location: p.message for p in result.problems}
+    assert problems["checks/sub/thin.json"] == (
+        "does not match checks/check.schema.json: 'description' is a required property"
+    )
+    assert "does not match checks/check.schema.json" in problems["learned/checks/copy.json"]
+    assert problems["broken/x.schema.json"].startswith("is not a usable JSON Schema")
