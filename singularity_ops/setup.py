@@ -64,9 +64,9 @@ def _ensure_db(settings: Settings) -> tuple[bool, str]:
         )
         if on
     ]
-    return bool(notes), ", ".join(
-        notes
-    ) or f"{r.dbname} ready (PostgreSQL {r.server_version.split()[0]})"
+    where = settings.redact(settings.url())
+    done = f"{', '.join(notes)}: " if notes else ""
+    return bool(notes), f"{done}{where} ready (PostgreSQL {r.server_version.split()[0]})"
 
 
 def _create_extensions(settings: Settings) -> tuple[bool, str]:
