@@ -52,10 +52,26 @@ TEST_PASSFILE = passfile_for(TEST_DATA)
 os.environ["PGPASSFILE"] = str(TEST_PASSFILE)
 
 
+# A developer's own settings that would otherwise leak into what the tests run.
+_PRIVATE_SETTINGS = (
+    "SINGULARITY_CONFIG",
+    "SINGULARITY_ENV",
+    "SINGULARITY_CACHE_DIR",
+    "SINGULARITY_ONNX_MODEL",
+    "SINGULARITY_TEST_PAUSE",
+    "SINGULARITY_TEST_PAUSE_FILE",
+)
+
+
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without connection settings (PG*, DATABASE_URL), except
-    the test cluster's passfile, plus `extra`: what every CLI subprocess of the tests gets."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL"))}
+    """This process's environment without connection settings (PG*, DATABASE_URL) or a
+    developer's SINGULARITY_* settings, except the test cluster's passfile, plus `extra`: what
+    every subprocess of the tests gets."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PG", "DATABASE_URL")) and k not in _PRIVATE_SETTINGS
+    }
     env["PGPASSFILE"] = str(TEST_PASSFILE)
     env.update(extra)
     return env

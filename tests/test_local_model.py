@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, clean_env
 
 from singularity_ops import local_model
 from singularity_ops.embed import embedding_text
@@ -36,10 +36,11 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def reference():
     """sentence-transformers on torch: the reference the ONNX graph must equal."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(local_model.weights_dir()), device="cpu")
+        yield SentenceTransformer(str(local_model.weights_dir()), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +178,7 @@ def test_prebuilt_graph_directory_is_used_as_is(private_cache, monkeypatch, tmp_
 def test_build_killed_before_its_rename_leaves_nothing_then_next_build_cleans_up(private_cache):
     marker = private_cache.parent / "paused"
     env = {
-        **os.environ,
+        **clean_env(SINGULARITY_CACHE_DIR=str(private_cache)),
         "SINGULARITY_TEST_PAUSE": "model-build:before-rename",
         "SINGULARITY_TEST_PAUSE_FILE": str(marker),
     }
@@ -259,8 +260,7 @@ def test_concurrent_first_builds_all_succeed_on_one_entry(private_cache):
         "from singularity_ops.local_model import load_encoder\n"
         "print(load_encoder().encode(['ok'])[0].shape)\n"
     )
-    env = {**os.environ, "SINGULARITY_CACHE_DIR": str(private_cache)}
-    env.pop("SINGULARITY_ONNX_MODEL", None)
+    env = clean_env(SINGULARITY_CACHE_DIR=str(private_cache))
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
