@@ -454,17 +454,16 @@ def backup(
 
 
 def _run_directory_dump(cmd: list[str], env: dict[str, str], partial: Path, lock_fd: int) -> None:
-    old = os.umask(0o077)  # pg_dump creates the directory and its files: owner only
-    try:
-        code, stderr = run_until_done(
-            cmd,
-            pause="backup:during-pg_dump",
-            stdin=subprocess.DEVNULL,
-            env=env,
-            pass_fds=(lock_fd,),
-        )
-    finally:
-        os.umask(old)
+    # pg_dump creates the directory and its files: owner only. The umask is the child's own,
+    # so this process's (and its other threads') stays as it was.
+    code, stderr = run_until_done(
+        cmd,
+        pause="backup:during-pg_dump",
+        stdin=subprocess.DEVNULL,
+        env=env,
+        pass_fds=(lock_fd,),
+        umask=0o077,
+    )
     if code != 0:
         raise BackupError(f"pg_dump failed (exit {code}); nothing was kept: {_last_lines(stderr)}")
     for file in partial.rglob("*"):

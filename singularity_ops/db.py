@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import psycopg
@@ -107,7 +108,9 @@ class EnsureDbResult:
 
 
 # The connection provider can be routed to one existing connection (the test sandbox).
-_routed: psycopg.Connection | None = None
+# The connection connect() hands out instead of opening one (use_connection): per context, so
+# a sandboxed test's routing never leaks into another thread or task.
+_routed: ContextVar[psycopg.Connection | None] = ContextVar("singularity_ops_routed", default=None)
 
 
 @contextmanager
@@ -118,12 +121,11 @@ def use_connection(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
     sandboxed connection. A request for autocommit gets the same connection: its
     transaction() blocks become savepoints.
     """
-    global _routed
-    previous, _routed = _routed, conn
+    token = _routed.set(conn)
     try:
         yield conn
     finally:
-        _routed = previous
+        _routed.reset(token)
 
 
 def connect(
@@ -133,8 +135,9 @@ def connect(
 
     Errors become DatabaseUnavailable with the password redacted and a hint.
     """
-    if _routed is not None and (dbname is None or dbname == _routed.info.dbname):
-        return _routed
+    routed = _routed.get()
+    if routed is not None and (dbname is None or dbname == routed.info.dbname):
+        return routed
     try:
         conn = _open(settings, settings.conninfo(dbname), autocommit=autocommit)
     except psycopg.OperationalError as exc:
