@@ -160,6 +160,28 @@ def _fit_label(name: str, version: str, width: int) -> str:
     return name[:keep] + "…" + version
 
 
+def _refuse_group_options(ctx: click.Context) -> None:
+    """`migrate --dry-run new`, `usage --since 7d refresh`: an option of the group itself,
+    given before a subcommand that does not read it, is a usage error, not silently ignored."""
+    from click.core import ParameterSource
+
+    from .errors import ConfigError
+
+    given = [
+        param.opts[0]
+        for param in ctx.command.params
+        if param.name
+        and param.expose_value
+        and ctx.get_parameter_source(param.name) == ParameterSource.COMMANDLINE
+    ]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)} belongs to `{ctx.command_path}` itself, not to "
+            f"`{ctx.command_path} {ctx.invoked_subcommand}`; give the subcommand's own options "
+            f"after it (see `{ctx.command_path} {ctx.invoked_subcommand} --help`)"
+        )
+
+
 def _resolve_types(ctx: click.Context, conn, types) -> list[str]:
     """--type values as artifact types (a corpus folder name is taken for its type, with a
     note on stderr); an unknown one is a usage error listing the types there are."""
@@ -1206,6 +1228,7 @@ def backup_cmd(
       singularity-ops backup --keep 14 --verify
     """
     if ctx.invoked_subcommand is not None:
+        _refuse_group_options(ctx)
         return
     from .backup import backup
 
@@ -1549,6 +1572,7 @@ def usage_cmd(ctx, since: str, types, environment, top: int, from_raw: bool, as_
       singularity-ops usage --since 30d --type code_generation --top 5
     """
     if ctx.invoked_subcommand is not None:
+        _refuse_group_options(ctx)
         return
     from .db import connect
     from .usage import buckets, parse_window, sparkline, usage_report
@@ -1963,6 +1987,7 @@ def migrate_cmd(
       singularity-ops migrate --dry-run && singularity-ops migrate
     """
     if ctx.invoked_subcommand is not None:
+        _refuse_group_options(ctx)
         return
     from .db import connect
     from .migrate import migrate

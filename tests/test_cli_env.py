@@ -146,3 +146,16 @@ def test_outside_a_project_the_toolkit_says_so_instead_of_making_one_there(tmp_p
         assert f"no singularity.yaml at or above {tmp_path}" in said, args
         assert "DATABASE_URL" in said and "--config" in said
     assert not (tmp_path / ".singularity").exists(), "no cluster was made in a random directory"
+
+
+def test_a_group_option_before_a_subcommand_that_ignores_it_is_an_error(tmp_path):
+    (tmp_path / "singularity.yaml").write_text("database:\n  url: postgresql://u@127.0.0.1:1/x\n")
+    for args, option in (
+        (["migrate", "--dry-run", "new", "x"], "--dry-run"),
+        (["usage", "--since", "7d", "refresh"], "--since"),
+        (["backup", "--keep", "3", "list"], "--keep"),
+    ):
+        out = run_cli(*args, cwd=tmp_path)
+        assert out.returncode == 2, (args, out.stderr)
+        assert f"{option} belongs to `singularity-ops {args[0]}` itself" in out.stderr
+    assert not list(tmp_path.rglob("*.sql")), "nothing was created"
