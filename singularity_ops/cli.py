@@ -423,35 +423,13 @@ def create_extensions_cmd(ctx: click.Context, names: tuple[str, ...], as_json: b
         info(ctx, f"{r.name} {r.version}{' (created)' if r.created else ''}")
 
 
-def _within(path: Path, root: Path) -> bool:
-    path = Path(os.path.normpath(path))
-    return path == root or root in path.parents
-
-
 def _scan(ctx: click.Context, paths: tuple[Path, ...], include_learned: bool, known=None):
     """Scan templates_data (or PATHs inside it), with a progress bar on a terminal."""
     from . import corpus
 
     settings = settings_of(ctx)
     root = settings.templates_dir
-    for path in paths:
-        # Lexically inside (a symlink out of the root is then the scan's per-file problem)
-        # or resolved inside; anything else is a mistaken argument, not a bad file.
-        if not (
-            _within(path.absolute(), root.absolute()) or _within(path.resolve(), root.resolve())
-        ):
-            raise click.UsageError(
-                f"{path} is outside the import root {root}; a PATH picks part of the root. "
-                f"To read another corpus, pass --templates {path} (or set import.root in "
-                "singularity.yaml)"
-            )
-    if not root.is_dir():
-        from .errors import ConfigError
-
-        raise ConfigError(
-            f"import root {root} does not exist; create it, pass --templates DIR, or set "
-            "import.root in singularity.yaml"
-        )
+    corpus.check_scan_arguments(root, paths)
     kwargs = dict(
         type_map=settings.type_map,
         include_learned=include_learned,

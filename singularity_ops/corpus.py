@@ -305,6 +305,33 @@ def _walk(root: str, scope: str) -> Iterator[tuple[str, str]]:
                 yield os.path.join(dirpath, name), f"{rel_dir}/{name}" if rel_dir else name
 
 
+def _within(path: Path, root: Path) -> bool:
+    path = Path(os.path.normpath(path))
+    return path == root or root in path.parents
+
+
+def check_scan_arguments(root: Path, paths: Iterable[Path] = ()) -> None:
+    """The import root exists and every PATH is inside it, lexically (a symlink out of the
+    root is then the scan's per-file problem) or resolved; else a usage error (ConfigError)
+    naming --templates, because a PATH outside the root is a mistaken argument, not a bad file."""
+    from .errors import ConfigError
+
+    for path in paths:
+        if not (
+            _within(path.absolute(), root.absolute()) or _within(path.resolve(), root.resolve())
+        ):
+            raise ConfigError(
+                f"{path} is outside the import root {root}; a PATH picks part of the root. "
+                f"To read another corpus, pass --templates {path} (or set import.root in "
+                "singularity.yaml)"
+            )
+    if not root.is_dir():
+        raise ConfigError(
+            f"import root {root} does not exist; create it, pass --templates DIR, or set "
+            "import.root in singularity.yaml"
+        )
+
+
 def scan(
     root: Path,
     paths: Iterable[Path] = (),
