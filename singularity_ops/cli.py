@@ -306,7 +306,7 @@ def setup_cmd(ctx: click.Context, skip, only, templates, as_json: bool) -> None:
     Example:
       singularity-ops setup --skip embed
     """
-    from .setup import run_setup, select_steps
+    from .chain import run_setup, select_steps
 
     settings = _with_templates(ctx, templates)
     steps = select_steps(skip, only)
@@ -2247,7 +2247,7 @@ def server_update_extensions(ctx: click.Context, timeout: float, as_json: bool) 
     Example:
       singularity-ops server update-extensions
     """
-    from .db import update_extensions
+    from .extensions import update_extensions
 
     settings = _local_cluster(ctx)
     done = update_extensions(settings, timeout)

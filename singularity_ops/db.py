@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import os
@@ -381,66 +380,6 @@ def check_build(settings: Settings, conn: psycopg.Connection) -> None:
         )
     if recorded != current:
         cluster.write_build(settings.local, current)
-
-
-@dataclass(frozen=True)
-class ExtensionUpdate:
-    """One extension updated in one database by `server update-extensions`."""
-
-    database: str
-    extension: str
-    before: str
-    after: str
-
-
-def update_extensions(settings: Settings, timeout: float = 30) -> list[ExtensionUpdate]:
-    """TimescaleDB's documented update procedure, on every database of the local cluster:
-    a fresh session whose first command is ALTER EXTENSION timescaledb UPDATE; then vector
-    and postgis are updated too, and the build now serving the cluster is recorded."""
-    if settings.local is None:
-        raise ClusterError(
-            "update-extensions works on the project-local cluster; on another server, run "
-            "ALTER EXTENSION timescaledb UPDATE (psql -X, first command) in each database"
-        )
-    cluster.start(settings.local, settings.bindir, timeout)
-    done = []
-    with wait_for_server(settings, timeout) as admin:
-        names = [
-            r[0]
-            for r in admin.execute(
-                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1"
-            )
-        ]
-        current = current_build(admin)
-    recorded = (cluster.read_build(settings.local) or {}).get("extensions") or {}
-    for name in names:
-        # The first command of a fresh session, as TimescaleDB documents: the loader then
-        # does not load the library of the old version, which this build may not have.
-        with (
-            psycopg.connect(**settings.conninfo(name), autocommit=True) as first,
-            contextlib.suppress(psycopg.errors.UndefinedObject),  # none in this database
-        ):
-            first.execute("ALTER EXTENSION timescaledb UPDATE")
-        with psycopg.connect(**settings.conninfo(name), autocommit=True) as conn:
-            installed = dict(
-                conn.execute("SELECT extname, extversion FROM pg_extension").fetchall()
-            )
-            for extension in ("vector", "postgis"):
-                if extension in installed:
-                    conn.execute(
-                        sql.SQL("ALTER EXTENSION {} UPDATE").format(sql.Identifier(extension))
-                    )
-            after = dict(conn.execute("SELECT extname, extversion FROM pg_extension").fetchall())
-        for extension in BUILD_EXTENSIONS:
-            if extension in after:
-                before = (
-                    installed[extension]
-                    if extension != "timescaledb"
-                    else recorded.get(extension, "?")
-                )
-                done.append(ExtensionUpdate(name, extension, before, after[extension]))
-    cluster.write_build(settings.local, current)
-    return done
 
 
 def ensure_db(settings: Settings, timeout: float = 30) -> EnsureDbResult:

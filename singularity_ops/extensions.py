@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
-from .db import relation_exists
-from .errors import ExtensionError
+from . import cluster
+from .config import Settings
+from .db import BUILD_EXTENSIONS, current_build, relation_exists, wait_for_server
+from .errors import ClusterError, ExtensionError
 
 # Extensions that must be loaded at server start, not only created.
 NEEDS_PRELOAD = {"timescaledb"}
@@ -115,3 +118,63 @@ def create_extensions(conn: psycopg.Connection, names: Sequence[str]) -> list[Ex
         raise ExtensionError(f"CREATE EXTENSION failed: {message}") from None
     after = installed_extensions(conn)
     return [ExtensionResult(n, after[n], n not in before) for n in names]
+
+
+@dataclass(frozen=True)
+class ExtensionUpdate:
+    """One extension updated in one database by `server update-extensions`."""
+
+    database: str
+    extension: str
+    before: str
+    after: str
+
+
+def update_extensions(settings: Settings, timeout: float = 30) -> list[ExtensionUpdate]:
+    """TimescaleDB's documented update procedure, on every database of the local cluster:
+    a fresh session whose first command is ALTER EXTENSION timescaledb UPDATE; then vector
+    and postgis are updated too, and the build now serving the cluster is recorded."""
+    if settings.local is None:
+        raise ClusterError(
+            "update-extensions works on the project-local cluster; on another server, run "
+            "ALTER EXTENSION timescaledb UPDATE (psql -X, first command) in each database"
+        )
+    cluster.start(settings.local, settings.bindir, timeout)
+    done = []
+    with wait_for_server(settings, timeout) as admin:
+        names = [
+            r[0]
+            for r in admin.execute(
+                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1"
+            )
+        ]
+        current = current_build(admin)
+    recorded = (cluster.read_build(settings.local) or {}).get("extensions") or {}
+    for name in names:
+        # The first command of a fresh session, as TimescaleDB documents: the loader then
+        # does not load the library of the old version, which this build may not have.
+        with (
+            psycopg.connect(**settings.conninfo(name), autocommit=True) as first,
+            contextlib.suppress(psycopg.errors.UndefinedObject),  # none in this database
+        ):
+            first.execute("ALTER EXTENSION timescaledb UPDATE")
+        with psycopg.connect(**settings.conninfo(name), autocommit=True) as conn:
+            installed = dict(
+                conn.execute("SELECT extname, extversion FROM pg_extension").fetchall()
+            )
+            for extension in ("vector", "postgis"):
+                if extension in installed:
+                    conn.execute(
+                        sql.SQL("ALTER EXTENSION {} UPDATE").format(sql.Identifier(extension))
+                    )
+            after = dict(conn.execute("SELECT extname, extversion FROM pg_extension").fetchall())
+        for extension in BUILD_EXTENSIONS:
+            if extension in after:
+                before = (
+                    installed[extension]
+                    if extension != "timescaledb"
+                    else recorded.get(extension, "?")
+                )
+                done.append(ExtensionUpdate(name, extension, before, after[extension]))
+    cluster.write_build(settings.local, current)
+    return done

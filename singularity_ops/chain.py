@@ -1,4 +1,6 @@
-"""setup: the documented workflow in order, ensure-db -> create-extensions -> migrate -> import -> embed.
+"""The `setup` command's chain, in order: ensure-db -> create-extensions -> migrate -> import -> embed.
+
+(Named chain.py, not setup.py: a package module called setup.py surprises tools and people.)
 
 Each step is the same library call its own command makes. The chain stops at the first
 failing step with that step's error. A second run on an up-to-date database does no work.
