@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import SingularityOpsError
+from .errors import SingularityOpsError, explain_db_error
 from .shapes import to_jsonable
 
 
@@ -62,7 +62,7 @@ class _Group(click.Group):
             target = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
             _fail(ctx, f"{target}: {exc.strerror}; check that path and its permissions", 1)
         except Exception as exc:
-            message = _database_failure(exc)
+            message = explain_db_error(exc)
             if message is None:
                 raise _unexpected(ctx, exc) from None
             _fail(ctx, message, 1)
@@ -88,28 +88,6 @@ def _fail(ctx: click.Context, message: str, exit_code: int) -> None:
         emit_json({"error": message, "exit_code": exit_code})
     click.echo(f"singularity-ops: error: {message}", err=True)
     ctx.exit(exit_code)
-
-
-def _database_failure(exc: Exception) -> str | None:
-    """A message for database errors that are the server's or the grants' doing, not ours."""
-    if "psycopg" not in sys.modules:
-        return None
-    import psycopg
-
-    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
-        return (
-            f"the database refused: {exc.diag.message_primary}; the connecting user lacks a "
-            "privilege (GRANT it, or connect as the owner of the knowledge base)"
-        )
-    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction):
-        return (
-            f"the database is not migrated to this toolkit's schema ({exc.diag.message_primary}); "
-            "run `singularity-ops migrate` (or `singularity-ops setup`)"
-        )
-    if isinstance(exc, psycopg.OperationalError):
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"lost the database connection or the server failed: {first}; try again"
-    return None
 
 
 def _unexpected(ctx: click.Context, exc: Exception) -> click.exceptions.Exit:

@@ -36,7 +36,7 @@ from .artifacts import (
     view_artifact,
 )
 from .config import Settings
-from .errors import ConfigError, DatabaseUnavailable, SingularityOpsError
+from .errors import ConfigError, DatabaseUnavailable, SingularityOpsError, explain_db_error
 from .search import DEFAULT_MODE, SearchResult, SearchUnavailable, check_search, search
 from .search_log import SearchNotFound
 from .shapes import to_jsonable
@@ -284,8 +284,10 @@ def describe_error(exc: BaseException, settings: Settings) -> tuple[int, str]:
         return 400, exc.message
     if isinstance(exc, psycopg.errors.QueryCanceled):
         return 503, f"the database took longer than {STATEMENT_TIMEOUT_MS} ms and was cancelled"
-    if isinstance(exc, psycopg.OperationalError):
-        return 503, "the database is unavailable: " + settings.redact(str(exc).strip()[:300])
+    explained = explain_db_error(exc)  # the same words the CLI uses
+    if explained is not None:
+        status = 503 if isinstance(exc, psycopg.OperationalError) else 500
+        return status, settings.redact(explained)
     if isinstance(exc, psycopg.Error):
         return 500, "database error: " + settings.redact(str(exc).strip()[:300])
     return 500, "internal error (see the server's log)"

@@ -466,3 +466,25 @@ def test_a_token_is_checked_on_a_read_only_server_too(embedded):
         assert verify_token(conn, created.token).name == "replica-reader"
         assert verify_token(conn, created.token + "x") is None
         assert verify_token(conn, "not-a-token") is None
+
+
+def test_database_trouble_reaches_an_agent_in_the_clis_words(knowledge, embedded):
+    settings, _ = embedded
+    with psycopg.connect(**settings.conninfo(), autocommit=True) as conn:
+        conn.execute("ALTER TABLE search_log RENAME TO search_log_moved")
+        conn.execute("ALTER TABLE artifact_usage RENAME TO artifact_usage_moved")
+    try:
+        result = call(
+            build_mcp(knowledge),
+            lambda c: c.call_tool(
+                "record_usage",
+                {"artifact_type": "prompts", "artifact_id": "queue_worker", "success": True},
+            ),
+        )
+    finally:
+        with psycopg.connect(**settings.conninfo(), autocommit=True) as conn:
+            conn.execute("ALTER TABLE search_log_moved RENAME TO search_log")
+            conn.execute("ALTER TABLE artifact_usage_moved RENAME TO artifact_usage")
+    assert result.is_error
+    assert "not migrated to this toolkit's schema" in result.content[0].text
+    assert "singularity-ops migrate" in result.content[0].text
