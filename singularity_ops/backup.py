@@ -250,7 +250,7 @@ def _stream_to_file(
         )
         assert proc.stdout is not None and proc.stderr is not None
         try:
-            pause_point("backup:during-pg_dump")
+            pause_point("backup:during-pg_dump", child=proc)
             while chunk := proc.stdout.read(CHUNK):
                 out.write(chunk)
                 digest.update(chunk)

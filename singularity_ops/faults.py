@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 PAUSE_VARIABLE = "SINGULARITY_TEST_PAUSE"
 PAUSE_FILE_VARIABLE = "SINGULARITY_TEST_PAUSE_FILE"
+# Names a point where the process SIGKILLs the child it is running (pg_dump, say) and goes
+# on: how the tests see a child die mid-work without racing to find it in /proc.
+KILL_CHILD_VARIABLE = "SINGULARITY_TEST_KILL_CHILD"
 
 
-def pause_point(name: str) -> None:
-    """Stop here forever when the tests asked for this point; otherwise return at once."""
+def pause_point(name: str, child: Any = None) -> None:
+    """Stop here forever when the tests asked for this point; otherwise return at once.
+    With `child` (a subprocess.Popen), SINGULARITY_TEST_KILL_CHILD=name kills it instead."""
+    if child is not None and os.environ.get(KILL_CHILD_VARIABLE) == name:
+        child.kill()  # SIGKILL to the real process, then this one carries on
+        child.wait()
+        return
     if os.environ.get(PAUSE_VARIABLE) != name:
         return
     marker = os.environ.get(PAUSE_FILE_VARIABLE)
