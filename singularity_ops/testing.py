@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .errors import DatabaseUnavailable
+
 if TYPE_CHECKING:
     import psycopg
 
@@ -125,8 +127,9 @@ def sandbox(settings: Settings) -> Iterator[psycopg.Connection]:
         conn.end_sandbox()
 
 
-class SandboxUnavailable(Exception):
-    """The shared database cannot be reached or is not migrated."""
+class SandboxUnavailable(DatabaseUnavailable):
+    """The shared database cannot be reached or is not migrated (part of the toolkit's error
+    hierarchy: `except SingularityOpsError` catches it too)."""
 
 
 @pytest.fixture(scope="session")
