@@ -559,83 +559,144 @@ def _host_allowed(value: str, patterns: Sequence[str]) -> bool:
     return False
 
 
-def build_http_app(knowledge: Knowledge, options: HttpOptions) -> tuple[Any, Any]:
-    """(the Starlette app, the MCP server): MCP at /mcp, GET /healthz, and POST /v1/search,
-    GET /v1/artifacts/{type}/{id}, POST /v1/usage behind the same tokens."""
-    import anyio.to_thread
-    from mcp.server.transport_security import TransportSecuritySettings
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
+def _error(status: int, message: str, **headers: str) -> Any:
+    from starlette.responses import JSONResponse
 
-    check_http_options(options)
-    server = build_mcp(knowledge, require_tokens=options.require_tokens)
-    hosts, origins = _host_patterns(options)
-    security = TransportSecuritySettings(
-        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
-    )
-    settings = knowledge.settings
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
-    def error(status: int, message: str, **headers: str) -> Response:
-        return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
-    async def guard(request: Request, scope: str) -> tuple[Response | None, str | None]:
-        """(an error response, or None) and the caller's name."""
-        if not _host_allowed(request.headers.get("host", ""), hosts):
-            return error(421, "this Host is not served here (see --allowed-host)"), None
+def _field(data: Any, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    """data[key] of the given type; a missing key is `default`, or a ConfigError without one."""
+    if not isinstance(data, dict):
+        raise ConfigError("the request body must be a JSON object")
+    if key not in data or data[key] is None:
+        if default is ...:
+            raise ConfigError(f"{key!r} is required")
+        return default
+    value = data[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{key!r} has the wrong type")
+    return value
+
+
+class _JsonApi:
+    """What the /v1 routes share: Host/Origin and token checks, bounded bodies, and library
+    calls in a worker thread with the same error mapping as the tools."""
+
+    def __init__(self, knowledge: Knowledge, options: HttpOptions) -> None:
+        self.knowledge = knowledge
+        self.options = options
+        self.hosts, self.origins = _host_patterns(options)
+
+    async def guard(self, request: Any, scope: str) -> tuple[Any, str | None]:
+        """(an error response, or None) and the caller's token name."""
+        import anyio.to_thread
+
+        if not _host_allowed(request.headers.get("host", ""), self.hosts):
+            return _error(421, "this Host is not served here (see --allowed-host)"), None
         origin = request.headers.get("origin")
-        if origin and not _host_allowed(origin, origins):
-            return error(403, "this Origin is not allowed"), None
-        if not options.require_tokens:
+        if origin and not _host_allowed(origin, self.origins):
+            return _error(403, "this Origin is not allowed"), None
+        if not self.options.require_tokens:
             return None, None
-        header = request.headers.get("authorization", "")
-        kind, _, token = header.partition(" ")
+        kind, _, token = request.headers.get("authorization", "").partition(" ")
+        challenge = {"WWW-Authenticate": "Bearer"}
         if kind.lower() != "bearer" or not token:
-            return error(401, "a bearer token is needed (singularity-ops token create NAME)",
-                         **{"WWW-Authenticate": "Bearer"}), None  # fmt: skip
-        info = await anyio.to_thread.run_sync(knowledge.verify, token.strip())
+            message = "a bearer token is needed (singularity-ops token create NAME)"
+            return _error(401, message, **challenge), None
+        info = await anyio.to_thread.run_sync(self.knowledge.verify, token.strip())
         if info is None:
-            return error(401, "unknown or revoked token", **{"WWW-Authenticate": "Bearer"}), None
+            return _error(401, "unknown or revoked token", **challenge), None
         if scope == "write" and info.scope != "write":
-            return error(
-                403, "this token has read scope; recording usage needs --scope write"
-            ), None
+            message = "this token has read scope; recording usage needs --scope write"
+            return _error(403, message), None
         return None, info.name
 
-    async def body(request: Request) -> Any:
+    async def body(self, request: Any) -> Any:
+        """The request's JSON, read no further than --max-body-bytes."""
+        limit = self.options.max_body_bytes
         data = bytearray()
         async for chunk in request.stream():
             data += chunk
-            if len(data) > options.max_body_bytes:
-                raise ConfigError(
-                    f"the request body is larger than {options.max_body_bytes:,} bytes"
-                )
+            if len(data) > limit:
+                raise ConfigError(f"the request body is larger than {limit:,} bytes")
         try:
             return json.loads(data or b"null")
         except (ValueError, RecursionError):
             raise ConfigError("the request body is not valid JSON") from None
 
-    async def answer(fn: Callable[[], Any]) -> Response:
+    async def answer(self, fn: Callable[[], Any]) -> Any:
+        import anyio.to_thread
+        from starlette.responses import JSONResponse
+
         try:
             result = await anyio.to_thread.run_sync(fn)
         except (SingularityOpsError, psycopg.Error) as exc:
-            status, message = describe_error(exc, settings)
-            return error(status, message)
+            return _error(*describe_error(exc, self.knowledge.settings))
         return JSONResponse(to_jsonable(result))
 
-    def need(data: Any, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-        if not isinstance(data, dict):
-            raise ConfigError("the request body must be a JSON object")
-        if key not in data or data[key] is None:
-            if default is ...:
-                raise ConfigError(f"{key!r} is required")
-            return default
-        value = data[key]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(f"{key!r} has the wrong type")
-        return value
+    async def search(self, request: Any) -> Any:
+        refused, _name = await self.guard(request, "read")
+        if refused:
+            return refused
+        try:
+            data = await self.body(request)
+            query = _field(data, "query", str)
+            kwargs = dict(
+                limit=_field(data, "limit", int, DEFAULT_LIMIT),
+                mode=_field(data, "mode", str, DEFAULT_MODE),
+                types=_field(data, "types", list, []),
+                tags=_field(data, "tags", list, []),
+                language=_field(data, "language", str, None),
+                rank_by=_field(data, "rank_by", str, "relevance"),
+            )
+        except ConfigError as exc:
+            return _error(400, exc.message)
+        return await self.answer(lambda: self.knowledge.search(query, **kwargs))
 
-    @server.custom_route("/healthz", methods=["GET"])
-    async def healthz(request: Request) -> Response:
+    async def artifact(self, request: Any) -> Any:
+        refused, _name = await self.guard(request, "read")
+        if refused:
+            return refused
+        params = request.path_params
+        version = request.query_params.get("version", LATEST)
+        return await self.answer(
+            lambda: self.knowledge.artifact(params["artifact_type"], params["artifact_id"], version)
+        )
+
+    async def usage(self, request: Any) -> Any:
+        if self.knowledge.read_only:
+            return _error(405, "this server is read-only (--read-only): it records no usage")
+        refused, name = await self.guard(request, "write")
+        if refused:
+            return refused
+        try:
+            data = await self.body(request)
+        except ConfigError as exc:
+            return _error(400, exc.message)
+        events = data.get("events") if isinstance(data, dict) and "events" in data else [data]
+        if not isinstance(events, list):
+            return _error(400, "'events' must be a list of events")
+        return await self.answer(lambda: self.knowledge.record_batch(events, reported_by=name))
+
+
+def build_http_app(knowledge: Knowledge, options: HttpOptions) -> tuple[Any, Any]:
+    """(the Starlette app, the MCP server): MCP at /mcp, GET /healthz, and POST /v1/search,
+    GET /v1/artifacts/{type}/{id}, POST /v1/usage behind the same tokens."""
+    import anyio.to_thread
+    from mcp.server.transport_security import TransportSecuritySettings
+    from starlette.responses import JSONResponse
+
+    check_http_options(options)
+    server = build_mcp(knowledge, require_tokens=options.require_tokens)
+    api = _JsonApi(knowledge, options)
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=api.hosts,
+        allowed_origins=api.origins,
+    )
+
+    async def healthz(request: Any) -> Any:
         ok = await anyio.to_thread.run_sync(knowledge.ping)
         sessions = len(getattr(server.session_manager, "_server_instances", {}))
         return JSONResponse(
@@ -643,52 +704,12 @@ def build_http_app(knowledge: Knowledge, options: HttpOptions) -> tuple[Any, Any
             status_code=200 if ok else 503,
         )
 
-    @server.custom_route("/v1/search", methods=["POST"])
-    async def v1_search(request: Request) -> Response:
-        refused, _caller_name = await guard(request, "read")
-        if refused:
-            return refused
-        try:
-            data = await body(request)
-            query = need(data, "query", str)
-            kwargs = dict(
-                limit=need(data, "limit", int, DEFAULT_LIMIT),
-                mode=need(data, "mode", str, DEFAULT_MODE),
-                types=need(data, "types", list, []),
-                tags=need(data, "tags", list, []),
-                language=need(data, "language", str, None),
-                rank_by=need(data, "rank_by", str, "relevance"),
-            )
-        except ConfigError as exc:
-            return error(400, exc.message)
-        return await answer(lambda: knowledge.search(query, **kwargs))
-
-    @server.custom_route("/v1/artifacts/{artifact_type}/{artifact_id}", methods=["GET"])
-    async def v1_artifact(request: Request) -> Response:
-        refused, _caller_name = await guard(request, "read")
-        if refused:
-            return refused
-        params = request.path_params
-        version = request.query_params.get("version", LATEST)
-        return await answer(
-            lambda: knowledge.artifact(params["artifact_type"], params["artifact_id"], version)
-        )
-
-    @server.custom_route("/v1/usage", methods=["POST"])
-    async def v1_usage(request: Request) -> Response:
-        if knowledge.read_only:
-            return error(405, "this server is read-only (--read-only): it records no usage")
-        refused, caller_name = await guard(request, "write")
-        if refused:
-            return refused
-        try:
-            data = await body(request)
-        except ConfigError as exc:
-            return error(400, exc.message)
-        events = data.get("events") if isinstance(data, dict) and "events" in data else [data]
-        if not isinstance(events, list):
-            return error(400, "'events' must be a list of events")
-        return await answer(lambda: knowledge.record_batch(events, reported_by=caller_name))
+    server.custom_route("/healthz", methods=["GET"])(healthz)
+    server.custom_route("/v1/search", methods=["POST"])(api.search)
+    server.custom_route("/v1/artifacts/{artifact_type}/{artifact_id}", methods=["GET"])(
+        api.artifact
+    )
+    server.custom_route("/v1/usage", methods=["POST"])(api.usage)
 
     app = server.streamable_http_app(
         host=options.host,
