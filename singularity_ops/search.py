@@ -356,6 +356,16 @@ def check_search(
 ) -> None:
     """The checks that need no model, in milliseconds: arguments, schema, filter values, and
     (for vector and hybrid) rows embedded with the configured model."""
+    _check_arguments(mode, top_k, min_similarity, limits)
+    _check_schema(conn)
+    _check_filter_values(conn, types, language, tags)
+    if mode != "text":
+        _check_embedded(conn, config)
+
+
+def _check_arguments(
+    mode: str, top_k: int, min_similarity: float | None, limits: SearchLimits | None
+) -> None:
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     if top_k < 1:
@@ -373,6 +383,9 @@ def check_search(
             raise ConfigError(
                 "--min-similarity needs --mode vector or hybrid (text has no similarity)"
             )
+
+
+def _check_schema(conn: psycopg.Connection) -> None:
     if not relation_exists(conn, "knowledge_artifacts"):
         raise SearchUnavailable(
             f"database {conn.info.dbname!r} has no knowledge schema; run `singularity-ops migrate`"
@@ -386,6 +399,12 @@ def check_search(
             f"database {conn.info.dbname!r} lacks migration 0004 (search_document), which search "
             "needs; run `singularity-ops migrate`"
         )
+
+
+def _check_filter_values(
+    conn: psycopg.Connection, types: Sequence[str], language: str | None, tags: Sequence[str]
+) -> None:
+    """Every --type, --language and --tag names a value some artifact has (else the list)."""
     unknown = []
     if types:
         missing = _missing(
@@ -422,8 +441,10 @@ def check_search(
             unknown.append(f"no artifact has tag {', '.join(map(repr, missing))} (tags: {known})")
     if unknown:
         raise ConfigError("; ".join(unknown))
-    if mode == "text":
-        return
+
+
+def _check_embedded(conn: psycopg.Connection, config: EmbeddingConfig) -> None:
+    """Rows embedded with the configured model and text version exist (else what to run)."""
     key = model_key(config, TEXT_VERSION)
     embedded = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM knowledge_artifacts WHERE embedding_model = %s)", (key,)
