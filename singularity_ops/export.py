@@ -16,6 +16,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
@@ -230,32 +231,7 @@ def export_proven(
     if not 0 <= min_success_rate <= 1:
         raise ConfigError(f"--min-success-rate must be between 0 and 1, got {min_success_rate}")
     out_dir = out_dir.resolve()
-    columns = (
-        "SELECT id, artifact_type, artifact_id, version, content_raw, usage_count, success_count,"
-        " success_rate, last_used_at, source_path, source FROM knowledge_artifacts"
-    )
-    window = None
-    if since_days is None:
-        query = columns + " WHERE usage_count >= %s AND success_rate >= %s"
-        params: list = [min_usage, min_success_rate]
-        judged: dict = {}
-    else:
-        from .usage import Window, window_stats
-
-        today = conn.execute("SELECT (now() AT TIME ZONE 'UTC')::date").fetchone()[0]  # type: ignore[index]
-        window = Window.ending(today, since_days)
-        judged = {
-            s["pk"]: s
-            for s in window_stats(conn, window, types=types)
-            if s["uses"] >= min_usage and s["successes"] >= min_success_rate * s["uses"]
-        }
-        query = columns + " WHERE id = ANY(%s)"
-        params = [list(judged)]
-    if types:
-        query += " AND artifact_type = ANY(%s)"
-        params.append(list(types))
-    query += " ORDER BY artifact_type, artifact_id, knowledge_version_key(version), version"
-    rows = conn.execute(query, params).fetchall()
+    rows, window, judged = _proven_rows(conn, min_usage, min_success_rate, types, since_days)
     if not rows:
         near = _near_misses(conn, min_usage, min_success_rate, types, window)
     targets: dict[Path, tuple] = {}
@@ -267,53 +243,14 @@ def export_proven(
     if not rows:
         result.near_misses = near
     for relative, row in targets.items():
-        (
-            pk,
-            artifact_type,
-            artifact_id,
-            version,
-            content_raw,
-            usage,
-            successes,
-            rate,
-            last_used,
-            source_path,
-            source,
-        ) = row
+        pk, artifact_type, artifact_id, version, content_raw = row[:5]
+        source_path, source = row[9], row[10]
         target = (out_dir / relative).resolve()
         if out_dir not in target.parents:
             raise AssertionError(
                 f"export path {target} escaped {out_dir}"
             )  # safe_relative_path bug
-        if window is None:
-            metrics = {
-                "usage_count": usage,
-                "success_count": successes,
-                "success_rate": round(rate, 4),
-                "last_used_at": last_used.isoformat() if last_used else None,
-                "exported_from": source_path,
-            }
-        else:
-            stats = judged[pk]
-            metrics = {
-                "window": {
-                    "days": window.days,
-                    "from": window.start.isoformat(),
-                    "to": window.end.isoformat(),
-                },
-                "usage_count": stats["uses"],
-                "success_count": stats["successes"],
-                "success_rate": round(stats["successes"] / stats["uses"], 4),
-                "last_used_at": stats["last_used_at"].isoformat()
-                if stats["last_used_at"]
-                else None,
-                "lifetime": {
-                    "usage_count": usage,
-                    "success_count": successes,
-                    "success_rate": None if rate is None else round(rate, 4),
-                },
-                "exported_from": source_path,
-            }
+        metrics = _metrics(row, window, judged.get(pk))
         data = render(content_raw, artifact_type, artifact_id, version, metrics)
         label = relative.as_posix()
         curated = strip_learning(json.loads(content_raw))
@@ -337,7 +274,80 @@ def export_proven(
         if changed and not dry_run:
             write_atomically(target, data)
         (result.written if changed else result.unchanged).append(label)
-    keep = {relative.as_posix() for relative in targets}
+    _list_no_longer_qualifying(out_dir, {r.as_posix() for r in targets}, result, prune, dry_run)
+    return result
+
+
+def _proven_rows(
+    conn: psycopg.Connection,
+    min_usage: int,
+    min_success_rate: float,
+    types: tuple[str, ...],
+    since_days: int | None,
+) -> tuple[list[tuple], Any, dict]:
+    """(the qualifying rows, oldest version first; the window or None; window stats by pk)."""
+    columns = (
+        "SELECT id, artifact_type, artifact_id, version, content_raw, usage_count, success_count,"
+        " success_rate, last_used_at, source_path, source FROM knowledge_artifacts"
+    )
+    window = None
+    judged: dict = {}
+    if since_days is None:
+        query = columns + " WHERE usage_count >= %s AND success_rate >= %s"
+        params: list = [min_usage, min_success_rate]
+    else:
+        from .usage import Window, window_stats
+
+        today = conn.execute("SELECT (now() AT TIME ZONE 'UTC')::date").fetchone()[0]  # type: ignore[index]
+        window = Window.ending(today, since_days)
+        judged = {
+            s["pk"]: s
+            for s in window_stats(conn, window, types=types)
+            if s["uses"] >= min_usage and s["successes"] >= min_success_rate * s["uses"]
+        }
+        query = columns + " WHERE id = ANY(%s)"
+        params = [list(judged)]
+    if types:
+        query += " AND artifact_type = ANY(%s)"
+        params.append(list(types))
+    query += " ORDER BY artifact_type, artifact_id, knowledge_version_key(version), version"
+    return conn.execute(query, params).fetchall(), window, judged
+
+
+def _metrics(row: tuple, window: Any, stats: dict | None) -> dict:
+    """The `_learning` block: lifetime counters, or the window's beside the lifetime ones."""
+    _pk, _t, _i, _v, _raw, usage, successes, rate, last_used, source_path, _source = row
+    if window is None or stats is None:
+        return {
+            "usage_count": usage,
+            "success_count": successes,
+            "success_rate": round(rate, 4),
+            "last_used_at": last_used.isoformat() if last_used else None,
+            "exported_from": source_path,
+        }
+    return {
+        "window": {
+            "days": window.days,
+            "from": window.start.isoformat(),
+            "to": window.end.isoformat(),
+        },
+        "usage_count": stats["uses"],
+        "success_count": stats["successes"],
+        "success_rate": round(stats["successes"] / stats["uses"], 4),
+        "last_used_at": stats["last_used_at"].isoformat() if stats["last_used_at"] else None,
+        "lifetime": {
+            "usage_count": usage,
+            "success_count": successes,
+            "success_rate": None if rate is None else round(rate, 4),
+        },
+        "exported_from": source_path,
+    }
+
+
+def _list_no_longer_qualifying(
+    out_dir: Path, keep: set[str], result: ExportResult, prune: bool, dry_run: bool
+) -> None:
+    """Earlier exports (files with a `_learning` block) that did not qualify this time."""
     for path in sorted(out_dir.rglob("*.json")) if out_dir.is_dir() else []:
         label = path.relative_to(out_dir).as_posix()
         if label in keep or label in result.removed or not _exported(path):
@@ -347,7 +357,6 @@ def export_proven(
             if not dry_run:
                 path.unlink()
             result.pruned.append(label)
-    return result
 
 
 def _exported(path: Path) -> bool:
