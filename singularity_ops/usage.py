@@ -298,14 +298,8 @@ UNKEYED_HINT = (
 )
 
 
-def parse_event(
-    line: str, now: datetime, default_environment: str, unkeyed: str = "refuse"
-) -> ParsedEvent:
-    """One JSON line of a usage log; ValueError says what is wrong with it. Whatever passes is
-    taken by PostgreSQL as it is (no NUL, NaN, week dates or offsets it would refuse).
-
-    unkeyed: a line with neither event_id nor used_at is refused ("refuse"), or recorded as a
-    use at `now` ("now"; ingesting it again records it again)."""
+def _load_event(line: str) -> dict:
+    """The line as a JSON object with known fields only; ValueError otherwise."""
     try:
         event = json.loads(line, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
@@ -320,6 +314,12 @@ def parse_event(
             f"unknown field(s) {', '.join(map(repr, unknown))}; the fields are "
             f"{', '.join(sorted(EVENT_FIELDS))}"
         )
+    return event
+
+
+def _checked_values(event: dict) -> tuple[str, str, bool, int | None]:
+    """(artifact_type, artifact_id, success, duration_ms) of an event whose fields PostgreSQL
+    will take as they are; ValueError names the first one it would not."""
     artifact_type, artifact_id = _text(event, "artifact_type"), _text(event, "artifact_id")
     success = event.get("success")
     for name, value in (
@@ -346,6 +346,19 @@ def parse_event(
         raise ValueError('"metadata" is nested too deeply') from None
     if problem:
         raise ValueError(problem)
+    return artifact_type, artifact_id, success, duration  # type: ignore[return-value]
+
+
+def parse_event(
+    line: str, now: datetime, default_environment: str, unkeyed: str = "refuse"
+) -> ParsedEvent:
+    """One JSON line of a usage log; ValueError says what is wrong with it. Whatever passes is
+    taken by PostgreSQL as it is (no NUL, NaN, week dates or offsets it would refuse).
+
+    unkeyed: a line with neither event_id nor used_at is refused ("refuse"), or recorded as a
+    use at `now` ("now"; ingesting it again records it again)."""
+    event = _load_event(line)
+    artifact_type, artifact_id, success, duration = _checked_values(event)
     used_at = event.get("used_at")
     if used_at is None and event.get("event_id") is None:
         if unkeyed != "now":
