@@ -382,29 +382,7 @@ def scan(
                 result.skipped.append(rel)
                 continue
             try:
-                if os.path.islink(path) and not _inside(os.path.realpath(path), root_str):
-                    raise _Invalid(_outside_message(root, os.path.realpath(path)))
-                raw = read_regular_file(path, max_file_bytes, root=root_str, root_label=root)
-                digest = hashlib.sha256(raw).hexdigest()
-                stored = known.get(rel) if known else None
-                if stored and stored[0] == digest and stored[1] == folder_type(rel, type_map):
-                    # The same bytes at the same path, and the folder still maps to the stored
-                    # type: identity cannot have changed, so the JSON need not be parsed again.
-                    text = raw.decode("utf-8")
-                    artifact_type, artifact_id, version = stored[1:]
-                    source = "learned" if rel.split("/", 1)[0] == LEARNED_DIR else "git"
-                else:
-                    text, data = _parse(raw)
-                    if is_non_artifact(name, data):
-                        result.skipped.append(rel)
-                        continue
-                    if not isinstance(data, dict):
-                        raise _Invalid(
-                            f"is a JSON {type(data).__name__}, but an artifact must be a JSON object"
-                        )
-                    artifact_type, artifact_id, version, source = resolve_identity(
-                        data, rel, type_map
-                    )
+                artifact = _read_artifact(path, rel, root, max_file_bytes, type_map, known)
             except _Invalid as exc:
                 where = rel if exc.line is None else f"{rel}:{exc.line}:{exc.column}"
                 result.problems.append(Problem(where, exc.message))
@@ -412,18 +390,63 @@ def scan(
             except OSError as exc:
                 result.problems.append(Problem(rel, f"cannot read: {exc.strerror}"))
                 continue
-            artifact = Artifact(
-                artifact_type=artifact_type,
-                artifact_id=artifact_id,
-                version=version,
-                content_raw=text,
-                content_hash=digest,
-                source_path=rel,
-                source=source,
-            )
+            if artifact is None:
+                result.skipped.append(rel)
+                continue
             by_key.setdefault(artifact.key, []).append(artifact)
 
-    schemas = _Schemas(root, max_file_bytes)
+    _resolve_claims(by_key, _Schemas(root, max_file_bytes), result)
+    return result
+
+
+def _read_artifact(
+    path: str,
+    rel: str,
+    root: Path,
+    max_file_bytes: int,
+    type_map: Mapping[str, str],
+    known: Mapping[str, tuple[str, str, str, str]] | None,
+) -> Artifact | None:
+    """One file as an Artifact; None for a non-artifact JSON file (schema, manifest);
+    _Invalid or OSError say what is wrong with it."""
+    root_str = str(root)
+    name = rel.rsplit("/", 1)[-1]
+    if os.path.islink(path) and not _inside(os.path.realpath(path), root_str):
+        raise _Invalid(_outside_message(root, os.path.realpath(path)))
+    raw = read_regular_file(path, max_file_bytes, root=root_str, root_label=root)
+    digest = hashlib.sha256(raw).hexdigest()
+    stored = known.get(rel) if known else None
+    if stored and stored[0] == digest and stored[1] == folder_type(rel, type_map):
+        # The same bytes at the same path, and the folder still maps to the stored type:
+        # identity cannot have changed, so the JSON need not be parsed again.
+        text = raw.decode("utf-8")
+        artifact_type, artifact_id, version = stored[1:]
+        source = "learned" if rel.split("/", 1)[0] == LEARNED_DIR else "git"
+    else:
+        text, data = _parse(raw)
+        if is_non_artifact(name, data):
+            return None
+        if not isinstance(data, dict):
+            raise _Invalid(
+                f"is a JSON {type(data).__name__}, but an artifact must be a JSON object"
+            )
+        artifact_type, artifact_id, version, source = resolve_identity(data, rel, type_map)
+    return Artifact(
+        artifact_type=artifact_type,
+        artifact_id=artifact_id,
+        version=version,
+        content_raw=text,
+        content_hash=digest,
+        source_path=rel,
+        source=source,
+    )
+
+
+def _resolve_claims(
+    by_key: dict[tuple[str, str, str], list[Artifact]], schemas: _Schemas, result: Scan
+) -> None:
+    """One artifact per identity: a learned copy of a curated file gives way to it; two
+    curated claimants are both invalid; each survivor must match its folder's schema."""
     for (artifact_type, artifact_id, version), group in by_key.items():
         curated = [a for a in group if a.source == "git"]
         if len(group) > 1 and len(curated) == 1:
@@ -455,7 +478,6 @@ def scan(
                 )
             )
     result.problems.extend(schemas.problems)
-    return result
 
 
 class _Schemas:
