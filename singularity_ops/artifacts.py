@@ -215,7 +215,7 @@ def view_artifact(
                 conn,
                 label,
                 artifact_type,
-                "; find artifacts with `search` (singularity-ops search QUERY)",
+                "find artifacts with `search` (singularity-ops search QUERY)",
             )
         )
     return ArtifactView(*row)

@@ -429,6 +429,9 @@ def test_show_prints_the_text_and_json_has_everything(embedded):
     assert bad.returncode == 2 and "TYPE/ID" in bad.stderr
     missing = run_cli("--config", str(config), "show", "prompts/nope", cwd=config.parent)
     assert missing.returncode == 1 and "prompts/nope" in missing.stderr
+    assert missing.stderr.startswith(
+        "singularity-ops: error: no artifact prompts/nope; find artifacts with `search`"
+    )
 
 
 def test_tokens_are_shown_once_and_stored_as_hashes(embedded):
