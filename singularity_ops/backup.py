@@ -569,9 +569,10 @@ def find_manifest(dump: Path, *, strict: bool = False) -> dict | None:
     return None
 
 
-def good_backups(directory: Path, series: str | None = None) -> list[Path]:
-    """Dumps this tool wrote in `directory` under the names it gave them (the name matches
-    the scheme and its manifest records it), oldest first. Retention touches nothing else."""
+def _good_backups_with_manifests(
+    directory: Path, series: str | None
+) -> list[tuple[Path, str, dict]]:
+    """(dump, series, manifest) of every good backup, oldest first: each manifest read once."""
     found = []
     if not directory.is_dir():
         return found
@@ -581,8 +582,14 @@ def good_backups(directory: Path, series: str | None = None) -> list[Path]:
             continue
         manifest = read_manifest(path)
         if manifest is not None and manifest.get("file") == path.name:
-            found.append(path)
-    return sorted(found, key=lambda p: NAME_PATTERN.match(p.name)["stamp"])  # type: ignore[index]
+            found.append((match["stamp"], path, match["series"], manifest))
+    return [(path, name, manifest) for _stamp, path, name, manifest in sorted(found)]
+
+
+def good_backups(directory: Path, series: str | None = None) -> list[Path]:
+    """Dumps this tool wrote in `directory` under the names it gave them (the name matches
+    the scheme and its manifest records it), oldest first. Retention touches nothing else."""
+    return [path for path, _series, _manifest in _good_backups_with_manifests(directory, series)]
 
 
 @dataclass(frozen=True)
@@ -603,13 +610,11 @@ def list_backups(directory: Path, series: str | None = None) -> list[BackupInfo]
     """The good backups in `directory` (those this tool wrote, with their manifests), oldest
     first, optionally of one series."""
     out = []
-    for path in good_backups(directory, series):
-        manifest = read_manifest(path) or {}
-        match = NAME_PATTERN.match(path.name)
+    for path, name, manifest in _good_backups_with_manifests(directory, series):
         out.append(
             BackupInfo(
                 file=path,
-                series=match["series"] if match else "?",
+                series=name,
                 database=str(manifest.get("database", "?")),
                 created_at=str(manifest.get("created_at", "")),
                 bytes=int(manifest.get("bytes", 0)),

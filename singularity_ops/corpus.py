@@ -499,9 +499,8 @@ class _Schemas:
             try:
                 if not path.is_file() or path.is_symlink():
                     continue
-                if path.stat().st_size > self.max_file_bytes:
-                    raise ValueError(f"larger than {self.max_file_bytes} bytes")
-                schema = json.loads(path.read_text(encoding="utf-8"))
+                raw = read_regular_file(str(path), self.max_file_bytes, root=str(self.root))
+                _text, schema = _parse(raw)
                 from jsonschema.validators import validator_for
 
                 cls = validator_for(schema)
@@ -511,7 +510,7 @@ class _Schemas:
                 self.problems.append(
                     Problem(rel, "cannot check artifacts against it: install jsonschema")
                 )
-            except Exception as exc:  # invalid JSON, or not a valid JSON Schema
+            except Exception as exc:  # unreadable, invalid JSON, or not a JSON Schema
                 message = getattr(exc, "message", None) or str(exc)
                 self.problems.append(Problem(rel, f"is not a usable JSON Schema: {message[:200]}"))
         return found

@@ -143,14 +143,19 @@ def _restored_from(admin: psycopg.Connection, dbname: str) -> str | None:
         "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
         (dbname,),
     ).fetchone()
-    comment = row[0] if row else None
+    record = _read_mark(row[0] if row else None)
+    return record.get("from_database") if record and record.get("kind") == "restored" else None
+
+
+def _read_mark(comment: str | None) -> dict | None:
+    """The record a restore of this toolkit left in a database's comment, or None."""
     if not comment or not comment.startswith(MARK):
         return None
     try:
         record = json.loads(comment[len(MARK) :])
     except ValueError:
         return None
-    return record.get("from_database") if record.get("kind") == "restored" else None
+    return record if isinstance(record, dict) else None
 
 
 def leftover_name(target: str, kind: str, stamp: str) -> str:
@@ -172,11 +177,8 @@ def tracked_leftovers(admin: psycopg.Connection) -> list[tuple[str, dict]]:
     ).fetchall()
     out = []
     for name, comment in rows:
-        try:
-            record = json.loads(comment[len(MARK) :])
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("kind") in ("restoring", "replaced"):
+        record = _read_mark(comment)
+        if record and record.get("kind") in ("restoring", "replaced"):
             out.append((name, record))
     return out
 
