@@ -82,11 +82,17 @@ def _redacted(text: str) -> str:
     return redact(text)
 
 
-def _fail(ctx: click.Context, message: str, exit_code: int) -> None:
+def _report(message: str, exit_code: int, as_json: bool) -> None:
+    """A failure, as every command reports one: one redacted line on stderr, and with --json
+    one JSON document on stdout."""
     message = _redacted(message)
-    if _wants_json(ctx):
+    if as_json:
         emit_json({"error": message, "exit_code": exit_code})
     click.echo(f"singularity-ops: error: {message}", err=True)
+
+
+def _fail(ctx: click.Context, message: str, exit_code: int) -> None:
+    _report(message, exit_code, _wants_json(ctx))
     ctx.exit(exit_code)
 
 
@@ -2283,27 +2289,24 @@ def _global_options_everywhere(group: click.Group) -> None:
 
         return callback
 
-    specs = [
-        (["--config"], "config_file", {"type": click.Path(dir_okay=False, path_type=Path)}),
-        (["--database-url"], "database_url", {}),
-        (["--dbname"], "dbname", {}),
-        (["-q", "--quiet"], "quiet", {"is_flag": True}),
-        (["-v", "--verbose"], "verbose", {"is_flag": True}),
-    ]
+    # The root group's own options (its --help and --version aside), copied as they are.
+    globals_ = [p for p in cli.params if isinstance(p, click.Option) and p.expose_value]
     for command in group.commands.values():
         if isinstance(command, click.Group):
             _global_options_everywhere(command)
         taken = {opt for param in command.params for opt in getattr(param, "opts", [])}
-        for opts, key, extra in specs:
-            if not taken.intersection(opts):
+        for option in globals_:
+            if not taken.intersection(option.opts):
                 command.params.append(
                     click.Option(
-                        opts,
+                        option.opts,
+                        type=option.type,
+                        is_flag=option.is_flag,
+                        metavar=option.metavar,
                         expose_value=False,
                         hidden=True,
-                        callback=setter(key),
+                        callback=setter(option.name),  # type: ignore[arg-type]
                         help="(global option; see singularity-ops --help)",
-                        **extra,
                     )
                 )
 
@@ -2321,15 +2324,13 @@ def main(argv: list[str] | None = None) -> None:
             args=argv, prog_name="singularity-ops", obj={"argv": tuple(argv)}, standalone_mode=False
         )
     except click.exceptions.Abort:
-        click.echo("singularity-ops: error: aborted", err=True)
+        _report("aborted", 1, "--json" in argv)
         sys.exit(1)
     except click.ClickException as exc:
-        message = _redacted(exc.format_message())
+        message = exc.format_message()
         if isinstance(exc, click.UsageError) and exc.ctx is not None:
             message += f" (see `{exc.ctx.command_path} --help`)"
-        if "--json" in argv:
-            emit_json({"error": message, "exit_code": exc.exit_code})
-        click.echo(f"singularity-ops: error: {message}", err=True)
+        _report(message, exc.exit_code, "--json" in argv)
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
 
