@@ -41,7 +41,14 @@ from .search import DEFAULT_MODE, SearchResult, SearchUnavailable, check_search,
 from .search_log import SearchNotFound
 from .shapes import to_jsonable
 from .tokens import TokenInfo, verify_token
-from .usage import BatchResult, UsageReport, parse_window, record_events, usage_report
+from .usage import (
+    BatchResult,
+    UsageReport,
+    parse_window,
+    record_events,
+    usage_report,
+    with_reporter,
+)
 
 log = logging.getLogger("singularity_ops.server")
 
@@ -218,9 +225,7 @@ class Knowledge:
     ) -> UsageResult:
         """artifacts.record_usage; `reported_by` replaces any reported_by in metadata."""
         self._writable()
-        meta = dict(metadata or {})
-        if reported_by is not None:
-            meta["reported_by"] = reported_by
+        meta = dict(metadata or {}) if reported_by is None else with_reporter(metadata, reported_by)
         return self._with_conn(
             lambda conn: record_usage(
                 conn,

@@ -649,20 +649,12 @@ def record_events(
         raise ConfigError(
             f"{len(events)} events in one batch, more than {MAX_BATCH_EVENTS}; send them in parts"
         )
-    lines: list[str] = []
+    lines: list[str] = []  # one per event: line N is event N-1 (ingest skips blank lines)
     errors: list[EventError] = []
     for index, event in enumerate(events):
-        if not isinstance(event, Mapping):
-            errors.append(EventError(index, f"an event must be a JSON object, got {_kind(event)}"))
-            lines.append("")  # keeps line numbers equal to positions; blank lines are skipped
-            continue
-        event = dict(event)
-        if reported_by is not None:
-            metadata = event.get("metadata")
-            metadata = dict(metadata) if isinstance(metadata, Mapping) else {}
-            metadata["reported_by"] = reported_by
-            event["metadata"] = metadata
-        try:
+        if isinstance(event, Mapping) and reported_by is not None:
+            event = {**event, "metadata": with_reporter(event.get("metadata"), reported_by)}
+        try:  # anything but an object is refused by the ingest's own check, with the rest
             lines.append(json.dumps(event, allow_nan=False))
         except (TypeError, ValueError) as exc:
             errors.append(EventError(index, f"not JSON: {exc}"))
@@ -683,10 +675,10 @@ def record_events(
     return BatchResult(len(events), result.recorded, result.duplicates, errors)
 
 
-def _kind(value: Any) -> str:
-    return {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__
-    )
+def with_reporter(metadata: Any, reported_by: str) -> dict:
+    """An event's metadata with the caller's identity as `reported_by`, replacing whatever
+    the event said there (a metadata that is not an object is replaced as a whole)."""
+    return {**(metadata if isinstance(metadata, Mapping) else {}), "reported_by": reported_by}
 
 
 # --- windows and reports -------------------------------------------------------------------
