@@ -1096,11 +1096,21 @@ def serve_cmd(
         max_body_bytes=max_body_bytes,
         stateless=stateless,
     )
+    sock = None
     if transport == "http":
         check_http_options(options)  # before any connection or model load
+        if not check:
+            from .server import bind
+
+            sock = bind(host, port)  # a taken port fails here, not after the model loaded
     settings = settings_of(ctx)
     quiet_server_logs()
-    knowledge = Knowledge.open(settings, pool_size=pool_size, read_only=read_only)
+    try:
+        knowledge = Knowledge.open(settings, pool_size=pool_size, read_only=read_only)
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise
     try:
         if check:
             from .server import build_http_app, build_mcp
@@ -1132,7 +1142,7 @@ def serve_cmd(
                     click.echo(json.dumps(address))
                     sys.stdout.flush()
 
-            serve_http(knowledge, options, announce)
+            serve_http(knowledge, options, announce, sock)
     finally:
         knowledge.close()
 

@@ -763,13 +763,17 @@ def _uvicorn_server_class() -> type:
 
 
 def serve_http(
-    knowledge: Knowledge, options: HttpOptions, announce: Callable[[str, dict], None]
+    knowledge: Knowledge,
+    options: HttpOptions,
+    announce: Callable[[str, dict], None],
+    sock: socket.socket | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM (uvicorn finishes requests in flight, then returns)."""
+    """Serve until SIGINT/SIGTERM (uvicorn finishes requests in flight, then returns). `sock`:
+    a socket bind() made before the model loaded (a taken port then fails at once)."""
     import uvicorn
 
     app, _server = build_http_app(knowledge, options)
-    sock = bind(options.host, options.port)
+    sock = sock or bind(options.host, options.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     config = uvicorn.Config(

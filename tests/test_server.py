@@ -491,3 +491,18 @@ def test_database_trouble_reaches_an_agent_in_the_clis_words(knowledge, embedded
     assert result.is_error
     assert "not migrated to this toolkit's schema" in result.content[0].text
     assert "singularity-ops migrate" in result.content[0].text
+
+
+def test_a_taken_port_is_refused_before_the_database_or_the_model(tmp_path):
+    import socket
+
+    config = tmp_path / "singularity.yaml"
+    config.write_text("database:\n  url: postgresql://nobody@127.0.0.1:1/nothing\n")
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = str(held.getsockname()[1])
+        out = run_cli("--config", str(config), "serve", "--transport", "http", "--port", port,
+                      cwd=tmp_path, timeout=120)  # fmt: skip
+    # The database is unreachable too: the port is what it reports, so it looked there first.
+    assert out.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in out.stderr
