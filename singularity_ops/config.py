@@ -20,6 +20,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from .errors import ConfigError
 
 CONFIG_NAME = "singularity.yaml"
+# import --prune refuses to delete more than this share of a corpus without --force.
+DEFAULT_MAX_PRUNE_SHARE = 0.25
 ENVIRONMENTS = ("dev", "test", "prod")
 DEFAULT_LOCAL_PORT = 54329
 # In the local cluster's data directory: the settings the toolkit writes on every start.
@@ -132,7 +134,7 @@ class Settings:
     type_map: Mapping[str, str] = field(default_factory=dict)
     max_file_bytes: int = 1024 * 1024
     corpus: str | None = None  # import.corpus; None: the import root's directory name
-    max_prune_share: float = 0.25
+    max_prune_share: float = DEFAULT_MAX_PRUNE_SHARE
     export_dir: Path = Path("templates_data/learned")
     export_min_usage: int = 10
     export_min_success_rate: float = 0.90
@@ -218,7 +220,7 @@ def redact(text: str, password: str | None = None) -> str:
 
 def _share(value: Any) -> float:
     if value is None:
-        return 0.25
+        return DEFAULT_MAX_PRUNE_SHARE
     if isinstance(value, bool) or not 0 <= value <= 1:
         raise ConfigError(
             f"{CONFIG_NAME}: import.max_prune_share must be between 0 and 1, got {value!r}"

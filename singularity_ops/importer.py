@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from .config import DEFAULT_MAX_PRUNE_SHARE
 from .corpus import Artifact, Problem, Scan
 from .db import lock_key
 from .errors import SingularityOpsError
@@ -48,9 +49,8 @@ class ImportResult:
     notes: list[str] = field(default_factory=list)  # files left out on purpose (corpus.Scan.notes)
 
 
-# --prune refuses to delete more than this share of a corpus without --force (a handful of
-# files is always allowed: in a small corpus one deletion is already a large share).
-DEFAULT_MAX_PRUNE_SHARE = 0.25
+# A handful of files may always be pruned: in a small corpus one deletion is already a large
+# share (config.DEFAULT_MAX_PRUNE_SHARE).
 PRUNE_ALWAYS_ALLOWED = 5
 
 
