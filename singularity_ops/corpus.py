@@ -500,7 +500,7 @@ class _Schemas:
                 if not path.is_file() or path.is_symlink():
                     continue
                 raw = read_regular_file(str(path), self.max_file_bytes, root=str(self.root))
-                _text, schema = _parse(raw)
+                schema = json.loads(raw.decode("utf-8"))
                 from jsonschema.validators import validator_for
 
                 cls = validator_for(schema)
