@@ -34,7 +34,7 @@ from .providers import EmbeddingConfig, Provider, ProviderError, make_provider, 
 # version are stale (plain `embed` redoes them, no --rebuild needed); another model is not.
 # t2: every field as 'key: words' with identifiers split into words (detector signatures),
 # and no type word.
-TEXT_VERSION = "t2"
+TEXT_VERSION = "t3"
 EXCERPT_CHARS = 1200
 EMBED_LOCK_KEY = lock_key("embed")
 _DESCRIPTIVE_KEYS = ("name", "title", "description", "summary")
@@ -110,6 +110,12 @@ def embedding_text(artifact_type: str, artifact_id: str, content: Mapping[str, A
     for key in ("description", "summary"):
         if field(key):
             lines.append(str(field(key)))
+    if len(lines) == 1:
+        from .glossary import describe  # only embed pays for the table
+
+        about = describe(artifact_id, str(name))
+        if about:
+            lines.append(about)
     if field("language"):
         lines.append(f"language: {field('language')}")
     tags = field("tags")

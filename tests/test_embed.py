@@ -14,6 +14,7 @@ from fake_embeddings import FakeEmbeddingServer
 from singularity_ops.db import connect, relation_exists
 from singularity_ops.embed import TEXT_VERSION, ModelMismatch, embedding_text, index_name
 from singularity_ops.errors import ConfigError
+from singularity_ops.glossary import describe, digest
 from singularity_ops.providers import EmbeddingConfig, OpenAIProvider, ProviderError, model_key
 from singularity_ops.search import search, search_sql, search_vector
 
@@ -357,8 +358,43 @@ def test_embedded_text_spells_identifiers_as_words():
     )
     assert text.splitlines() == [
         "OpenTelemetry",
+        describe("OpenTelemetry"),
         "category: observability",
         "patterns: trace get tracer, Tracer Provider",
         "file patterns: otel collector yaml",
         "parent pattern: distributed tracing",
     ]
+
+
+def test_a_thin_artifact_is_embedded_with_the_glossary_line_and_a_described_one_is_not():
+    thin = {"name": "Falco", "category": "security"}
+    assert embedding_text("technology_detector", "falco", thin).splitlines()[:2] == [
+        "Falco",
+        describe("falco"),
+    ]
+    assert "runtime security" in describe("falco")
+    # The id is enough, and words such as "detector" do not hide the name.
+    assert embedding_text("technology_detector", "redis_detector", {}).splitlines()[1] == (
+        describe("Redis")
+    )
+    own = {"name": "Falco", "description": "Our Falco rules for the build farm."}
+    assert embedding_text("technology_detector", "falco", own).splitlines()[:2] == [
+        "Falco",
+        "Our Falco rules for the build farm.",
+    ]
+    unknown = {"name": "Zorblax", "category": "security"}
+    assert embedding_text("technology_detector", "zorblax", unknown).splitlines() == [
+        "Zorblax",
+        "category: security",
+    ]
+
+
+# The glossary is part of what is embedded: a new line must re-embed (plain `embed`), so its
+# digest moves only with embed.TEXT_VERSION. Add the pair here when bumping both.
+GLOSSARY_OF_TEXT_VERSION = {"t3": "ef20b424813d"}
+
+
+def test_a_glossary_change_comes_with_a_new_text_version():
+    assert GLOSSARY_OF_TEXT_VERSION.get(TEXT_VERSION) == digest(), (
+        "singularity_ops/glossary.py changed: bump embed.TEXT_VERSION and record the new digest"
+    )
