@@ -690,8 +690,22 @@ class Bench:
 
     # -- 5. usage history ------------------------------------------------------------------
     def bench_usage(self, events: int, big: int, per_event: int) -> None:
+        settings, log, copy_rows, chosen = self._usage_log(events)
+        reset = self.psql_cmd(
+            settings,
+            "-c",
+            "TRUNCATE artifact_usage, artifact_usage_daily, usage_event_keys;"
+            " UPDATE knowledge_artifacts SET usage_count = 0, success_count = 0, last_used_at = NULL",
+        )
+        ingest = self._usage_ingest(settings, log, copy_rows, reset, events)
+        subprocess.run(reset, check=True, capture_output=True)
+        self._usage_one_by_one(settings, chosen[:per_event], events, ingest)
+        self._usage_report(big)
+
+    def _usage_log(self, events: int) -> tuple[Settings, Path, Path, list]:
+        """A database of the starter corpus, and `events` random events as a usage log and as
+        the COPY rows of the same events."""
         print(f"usage ingest {events}", flush=True)
-        from singularity_ops.artifacts import record_usage
         from singularity_ops.corpus import scan
         from singularity_ops.importer import import_artifacts
 
@@ -729,13 +743,13 @@ class Bench:
                 raw.write(
                     f"{at.isoformat()}\t{pk}\t{'t' if ok else 'f'}\tprod\t{ms}\t{{}}\tev{n}\n"
                 )
+        return settings, log, copy_rows, chosen
+
+    def _usage_ingest(
+        self, settings: Settings, log: Path, copy_rows: Path, reset: list[str], events: int
+    ) -> float:
+        """record-usage --from against psql COPY of the same rows; the median seconds."""
         config = self.config_for(settings, ROOT / "templates_data")
-        reset = self.psql_cmd(
-            settings,
-            "-c",
-            "TRUNCATE artifact_usage, artifact_usage_daily, usage_event_keys;"
-            " UPDATE knowledge_artifacts SET usage_count = 0, success_count = 0, last_used_at = NULL",
-        )
         copy = self.psql_cmd(
             settings,
             "-c",
@@ -762,8 +776,12 @@ class Bench:
                 t <= 2 * r,
             )
         )
-        subprocess.run(reset, check=True, capture_output=True)
-        sample = chosen[:per_event]
+        return t
+
+    def _usage_one_by_one(self, settings: Settings, sample: list, events: int, t: float) -> None:
+        """The same events through record_usage() one call each, scaled to `events`."""
+        from singularity_ops.usage_ingest import record_usage
+
         with connect(settings, autocommit=True) as conn:
             started = time.perf_counter()
             for t_, i_, ok, ms, at, event_id in sample:
@@ -792,8 +810,10 @@ class Bench:
             )
         )
 
+    def _usage_report(self, big: int) -> None:
+        """usage --since 30d over `big` events from the rollup, against the raw events."""
         print(f"usage report over {big:,} events", flush=True)
-        from singularity_ops.usage import refresh_rollup, usage_report
+        from singularity_ops.usage_report import refresh_rollup, usage_report
 
         report_db = self.fresh_db("bench_usage_report")
         artifacts = 1000

@@ -1,4 +1,5 @@
-"""The Python API over knowledge_artifacts: get, query, record usage, statistics.
+"""The Python API over knowledge_artifacts: get, query, view, statistics (recording usage is
+usage_ingest.record_usage).
 
 Every function takes a psycopg connection and works inside the caller's transaction when
 one is open (so tests and other code can roll back), or in its own when the connection is
@@ -68,25 +69,6 @@ class ArtifactRecord:
     embedded: bool
     created_at: datetime
     updated_at: datetime
-
-
-@dataclass(frozen=True)
-class UsageResult:
-    """The counters of an artifact after record-usage."""
-
-    artifact_type: str
-    artifact_id: str
-    version: str
-    success: bool
-    usage_count: int
-    success_count: int
-    success_rate: float | None
-    used_at: datetime | None
-    recorded: bool = True  # False: this event_id was recorded before, nothing changed
-    event_id: str | None = None
-    environment: str | None = None
-    duration_ms: int | None = None
-    search_id: str | None = None
 
 
 def known_types(conn: psycopg.Connection) -> list[str]:
@@ -256,108 +238,6 @@ def query_artifacts(
         query += " LIMIT %s"
         params.append(limit)
     return conn.cursor(row_factory=class_row(ArtifactRecord)).execute(query, params).fetchall()
-
-
-def record_usage(
-    conn: psycopg.Connection,
-    artifact_type: str,
-    artifact_id: str,
-    *,
-    success: bool,
-    version: str = LATEST,
-    duration_ms: int | None = None,
-    environment: str = "dev",
-    metadata: Mapping[str, Any] | None = None,
-    used_at: datetime | None = None,
-    event_id: str | None = None,
-    search_id: str | None = None,
-) -> UsageResult:
-    """Record one use: the event, its day in the rollup and the counters, in one statement.
-
-    `used_at` back-dates the event (default: now). With `event_id`, recording the same id again
-    changes nothing (`recorded` is False): retries are safe. With `search_id` (a search's id
-    from the search log), the event records the artifact's rank in that search; an unknown
-    search, or an artifact it did not return, is refused (SearchNotFound). For many events use
-    usage.ingest_usage, which does the same for a whole log in one transaction.
-    """
-    from .usage import WRITER_LOCK, event_key, write_events_sql
-
-    if duration_ms is not None and duration_ms < 0:
-        raise SingularityOpsError(f"duration must be zero or more milliseconds, got {duration_ms}")
-    clause, params, label = _lookup(artifact_type, artifact_id, version)
-    key = (
-        event_key(event_id, {"artifact_type": artifact_type, "artifact_id": artifact_id})
-        if event_id is not None
-        else None
-    )
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))  # one writer at a time
-        row = conn.execute(
-            f"SELECT id, version FROM knowledge_artifacts {clause}", params
-        ).fetchone()
-        if row is None:
-            raise ArtifactNotFound(
-                _not_found(
-                    conn,
-                    label,
-                    artifact_type,
-                    "check the spelling or import it first (artifacts are looked up by type and id)",
-                )
-            )
-        pk, found_version = row
-        rank = None
-        if search_id is not None:
-            from .search_log import search_rank
-
-            rank = search_rank(conn, search_id, pk, label)
-        keys = (
-            "new_keys AS (INSERT INTO usage_event_keys (event_key) VALUES (%(key)s)"
-            " ON CONFLICT DO NOTHING RETURNING event_key), "
-            if key is not None
-            else "new_keys AS (SELECT NULL::uuid AS event_key), "
-        )
-        counts = conn.execute(
-            "WITH "
-            + keys
-            + write_events_sql(
-                "SELECT coalesce(%(used_at)s, now()) AS used_at, %(pk)s::uuid AS artifact_pk,"
-                " %(success)s AS success, %(environment)s AS environment,"
-                " %(duration)s::int AS duration_ms, %(metadata)s::jsonb AS metadata,"
-                " %(event_id)s AS event_id, %(key)s::uuid AS event_key,"
-                " %(search_id)s::uuid AS search_id, %(rank)s::int AS search_rank,"
-                " (coalesce(%(used_at)s, now()) AT TIME ZONE 'UTC')::date AS day,"
-                " knowledge_duration_bucket(%(duration)s) AS bucket FROM new_keys"
-            )
-            + "SELECT c.usage_count, c.success_count, c.success_rate, e.used_at"
-            " FROM counted c, events e",
-            {
-                "key": key,
-                "used_at": used_at,
-                "pk": pk,
-                "success": success,
-                "environment": environment,
-                "duration": duration_ms,
-                "metadata": json.dumps(dict(metadata or {})),
-                "event_id": event_id,
-                "search_id": search_id,
-                "rank": rank,
-            },
-        ).fetchone()
-        if counts is None:  # the event_id was recorded before
-            current = conn.execute(
-                "SELECT usage_count, success_count, success_rate, last_used_at"
-                " FROM knowledge_artifacts WHERE id = %s",
-                (pk,),
-            ).fetchone()
-            assert current is not None
-            return UsageResult(
-                artifact_type, artifact_id, found_version, success, *current, False,
-                event_id, environment, duration_ms, search_id,
-            )  # fmt: skip
-    return UsageResult(
-        artifact_type, artifact_id, found_version, success, *counts, True,
-        event_id, environment, duration_ms, search_id,
-    )  # fmt: skip
 
 
 @dataclass(frozen=True)

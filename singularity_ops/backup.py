@@ -24,7 +24,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -340,18 +340,7 @@ def backup(
     whose dump never appeared, both removed by the next run; a final-named dump always has
     its manifest.
     """
-    from .db import connect
-
-    if fmt not in FORMATS:
-        raise BackupError(f"unknown format {fmt!r}; use custom, plain or directory")
-    if jobs > 1 and fmt != "directory":
-        raise BackupError(
-            "--jobs needs --format directory (pg_dump can only parallelise directory dumps)"
-        )
-    if keep is not None and keep < 1:
-        raise BackupError("--keep must be at least 1: the newest good backup is never deleted")
-    if keep_days is not None and keep_days <= 0:
-        raise BackupError("--keep-days must be more than 0")
+    _check_backup_options(fmt, jobs, keep, keep_days)
     started = time.monotonic()
     out_dir = out_dir.resolve()
     # Probing pg_dump's version runs a process (through the wrappers, a namespace setup too):
@@ -361,84 +350,9 @@ def backup(
     probe.shutdown(wait=False)
     with directory_lock(out_dir) as lock_fd:
         remove_leftovers(out_dir)
-        with connect(settings) as conn:
-            # A repeatable-read snapshot shared with pg_dump: counts and dump see the same rows.
-            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            conn.read_only = True
-            facts = _server_facts(conn)
-            pg_dump = pg_dump_future.result()
-            require_major(
-                pg_dump,
-                facts["server_major"],
-                f"dumping a PostgreSQL {facts['server_version']} server",
-            )
-            snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
-            only = ["public.knowledge_artifacts"] if knowledge_only else None
-            # Exact counts cost a full read of every table, as much as a good part of the
-            # dump itself: only with --verify, which is the thorough mode.
-            tables = table_counts(conn, only, exact=verify)
-            migrations = sorted(applied_migrations(conn))
-            when = datetime.now(UTC)
-            final = out_dir / backup_name(settings.dbname, knowledge_only, fmt, when)
-            while final.exists() or _manifest_path(final).exists():
-                time.sleep(0.2)  # a backup in this series finished this very second
-                when = datetime.now(UTC)
-                final = out_dir / backup_name(settings.dbname, knowledge_only, fmt, when)
-            if (
-                final.parent != out_dir
-            ):  # series_name() makes this impossible; never write elsewhere
-                raise AssertionError(f"backup path {final} escaped {out_dir}")
-            partial = partial_path(final)
-            conninfo, env = pg_env(settings)
-            cmd = [
-                str(pg_dump.path),
-                f"--format={fmt}",
-                f"--snapshot={snapshot}",
-                "--no-password",
-                f"--dbname={conninfo}",
-            ]
-            if knowledge_only:
-                cmd.append("--table=public.knowledge_artifacts")
-            try:
-                if fmt == "directory":
-                    cmd += [f"--jobs={jobs}", f"--file={partial}"]
-                    _run_directory_dump(cmd, env, partial, lock_fd)
-                    size, sha = directory_digest(partial)
-                else:
-                    size, sha = _stream_to_file(cmd, env, partial, lock_fd)
-            except BaseException:
-                remove(partial)
-                raise
-        manifest = {
-            "tool": TOOL,
-            "tool_version": __version__,
-            "database": settings.dbname,
-            "environment": settings.environment,
-            "format": fmt,
-            "knowledge_only": knowledge_only,
-            "file": final.name,
-            "bytes": size,
-            "sha256": sha,
-            "created_at": when.isoformat(),
-            "pg_dump_version": pg_dump.version,
-            "server_version": facts["server_version"],
-            "extensions": facts["extensions"],
-            "tables": tables,
-            "row_counts": "exact" if verify else "estimated",
-            "migrations": migrations,
-        }
-        manifest_path = _manifest_path(final)
-        try:
-            pause_point("backup:before-manifest")
-            _write_manifest(manifest_path, manifest)
-            pause_point("backup:before-dump-rename")
-            os.replace(partial, final)
-            fsync_dir(out_dir)
-        except BaseException:
-            remove(partial)
-            if not final.exists():
-                manifest_path.unlink(missing_ok=True)
-            raise
+        dump = _dump(settings, out_dir, pg_dump_future, fmt, knowledge_only, jobs, verify, lock_fd)
+        manifest_path = _publish(settings, out_dir, dump, fmt, knowledge_only, verify)
+        final = dump.final
         verified = False
         if verify:
             verify_backup(final, settings)
@@ -449,8 +363,142 @@ def backup(
             else []
         )
     return BackupResult(
-        final, manifest_path, fmt, size, sha, time.monotonic() - started, verified, deleted
-    )
+        final, manifest_path, fmt, dump.size, dump.sha256, time.monotonic() - started,
+        verified, deleted,
+    )  # fmt: skip
+
+
+def _check_backup_options(fmt: str, jobs: int, keep: int | None, keep_days: float | None) -> None:
+    if fmt not in FORMATS:
+        raise BackupError(f"unknown format {fmt!r}; use custom, plain or directory")
+    if jobs > 1 and fmt != "directory":
+        raise BackupError(
+            "--jobs needs --format directory (pg_dump can only parallelise directory dumps)"
+        )
+    if keep is not None and keep < 1:
+        raise BackupError("--keep must be at least 1: the newest good backup is never deleted")
+    if keep_days is not None and keep_days <= 0:
+        raise BackupError("--keep-days must be more than 0")
+
+
+@dataclass(frozen=True)
+class _Dump:
+    """A finished dump under its partial name, and what its manifest says of it."""
+
+    final: Path
+    partial: Path
+    when: datetime
+    size: int
+    sha256: str
+    pg_dump_version: str
+    facts: dict
+    tables: dict
+    migrations: list
+
+
+def _dump(
+    settings: Settings,
+    out_dir: Path,
+    pg_dump_future: Future[PgProgram],
+    fmt: str,
+    knowledge_only: bool,
+    jobs: int,
+    verify: bool,
+    lock_fd: int,
+) -> _Dump:
+    """pg_dump into a partial file, from a repeatable-read snapshot the counts share."""
+    from .db import connect
+
+    with connect(settings) as conn:
+        # A repeatable-read snapshot shared with pg_dump: counts and dump see the same rows.
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        facts = _server_facts(conn)
+        pg_dump = pg_dump_future.result()
+        require_major(
+            pg_dump, facts["server_major"], f"dumping a PostgreSQL {facts['server_version']} server"
+        )
+        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
+        only = ["public.knowledge_artifacts"] if knowledge_only else None
+        # Exact counts cost a full read of every table, as much as a good part of the
+        # dump itself: only with --verify, which is the thorough mode.
+        tables = table_counts(conn, only, exact=verify)
+        migrations = sorted(applied_migrations(conn))
+        when, final = _free_name(settings, out_dir, knowledge_only, fmt)
+        partial = partial_path(final)
+        conninfo, env = pg_env(settings)
+        cmd = [
+            str(pg_dump.path),
+            f"--format={fmt}",
+            f"--snapshot={snapshot}",
+            "--no-password",
+            f"--dbname={conninfo}",
+        ]
+        if knowledge_only:
+            cmd.append("--table=public.knowledge_artifacts")
+        try:
+            if fmt == "directory":
+                cmd += [f"--jobs={jobs}", f"--file={partial}"]
+                _run_directory_dump(cmd, env, partial, lock_fd)
+                size, sha = directory_digest(partial)
+            else:
+                size, sha = _stream_to_file(cmd, env, partial, lock_fd)
+        except BaseException:
+            remove(partial)
+            raise
+    return _Dump(final, partial, when, size, sha, pg_dump.version, facts, tables, migrations)
+
+
+def _free_name(
+    settings: Settings, out_dir: Path, knowledge_only: bool, fmt: str
+) -> tuple[datetime, Path]:
+    """The backup's final path: its series' name at this second, never an existing one."""
+    while True:
+        when = datetime.now(UTC)
+        final = out_dir / backup_name(settings.dbname, knowledge_only, fmt, when)
+        if not (final.exists() or _manifest_path(final).exists()):
+            break
+        time.sleep(0.2)  # a backup in this series finished this very second
+    if final.parent != out_dir:  # series_name() makes this impossible; never write elsewhere
+        raise AssertionError(f"backup path {final} escaped {out_dir}")
+    return when, final
+
+
+def _publish(
+    settings: Settings, out_dir: Path, dump: _Dump, fmt: str, knowledge_only: bool, verify: bool
+) -> Path:
+    """The manifest under the final name, then the dump's rename; a failure removes both."""
+    manifest = {
+        "tool": TOOL,
+        "tool_version": __version__,
+        "database": settings.dbname,
+        "environment": settings.environment,
+        "format": fmt,
+        "knowledge_only": knowledge_only,
+        "file": dump.final.name,
+        "bytes": dump.size,
+        "sha256": dump.sha256,
+        "created_at": dump.when.isoformat(),
+        "pg_dump_version": dump.pg_dump_version,
+        "server_version": dump.facts["server_version"],
+        "extensions": dump.facts["extensions"],
+        "tables": dump.tables,
+        "row_counts": "exact" if verify else "estimated",
+        "migrations": dump.migrations,
+    }
+    manifest_path = _manifest_path(dump.final)
+    try:
+        pause_point("backup:before-manifest")
+        _write_manifest(manifest_path, manifest)
+        pause_point("backup:before-dump-rename")
+        os.replace(dump.partial, dump.final)
+        fsync_dir(out_dir)
+    except BaseException:
+        remove(dump.partial)
+        if not dump.final.exists():
+            manifest_path.unlink(missing_ok=True)
+        raise
+    return manifest_path
 
 
 def _run_directory_dump(cmd: list[str], env: dict[str, str], partial: Path, lock_fd: int) -> None:

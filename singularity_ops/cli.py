@@ -1454,7 +1454,7 @@ def record_usage_cmd(
                 "--from reads every event from the file: give no TYPE ID, --success/--failure, "
                 "--event-id, --search-id or --duration-ms"
             )
-        from .usage import ingest_usage
+        from .usage_ingest import ingest_usage
 
         with connect(settings, autocommit=True) as conn:
             result = ingest_usage(
@@ -1483,7 +1483,7 @@ def record_usage_cmd(
         raise ConfigError("give TYPE ID and --success or --failure, or --from FILE")
     if skip_invalid or unkeyed_now:
         raise ConfigError("--skip-invalid and --unkeyed-now go with --from")
-    from .artifacts import record_usage
+    from .usage_ingest import record_usage
 
     with connect(settings, autocommit=True) as conn:
         result = record_usage(
@@ -1547,7 +1547,7 @@ def usage_cmd(ctx, since: str, types, environment, top: int, from_raw: bool, as_
         _refuse_group_options(ctx)
         return
     from .db import connect
-    from .usage import buckets, parse_window, sparkline, usage_report
+    from .usage_report import buckets, parse_window, sparkline, usage_report
 
     days = parse_window(since)
     with connect(settings_of(ctx), autocommit=True) as conn:
@@ -1610,7 +1610,7 @@ def usage_eval_cmd(ctx, since: str, as_json: bool) -> None:
     """
     from .db import connect
     from .search_log import evaluate_rankings
-    from .usage import parse_window
+    from .usage_report import parse_window
 
     days = parse_window(since)
     with connect(settings_of(ctx)) as conn:
@@ -1651,7 +1651,7 @@ def usage_refresh_cmd(ctx, since, as_json: bool) -> None:
       singularity-ops usage refresh --since 7d
     """
     from .db import connect
-    from .usage import parse_window, refresh_rollup
+    from .usage_report import parse_window, refresh_rollup
 
     days = parse_window(since) if since else None
     with connect(settings_of(ctx), autocommit=True) as conn:
@@ -1685,7 +1685,7 @@ def usage_prune_cmd(ctx, older_than: str | None, dry_run: bool, as_json: bool) -
     """
     from .db import connect
     from .search_log import prune_search_log
-    from .usage import parse_window, prune_raw_events
+    from .usage_report import parse_window, prune_raw_events
 
     settings = settings_of(ctx)
     days = parse_window(older_than, "--older-than") if older_than else None
@@ -1756,7 +1756,7 @@ def export_cmd(
     """
     from .db import connect
     from .export import export_proven
-    from .usage import parse_window
+    from .usage_report import parse_window
 
     settings = settings_of(ctx)
     since_days = parse_window(since) if since else None

@@ -296,7 +296,7 @@ def _proven_rows(
         query = columns + " WHERE usage_count >= %s AND success_rate >= %s"
         params: list = [min_usage, min_success_rate]
     else:
-        from .usage import Window, window_stats
+        from .usage_report import Window, window_stats
 
         today = conn.execute("SELECT (now() AT TIME ZONE 'UTC')::date").fetchone()[0]  # type: ignore[index]
         window = Window.ending(today, since_days)
@@ -389,7 +389,7 @@ def _near_misses(
         query += " ORDER BY usage_count DESC, success_rate DESC NULLS LAST LIMIT %s"
         candidates = conn.execute(query, [*params, limit]).fetchall()
     else:
-        from .usage import window_stats
+        from .usage_report import window_stats
 
         stats = sorted(window_stats(conn, window, types=types), key=lambda s: -s["uses"])[:limit]
         labels = dict(

@@ -19,6 +19,7 @@ from psycopg import sql
 
 from .corpus import Artifact
 from .embed import TEXT_VERSION
+from .glossary import describe
 from .providers import EmbeddingConfig, model_key
 
 MIN_DESCRIPTION_WORDS = 5
@@ -57,13 +58,19 @@ def lint_artifacts(artifacts: Iterable[Artifact]) -> list[QualityIssue]:
         label = f"{artifact.artifact_type}/{artifact.artifact_id}@{artifact.version}"
         description = field("description") or field("summary")
         if description is None:
+            known = describe(artifact.artifact_id, field("name") or "")
             issues.append(
                 QualityIssue(
                     artifact.source_path,
                     label,
                     "no-description",
                     "no description: searches by what it does (not by its name) will miss it; "
-                    "add one sentence saying what it is for",
+                    "add one sentence saying what it is for"
+                    + (
+                        " (meanwhile search embeds the glossary's generic line for it)"
+                        if known
+                        else ""
+                    ),
                 )
             )
         elif len(_words(description)) < MIN_DESCRIPTION_WORDS:

@@ -1,26 +1,16 @@
-"""restore: put a verified backup back, following TimescaleDB's documented procedure.
+"""restore: put a verified backup back without ever leaving the target half-restored.
 
-1. Verify the dump against its manifest (size and sha256) before touching anything: a
-   truncated or corrupted dump is refused.
-2. Take the restore lock (a session advisory lock on the maintenance database) and remove
-   what killed restores left behind: scratch databases `<target>__restoring_<time>`, old
-   copies `<target>__replaced_<time>`, and a target a killed run had closed to connections.
-3. Restore into a new scratch database, never into the target itself: create the recorded
-   extensions first (warning when the installed timescaledb differs from the manifest's),
-   SELECT timescaledb_pre_restore(), pg_restore without -j (or psql -v ON_ERROR_STOP=1
-   --single-transaction for plain .sql), SELECT timescaledb_post_restore(), ANALYZE.
-4. Check every table's row count against the manifest.
-5. Swap: close the target to new connections, end the ones it has, then rename target ->
-   `<target>__replaced_<time>` and scratch -> target in ONE transaction, so the target name
-   always resolves to a complete database (the old one or the new one); then drop the old
-   copy. Any failure before the commit drops the scratch database and reopens the target.
+Why it restores into a scratch database and swaps names (the README's backup section lists the
+steps): a pg_restore into the live database can fail halfway, and TimescaleDB's documented
+procedure (pre/post_restore around a non-parallel pg_restore) needs a database of its own. The
+rename of target and scratch is one transaction, so the target name always resolves to a
+complete database, the old one or the new one; leftovers of a killed run are named
+`<target>__restoring_<time>` / `<target>__replaced_<time>` and removed by the next run.
 
-A --knowledge-only dump holds just knowledge_artifacts: it is restored as data into a target
-prepared with the toolkit's own migrations, and the live learning data is kept: usage events
-daily rollup, idempotency keys and counters of every artifact that exists in the backup
-(matched by type, id and version) are copied over from the database being replaced, after it is closed to new connections so
-no event recorded meanwhile is lost. Events of artifacts the backup does not have would be
-lost: the restore refuses, naming how many, unless discard_orphaned_usage is given.
+A --knowledge-only dump carries no learning data, so the live usage history of the artifacts
+it holds is copied over from the database being replaced (after closing it to new
+connections, so no event recorded meanwhile is lost); events of artifacts it lacks would be
+lost, and the restore refuses unless discard_orphaned_usage is given.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 and a plain JSON API, with the model warm and a connection pool open.
 
 Every face calls the same library functions through `Knowledge` (search.search,
-artifacts.view_artifact, artifacts.record_usage, usage.record_events, usage.usage_report), so
+artifacts.view_artifact, usage_ingest.record_usage, usage_ingest.record_events, usage_report.usage_report), so
 results have the shapes `--json` prints. The server keeps no state of its own: tokens, usage
 and the search log live in PostgreSQL, so replicas behind a load balancer agree.
 
@@ -26,29 +26,15 @@ from typing import Annotated, Any, Literal, TypeVar
 import psycopg
 from pydantic import Field  # tool signatures name it; mcp evaluates them here
 
-from .artifacts import (
-    LATEST,
-    VIEW_MAX_CHARS,
-    ArtifactNotFound,
-    ArtifactView,
-    UsageResult,
-    record_usage,
-    view_artifact,
-)
+from .artifacts import LATEST, VIEW_MAX_CHARS, ArtifactNotFound, ArtifactView, view_artifact
 from .config import Settings
 from .errors import ConfigError, DatabaseUnavailable, SingularityOpsError, explain_db_error
 from .search import DEFAULT_MODE, SearchResult, SearchUnavailable, check_search, search
 from .search_log import SearchNotFound
 from .shapes import to_jsonable
 from .tokens import TokenInfo, verify_token
-from .usage import (
-    BatchResult,
-    UsageReport,
-    parse_window,
-    record_events,
-    usage_report,
-    with_reporter,
-)
+from .usage_ingest import BatchResult, UsageResult, record_events, record_usage, with_reporter
+from .usage_report import UsageReport, parse_window, usage_report
 
 log = logging.getLogger("singularity_ops.server")
 
@@ -223,7 +209,7 @@ class Knowledge:
         metadata: Mapping[str, Any] | None = None,
         reported_by: str | None = None,
     ) -> UsageResult:
-        """artifacts.record_usage; `reported_by` replaces any reported_by in metadata."""
+        """usage_ingest.record_usage; `reported_by` replaces any reported_by in metadata."""
         self._writable()
         meta = dict(metadata or {}) if reported_by is None else with_reporter(metadata, reported_by)
         return self._with_conn(
@@ -242,7 +228,7 @@ class Knowledge:
         )
 
     def record_batch(self, events: Sequence[Any], *, reported_by: str | None = None) -> BatchResult:
-        """usage.record_events."""
+        """usage_ingest.record_events."""
         self._writable()
         return self._with_conn(
             lambda conn: record_events(
@@ -253,7 +239,7 @@ class Knowledge:
     def report(
         self, since: str = "30d", *, types: Sequence[str] = (), top: int = 10
     ) -> UsageReport:
-        """usage.usage_report over a window like '30d' or '2w'."""
+        """usage_report.usage_report over a window like '30d' or '2w'."""
         days = parse_window(since, "since")
         return self._with_conn(
             lambda conn: usage_report(conn, since_days=days, types=list(types), top=top)

@@ -15,7 +15,7 @@ from .db import connect, relation_exists
 from .errors import DatabaseUnavailable
 from .extensions import installed_extensions
 from .migrate import applied_migrations, discover
-from .usage import UsageStatus, usage_status
+from .usage_report import UsageStatus, usage_status
 
 EXIT_UNREACHABLE = 3  # as `server status`: not running is a state to report, not a failure
 

@@ -7,10 +7,11 @@ import pytest
 from conftest import run_cli, write_cli_config
 from corpus_fixtures import write
 
-from singularity_ops.artifacts import ArtifactNotFound, get_artifact, query_artifacts, record_usage
+from singularity_ops.artifacts import ArtifactNotFound, get_artifact, query_artifacts
 from singularity_ops.corpus import scan
 from singularity_ops.db import connect
 from singularity_ops.importer import import_artifacts
+from singularity_ops.usage_ingest import record_usage
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import pytest
 from backup_fixtures import checksums, drop
 from conftest import run_cli, write_cli_config
 
-from singularity_ops.artifacts import record_usage
 from singularity_ops.backup import backup, good_backups
 from singularity_ops.restore import RestoreError, restore
+from singularity_ops.usage_ingest import record_usage
 
 
 def usage_state(settings, dbname=None):
@@ -231,7 +231,8 @@ def test_knowledge_only_restore_keeps_the_rollup_and_the_idempotency_keys(full_d
     import io
 
     from singularity_ops.db import connect
-    from singularity_ops.usage import ingest_usage, usage_report
+    from singularity_ops.usage_ingest import ingest_usage
+    from singularity_ops.usage_report import usage_report
 
     log = "\n".join(
         json.dumps(

@@ -8,11 +8,11 @@ import pytest
 from conftest import run_cli, write_cli_config
 from corpus_fixtures import write
 
-from singularity_ops.artifacts import record_usage
 from singularity_ops.corpus import scan
 from singularity_ops.db import connect
 from singularity_ops.export import export_proven, safe_relative_path
 from singularity_ops.importer import import_artifacts
+from singularity_ops.usage_ingest import record_usage
 
 
 def use(conn, artifact_type, artifact_id, successes, failures):

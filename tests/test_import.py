@@ -7,10 +7,10 @@ import pytest
 from conftest import run_cli, write_cli_config
 from corpus_fixtures import messy_tree, write
 
-from singularity_ops.artifacts import record_usage
 from singularity_ops.corpus import scan
 from singularity_ops.db import connect
 from singularity_ops.importer import InvalidArtifacts, import_artifacts
+from singularity_ops.usage_ingest import record_usage
 
 
 def do_import(settings, root, **kwargs):

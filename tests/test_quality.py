@@ -72,3 +72,19 @@ def test_without_the_database_the_file_checks_still_run(tmp_path):
     report = json.loads(out.stdout)
     assert report["near_duplicates_checked"] is False
     assert len(report["quality"]) == 3 and "near-duplicates not checked" in out.stderr
+
+
+def test_a_missing_description_says_when_the_glossary_stands_in(tmp_path):
+    from singularity_ops.corpus import scan
+    from singularity_ops.quality import lint_artifacts
+
+    root = tmp_path / "td"
+    write(root, "technology_detector/falco.json", {"id": "falco", "name": "Falco"})
+    write(root, "technology_detector/zorblax.json", {"id": "zorblax", "name": "Zorblax"})
+    reasons = {
+        q.path: q.reason
+        for q in lint_artifacts(scan(root).artifacts)
+        if q.issue == "no-description"
+    }
+    assert "glossary" in reasons["technology_detector/falco.json"]
+    assert "glossary" not in reasons["technology_detector/zorblax.json"]

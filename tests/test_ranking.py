@@ -18,7 +18,7 @@ from singularity_ops.ranking import (
     wilson_lower_bound,
 )
 from singularity_ops.search import SearchHit, search
-from singularity_ops.usage import ingest_usage
+from singularity_ops.usage_ingest import ingest_usage
 
 
 def hit(name: str, score: float) -> SearchHit:

@@ -10,11 +10,10 @@ import pytest
 from conftest import run_cli, write_cli_config
 from embed_fixtures import LOCAL, UnusedProvider, run_embed
 
-from singularity_ops.artifacts import record_usage
 from singularity_ops.db import connect
 from singularity_ops.search import search
 from singularity_ops.search_log import SearchNotFound, evaluate_rankings, prune_search_log
-from singularity_ops.usage import ingest_usage
+from singularity_ops.usage_ingest import ingest_usage, record_usage
 
 
 @pytest.fixture

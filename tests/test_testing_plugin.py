@@ -41,7 +41,7 @@ def shared(kb_settings, monkeypatch):
 INNER_TESTS = """
 import psycopg
 import pytest
-from singularity_ops import artifacts
+from singularity_ops import usage_ingest
 from singularity_ops.config import load_settings
 from singularity_ops.db import connect
 
@@ -59,7 +59,7 @@ def test_writes_everything_and_commits(singularity_db):
     # toolkit code asking for its own connection gets the sandbox, commits included
     with connect(load_settings(), autocommit=True) as toolkit_conn:
         assert toolkit_conn is conn
-        result = artifacts.record_usage(toolkit_conn, "pattern", "existing", success=True)
+        result = usage_ingest.record_usage(toolkit_conn, "pattern", "existing", success=True)
     assert result.usage_count == 1
     conn.execute("INSERT INTO artifact_usage (used_at, artifact_pk, success)"
                  " SELECT now() - interval '30 days', id, false FROM knowledge_artifacts")

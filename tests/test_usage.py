@@ -13,18 +13,15 @@ import pytest
 from conftest import MIGRATIONS, run_cli, write_cli_config
 from corpus_fixtures import write
 
-from singularity_ops.artifacts import record_usage
 from singularity_ops.corpus import scan
 from singularity_ops.db import connect
 from singularity_ops.export import export_proven
 from singularity_ops.extensions import create_extensions
 from singularity_ops.importer import import_artifacts
 from singularity_ops.migrate import migrate
-from singularity_ops.usage import (
-    DURATION_BOUNDS,
-    UsageError,
+from singularity_ops.usage_ingest import DURATION_BOUNDS, UsageError, ingest_usage, record_usage
+from singularity_ops.usage_report import (
     histogram_percentile,
-    ingest_usage,
     prune_raw_events,
     refresh_rollup,
     usage_report,

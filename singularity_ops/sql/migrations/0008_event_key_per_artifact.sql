@@ -1,7 +1,7 @@
 -- An event_id is the application's id for one use of one artifact: a request that used two
 -- artifacts under one request id (the README's jq recipe maps event_id to request_id) must
 -- record both. The idempotency key becomes sha256("event_id" NUL event_id NUL type NUL id),
--- first 16 bytes, exactly as usage.event_key() computes it in Python.
+-- first 16 bytes, exactly as usage_ingest.event_key() computes it in Python.
 CREATE FUNCTION knowledge_event_key(event_id text, artifact_type text, artifact_id text)
     RETURNS uuid LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     RETURN encode(substr(sha256(
