@@ -39,7 +39,7 @@ from singularity_ops.extensions import create_extensions  # noqa: E402
 from singularity_ops.importer import import_artifacts  # noqa: E402
 from singularity_ops.migrate import migrate  # noqa: E402
 from singularity_ops.providers import make_provider  # noqa: E402
-from singularity_ops.search import MODES, Fusion, run_search  # noqa: E402
+from singularity_ops.search import MODES, Fusion, SearchQuery, run_search  # noqa: E402
 
 DBNAME = "singularity_relevance_eval"
 QUERIES = ROOT / "bench" / "relevance_eval.json"
@@ -99,7 +99,12 @@ def evaluate(settings: Settings, cases: list[dict], runs: dict[str, dict]) -> di
             table: dict = defaultdict(lambda: defaultdict(lambda: [0.0, 0.0, 0.0, 0]))
             for case, vector in zip(cases, vectors, strict=True):
                 hits = run_search(
-                    conn, settings.embedding, vector=vector, query=case["q"], top_k=10, **options
+                    conn,
+                    settings.embedding,
+                    SearchQuery(mode=options["mode"], top_k=10),
+                    vector=vector,
+                    query=case["q"],
+                    fusion=options.get("fusion"),
                 )
                 ranked = [f"{h.artifact_type}/{h.artifact_id}" for h in hits]
                 first = next((i for i, r in enumerate(ranked) if r in case["expect"]), None)
@@ -124,7 +129,12 @@ def misses(settings: Settings, cases: list[dict], options: dict, split: str) -> 
                 continue
             [vector] = provider.embed([case["q"]])
             hits = run_search(
-                conn, settings.embedding, vector=vector, query=case["q"], top_k=10, **options
+                conn,
+                settings.embedding,
+                SearchQuery(mode=options["mode"], top_k=10),
+                vector=vector,
+                query=case["q"],
+                fusion=options.get("fusion"),
             )
             ranked = [f"{h.artifact_type}/{h.artifact_id}" for h in hits]
             if not ranked or ranked[0] not in case["expect"]:

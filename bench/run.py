@@ -352,7 +352,7 @@ class Bench:
 
         from singularity_ops.embed import ensure_index
         from singularity_ops.providers import LocalProvider
-        from singularity_ops.search import search_vector
+        from singularity_ops.search import SearchQuery, search_vector
 
         settings = self.fresh_db("bench_search")
         provider = LocalProvider(settings.embedding)
@@ -413,7 +413,9 @@ class Bench:
                 latencies, recalls = [], []
                 for q, truth in zip(query_vectors, truths, strict=True):
                     started = time.perf_counter()
-                    hits = search_vector(conn, q, settings.embedding, top_k=10, ef_search=ef)
+                    hits = search_vector(
+                        conn, q, settings.embedding, SearchQuery(top_k=10), ef_search=ef
+                    )
                     latencies.append(time.perf_counter() - started)
                     recalls.append(len(truth & {h.artifact_id for h in hits}) / 10)
                 latencies.sort()
@@ -435,7 +437,7 @@ class Bench:
             )
             # As agents run it: hybrid (vector + all-words text), through search_many, with
             # the search log written for every query. The model part is precomputed.
-            from singularity_ops.search import search_many
+            from singularity_ops.search import SearchQuery, search_many
 
             class Precomputed:
                 def __init__(self, vectors):
@@ -448,7 +450,7 @@ class Bench:
             latencies = []
             with connect(settings, autocommit=True) as conn:
                 results = search_many(
-                    conn, Precomputed(query_vectors), settings.embedding, texts, top_k=10
+                    conn, Precomputed(query_vectors), settings.embedding, texts, SearchQuery()
                 )
                 while True:
                     started = time.perf_counter()
@@ -633,7 +635,7 @@ class Bench:
     def bench_relevance(self, settings: Settings) -> None:
         """hit@1, hit@5 and MRR@10 of each mode: on bench/relevance.json (starter corpus),
         and on the test half of bench/relevance_eval.json (the evaluation corpus)."""
-        from singularity_ops.search import MODES, search_many
+        from singularity_ops.search import MODES, SearchQuery, search_many
 
         cases = json.loads((ROOT / "bench" / "relevance.json").read_text())["queries"]
         queries = [c["q"] for c in cases]
@@ -641,7 +643,7 @@ class Bench:
             for mode in MODES:
                 hit1 = hit5 = mrr = 0.0
                 answers = search_many(
-                    conn, None, settings.embedding, queries, mode=mode, top_k=10, log=False
+                    conn, None, settings.embedding, queries, SearchQuery(mode=mode), log=False
                 )
                 for case, result in zip(cases, answers, strict=True):
                     ranked = [f"{h.artifact_type}/{h.artifact_id}" for h in result.hits]

@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from singularity_ops.config import load_settings
 from singularity_ops.db import connect
 from singularity_ops.local_model import weights_dir
-from singularity_ops.search import search_vector
+from singularity_ops.search import SearchQuery, search_vector
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     vector = model.encode([query], normalize_embeddings=True)[0]
     settings = load_settings(config_file=config)
     with connect(settings) as conn:
-        for hit in search_vector(conn, vector, settings.embedding, top_k=10):
+        for hit in search_vector(conn, vector, settings.embedding, SearchQuery(top_k=10)):
             print(f"{hit.similarity:.3f}  {hit.artifact_type}/{hit.artifact_id}")
 
 

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import sys
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -763,36 +764,31 @@ def search_cmd(
     """
     from .db import connect
     from .errors import ConfigError
-    from .search import SearchFailure, search_many
+    from .search import SearchFailure, SearchQuery, query_problem, search_many
 
-    if query is not None and not query.strip():
-        raise ConfigError("the search query is empty; say what you are looking for")
     if from_stdin == (query is not None):
         raise ConfigError("give a QUERY or --stdin (one query per line), not both or neither")
     settings = settings_of(ctx)
-    options = dict(
-        types=types,
-        language=language,
-        tags=tags,
-        top_k=top_k,
-        min_similarity=min_similarity,
-        limits=settings.search_limits,
-    )
+    limits = settings.search_limits
+    problem = None if from_stdin else query_problem(query, limits)
+    if problem:
+        raise ConfigError(problem)
+    options = SearchQuery(mode, types, language, tags, top_k, min_similarity, rank_by)
+    options.check(limits)
     queries = _stdin_lines() if from_stdin else [query]
     failed = 0
     with connect(settings, autocommit=True) as conn:
-        options["types"] = _resolve_types(ctx, conn, types)
+        options = replace(options, types=_resolve_types(ctx, conn, types))
         for result in search_many(
             conn,
             None,
             settings.embedding,
             queries,
-            mode=mode,
-            rank_by=rank_by,
+            options,
             environment=settings.environment,
             log=settings.search_log,
             on_error="yield" if from_stdin else "raise",
-            **options,
+            limits=limits,
         ):
             if isinstance(result, SearchFailure):  # --stdin: this line's error, then go on
                 failed += 1

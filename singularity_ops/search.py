@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg
 from pgvector import Vector
@@ -70,6 +70,52 @@ class SearchLimits:
     max_query_words: int = MAX_QUERY_WORDS
     max_top_k: int = MAX_TOP_K
     statement_timeout_ms: int = STATEMENT_TIMEOUT_MS
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """How to search: the mode, the filters, how many hits and how to rank them. One value
+    serves every query text searched with it; the CLI's options, the server's tool arguments
+    and Python callers all build one."""
+
+    mode: str = DEFAULT_MODE
+    types: Sequence[str] = ()
+    language: str | None = None
+    tags: Sequence[str] = ()
+    top_k: int = 10
+    min_similarity: float | None = None
+    rank_by: str = DEFAULT_RANKING
+
+    def __post_init__(self) -> None:
+        # Lists from callers become tuples: the value stays hashable and unchanged.
+        object.__setattr__(self, "types", tuple(self.types))
+        object.__setattr__(self, "tags", tuple(self.tags))
+
+    def check(self, limits: SearchLimits | None = None) -> None:
+        """The arguments alone: ConfigError (exit 2) naming the option at fault."""
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.rank_by not in RANKINGS:
+            raise ConfigError(
+                f"--rank-by must be one of {', '.join(RANKINGS)}, got {self.rank_by!r}"
+            )
+        if self.top_k < 1:
+            raise ConfigError(f"--top-k must be at least 1, got {self.top_k}")
+        max_top_k = (limits or SearchLimits()).max_top_k
+        if self.top_k > max_top_k:
+            raise ConfigError(
+                f"--top-k {self.top_k} is more than the limit of {max_top_k} "
+                "(search.max_top_k in singularity.yaml)"
+            )
+        if self.min_similarity is not None:
+            if not -1 <= self.min_similarity <= 1:
+                raise ConfigError(
+                    f"--min-similarity must be between -1 and 1, got {self.min_similarity}"
+                )
+            if self.mode == "text":
+                raise ConfigError(
+                    "--min-similarity needs --mode vector or hybrid (text has no similarity)"
+                )
 
 
 def query_problem(query: str, limits: SearchLimits | None = None) -> str | None:
@@ -345,44 +391,17 @@ def _known(conn: psycopg.Connection, query: str) -> str:
 def check_search(
     conn: psycopg.Connection,
     config: EmbeddingConfig,
-    *,
-    mode: str = DEFAULT_MODE,
-    types: Sequence[str] = (),
-    language: str | None = None,
-    tags: Sequence[str] = (),
-    top_k: int = 10,
-    min_similarity: float | None = None,
+    options: SearchQuery | None = None,
     limits: SearchLimits | None = None,
 ) -> None:
     """The checks that need no model, in milliseconds: arguments, schema, filter values, and
     (for vector and hybrid) rows embedded with the configured model."""
-    _check_arguments(mode, top_k, min_similarity, limits)
+    options = options or SearchQuery()
+    options.check(limits)
     _check_schema(conn)
-    _check_filter_values(conn, types, language, tags)
-    if mode != "text":
+    _check_filter_values(conn, options.types, options.language, options.tags)
+    if options.mode != "text":
         _check_embedded(conn, config)
-
-
-def _check_arguments(
-    mode: str, top_k: int, min_similarity: float | None, limits: SearchLimits | None
-) -> None:
-    if mode not in MODES:
-        raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
-    max_top_k = (limits or SearchLimits()).max_top_k
-    if top_k > max_top_k:
-        raise ConfigError(
-            f"--top-k {top_k} is more than the limit of {max_top_k} "
-            "(search.max_top_k in singularity.yaml)"
-        )
-    if min_similarity is not None:
-        if not -1 <= min_similarity <= 1:
-            raise ConfigError(f"--min-similarity must be between -1 and 1, got {min_similarity}")
-        if mode == "text":
-            raise ConfigError(
-                "--min-similarity needs --mode vector or hybrid (text has no similarity)"
-            )
 
 
 def _check_schema(conn: psycopg.Connection) -> None:
@@ -487,15 +506,10 @@ def unembedded_count(conn: psycopg.Connection, config: EmbeddingConfig) -> int:
 def run_search(
     conn: psycopg.Connection,
     config: EmbeddingConfig,
+    options: SearchQuery,
     *,
     vector: Sequence[float] | None = None,
     query: str | None = None,
-    mode: str = DEFAULT_MODE,
-    types: Sequence[str] = (),
-    language: str | None = None,
-    tags: Sequence[str] = (),
-    top_k: int = 10,
-    min_similarity: float | None = None,
     ef_search: int | None = None,
     fusion: Fusion | None = None,
     limits: SearchLimits | None = None,
@@ -503,6 +517,7 @@ def run_search(
     """The database part of search: the query's vector (vector, hybrid) and text (text, hybrid)
     are given. `ef_search` (default: embedding.ef_search, at least the candidates needed)
     trades latency for recall."""
+    mode, top_k = options.mode, options.top_k
     if mode != "text" and vector is None:
         raise ValueError(f"mode {mode!r} needs the query's vector")
     limits = limits or SearchLimits()
@@ -515,10 +530,10 @@ def run_search(
         config.dimensions,
         key,
         mode=mode,
-        types=bool(types),
-        language=bool(language),
-        tags=bool(tags),
-        min_similarity=min_similarity is not None,
+        types=bool(options.types),
+        language=bool(options.language),
+        tags=bool(options.tags),
+        min_similarity=options.min_similarity is not None,
         fusion=fusion,
     )
     pool = top_k if mode == "vector" else max(FUSION_POOL, top_k)
@@ -527,10 +542,10 @@ def run_search(
         "query": query,
         "k": top_k,
         "pool": pool,
-        "types": list(types),
-        "language": language,
-        "tags": list(tags),
-        "min_similarity": min_similarity,
+        "types": list(options.types),
+        "language": options.language,
+        "tags": list(options.tags),
+        "min_similarity": options.min_similarity,
     }
     with conn.transaction():
         # Enough candidates for the pool, and keep scanning the index while filters reject rows.
@@ -552,10 +567,16 @@ def run_search(
 
 
 def search_vector(
-    conn: psycopg.Connection, vector: Sequence[float], config: EmbeddingConfig, **options
+    conn: psycopg.Connection,
+    vector: Sequence[float],
+    config: EmbeddingConfig,
+    options: SearchQuery | None = None,
+    **tuning,
 ) -> list[SearchHit]:
-    """Vector search for an already-embedded query (what the recall benchmark measures)."""
-    return run_search(conn, config, vector=vector, mode="vector", **options)
+    """Vector search for an already-embedded query (what the recall benchmark measures);
+    `tuning`: ef_search, limits."""
+    options = replace(options or SearchQuery(), mode="vector")
+    return run_search(conn, config, options, vector=vector, **tuning)
 
 
 def search_many(
@@ -563,13 +584,13 @@ def search_many(
     provider: Provider | None,
     config: EmbeddingConfig,
     queries: Iterable[str | BadLine],
+    options: SearchQuery | None = None,
     *,
-    mode: str = DEFAULT_MODE,
-    rank_by: str = DEFAULT_RANKING,
     environment: str = "dev",
     log: bool = True,
     on_error: str = "raise",
-    **options,
+    limits: SearchLimits | None = None,
+    fusion: Fusion | None = None,
 ) -> Iterator[SearchResult | SearchFailure]:
     """A SearchResult for each non-blank query: the checks run once, the model loads once
     (only when the mode needs it and the checks passed), then each query costs one embedding,
@@ -578,11 +599,9 @@ def search_many(
     rank_by "proven" re-ranks a larger relevance pool by recent success (ranking.py).
     A query that cannot be searched (query_problem: NUL, invalid UTF-8, over a limit) raises
     ConfigError, or with on_error="yield" becomes a SearchFailure and the stream goes on."""
-    if rank_by not in RANKINGS:
-        raise ConfigError(f"--rank-by must be one of {', '.join(RANKINGS)}, got {rank_by!r}")
-    check_search(conn, config, mode=mode, **_check_options(options))
-    top_k = options.pop("top_k", 10)
-    unembedded = 0 if mode == "text" else unembedded_count(conn, config)
+    options = options or SearchQuery()
+    check_search(conn, config, options, limits)
+    unembedded = 0 if options.mode == "text" else unembedded_count(conn, config)
     for query in queries:
         if isinstance(query, BadLine):  # from lines.read_lines: too long, or not UTF-8
             if on_error == "yield":
@@ -592,7 +611,7 @@ def search_many(
         text = query.strip()
         if not text:
             continue  # a blank line in a stream of queries asks nothing
-        problem = query_problem(text, options.get("limits"))
+        problem = query_problem(text, limits)
         if problem:
             if on_error == "yield":
                 shown = text[:200].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
@@ -600,22 +619,12 @@ def search_many(
                 continue
             raise ConfigError(problem)
         vector = None
-        if mode != "text":
+        if options.mode != "text":
             if provider is None:
                 provider = make_provider(config)
             [vector] = provider.embed([text])
         started = time.perf_counter()
-        if rank_by == "proven":
-            pool = run_search(
-                conn, config, vector=vector, query=text, mode=mode, top_k=top_k * POOL_FACTOR,
-                **options,
-            )  # fmt: skip
-            evidence = usage_evidence(conn, [h.artifact_pk for h in pool])
-            hits = rerank_proven(pool, evidence)[:top_k]
-        else:
-            hits = run_search(
-                conn, config, vector=vector, query=text, mode=mode, top_k=top_k, **options
-            )
+        hits = _ranked_hits(conn, config, options, vector, text, limits, fusion)
         search_id = None
         if log:
             search_id = new_search_id()
@@ -623,27 +632,49 @@ def search_many(
                 conn,
                 search_id=search_id,
                 query=text,
-                mode=mode,
-                rank_by=rank_by,
-                filters={k: options.get(k) for k in ("types", "language", "tags")},
-                top_k=top_k,
+                mode=options.mode,
+                rank_by=options.rank_by,
+                filters={
+                    "types": list(options.types),
+                    "language": options.language,
+                    "tags": list(options.tags),
+                },
+                top_k=options.top_k,
                 artifact_pks=[h.artifact_pk for h in hits],
                 environment=environment,
                 duration_ms=(time.perf_counter() - started) * 1000,
             )
             search_id = search_id if logged else None
         best = None
-        if not hits and options.get("min_similarity") is not None and vector is not None:
+        if not hits and options.min_similarity is not None and vector is not None:
             nearest = run_search(
-                conn, config, vector=vector, query=text, mode="vector", top_k=1,
-                **{**options, "min_similarity": None},
+                conn, config, replace(options, mode="vector", top_k=1, min_similarity=None),
+                vector=vector, query=text, limits=limits,
             )  # fmt: skip
             best = nearest[0].similarity if nearest else None
-        yield SearchResult(search_id, text, mode, rank_by, hits, unembedded, best)
+        yield SearchResult(search_id, text, options.mode, options.rank_by, hits, unembedded, best)
 
 
-def _check_options(options: dict) -> dict:
-    return {k: v for k, v in options.items() if k not in ("ef_search", "fusion")}
+def _ranked_hits(
+    conn: psycopg.Connection,
+    config: EmbeddingConfig,
+    options: SearchQuery,
+    vector: Sequence[float] | None,
+    text: str,
+    limits: SearchLimits | None,
+    fusion: Fusion | None,
+) -> list[SearchHit]:
+    """The hits by relevance, or (rank_by "proven") a larger relevance pool re-ranked."""
+    if options.rank_by != "proven":
+        return run_search(
+            conn, config, options, vector=vector, query=text, limits=limits, fusion=fusion
+        )
+    pool = run_search(
+        conn, config, replace(options, top_k=options.top_k * POOL_FACTOR),
+        vector=vector, query=text, limits=limits, fusion=fusion,
+    )  # fmt: skip
+    evidence = usage_evidence(conn, [h.artifact_pk for h in pool])
+    return rerank_proven(pool, evidence)[: options.top_k]
 
 
 def search(
@@ -651,15 +682,14 @@ def search(
     provider: Provider | None,
     config: EmbeddingConfig,
     query: str,
-    *,
-    mode: str = DEFAULT_MODE,
-    **options,
+    options: SearchQuery | None = None,
+    **context,
 ) -> SearchResult:
     """Search for `query`: checks first, then (vector, hybrid) the model embeds it, then SQL,
     then the search log. With provider None the configured provider is created only after
-    the checks passed. Options: see search_many and run_search."""
-    problem = query_problem(query or "", options.get("limits"))
+    the checks passed. `context`: environment, log, limits, fusion (see search_many)."""
+    problem = query_problem(query or "", context.get("limits"))
     if problem:
         raise ConfigError(problem)
-    [result] = list(search_many(conn, provider, config, [query], mode=mode, **options))
+    [result] = list(search_many(conn, provider, config, [query], options, **context))
     return result  # type: ignore[return-value]

@@ -29,7 +29,14 @@ from pydantic import Field  # tool signatures name it; mcp evaluates them here
 from .artifacts import LATEST, VIEW_MAX_CHARS, ArtifactNotFound, ArtifactView, view_artifact
 from .config import Settings
 from .errors import ConfigError, DatabaseUnavailable, SingularityOpsError, explain_db_error
-from .search import DEFAULT_MODE, SearchResult, SearchUnavailable, check_search, search
+from .search import (
+    DEFAULT_MODE,
+    SearchQuery,
+    SearchResult,
+    SearchUnavailable,
+    check_search,
+    search,
+)
 from .search_log import SearchNotFound
 from .shapes import to_jsonable
 from .tokens import TokenInfo, verify_token
@@ -91,7 +98,7 @@ class Knowledge:
         from .providers import make_provider
 
         with connect(settings, autocommit=True) as conn:  # the local-cluster identity check too
-            check_search(conn, settings.embedding, mode=DEFAULT_MODE)
+            check_search(conn, settings.embedding)
 
         def configure(conn: psycopg.Connection) -> None:
             conn.execute(
@@ -164,15 +171,9 @@ class Knowledge:
                 self.provider,
                 self.settings.embedding,
                 query,
-                mode=mode,
-                rank_by=rank_by,
+                SearchQuery(mode, types, language, tags, limit, min_similarity, rank_by),
                 environment=self.settings.environment,
                 log=self.settings.search_log,
-                types=list(types),
-                tags=list(tags),
-                language=language,
-                top_k=limit,
-                min_similarity=min_similarity,
                 limits=self.settings.search_limits,
             )
         )

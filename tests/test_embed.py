@@ -16,7 +16,7 @@ from singularity_ops.embed import TEXT_VERSION, ModelMismatch, embedding_text, i
 from singularity_ops.errors import ConfigError
 from singularity_ops.glossary import describe, digest
 from singularity_ops.providers import EmbeddingConfig, OpenAIProvider, ProviderError, model_key
-from singularity_ops.search import search, search_sql, search_vector
+from singularity_ops.search import SearchQuery, search, search_sql, search_vector
 
 
 @pytest.fixture(scope="session")
@@ -83,14 +83,24 @@ def test_filters_and_cutoff_run_in_sql_and_still_fill_top_k(corpus_db, local_pro
     settings, _ = corpus_db
     run_embed(settings, local_provider)
     with connect(settings) as conn:
-        go = search(conn, local_provider, LOCAL, "pancakes", language="go", top_k=2).hits
+        go = search(
+            conn, local_provider, LOCAL, "pancakes", SearchQuery(language="go", top_k=2)
+        ).hits
         assert {h.artifact_id for h in go} == {"nats_consumer", "queue_worker"}
         prompts = search(
-            conn, local_provider, LOCAL, "message consumer", types=["prompts"], tags=["messaging"]
+            conn,
+            local_provider,
+            LOCAL,
+            "message consumer",
+            SearchQuery(types=["prompts"], tags=["messaging"]),
         ).hits
         assert [h.artifact_id for h in prompts] == ["queue_worker"]
         strict = search(
-            conn, local_provider, LOCAL, "NATS consumer with error handling", min_similarity=0.5
+            conn,
+            local_provider,
+            LOCAL,
+            "NATS consumer with error handling",
+            SearchQuery(min_similarity=0.5),
         ).hits
         assert [h.artifact_id for h in strict] == ["nats_consumer"]
         assert all(h.similarity >= 0.5 for h in strict)
@@ -166,7 +176,9 @@ def test_search_uses_the_hnsw_and_full_text_indexes_at_ten_thousand_rows(kb_sett
     for mode in ("text", "hybrid"):
         assert text_index in plans[mode], plans[mode]
     with connect(kb_settings) as conn:
-        hits = search_vector(conn, [0.5] * 384, LOCAL, types=["bulk"], language="go", top_k=10)
+        hits = search_vector(
+            conn, [0.5] * 384, LOCAL, SearchQuery(types=["bulk"], language="go", top_k=10)
+        )
     assert len(hits) == 10
 
 
@@ -275,7 +287,7 @@ def test_model_change_is_refused_until_rebuild_and_never_mixed(corpus_db, local_
             ).fetchall()
         assert models == [(model_key(config, TEXT_VERSION), 8)]
         with connect(settings) as conn:
-            hits = search(conn, provider_for(server), config, "anything", top_k=3).hits
+            hits = search(conn, provider_for(server), config, "anything", SearchQuery(top_k=3)).hits
         assert len(hits) == 3
 
 

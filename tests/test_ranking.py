@@ -17,7 +17,7 @@ from singularity_ops.ranking import (
     usage_evidence,
     wilson_lower_bound,
 )
-from singularity_ops.search import SearchHit, search
+from singularity_ops.search import SearchHit, SearchQuery, search
 from singularity_ops.usage_ingest import ingest_usage
 
 
@@ -116,9 +116,15 @@ def test_proven_search_reads_the_windowed_evidence_and_shows_it(kb_settings, tmp
     )
     with connect(settings, autocommit=True) as conn:
         ingest_usage(conn, events)
-        relevance = search(conn, UnusedProvider(), LOCAL, "outbox relay", mode="text").hits
+        relevance = search(
+            conn, UnusedProvider(), LOCAL, "outbox relay", SearchQuery(mode="text")
+        ).hits
         proven = search(
-            conn, UnusedProvider(), LOCAL, "outbox relay", mode="text", rank_by="proven"
+            conn,
+            UnusedProvider(),
+            LOCAL,
+            "outbox relay",
+            SearchQuery(mode="text", rank_by="proven"),
         )
         evidence = usage_evidence(conn, [h.artifact_pk for h in proven.hits])
     assert {h.artifact_id for h in relevance} == {"twin_a", "twin_b"}

@@ -12,7 +12,7 @@ from embed_fixtures import LOCAL, UnusedProvider, run_embed
 
 from singularity_ops.db import connect
 from singularity_ops.errors import ConfigError
-from singularity_ops.search import RRF_K, SearchUnavailable, search
+from singularity_ops.search import RRF_K, SearchQuery, SearchUnavailable, search
 
 
 @pytest.fixture
@@ -31,7 +31,9 @@ def cli_json(config, *args, **kwargs):
 def test_text_mode_needs_no_model_and_ranks_by_words(embedded):
     settings, _ = embedded
     with connect(settings) as conn:
-        hits = search(conn, UnusedProvider(), LOCAL, "pancake recipe", mode="text").hits
+        hits = search(
+            conn, UnusedProvider(), LOCAL, "pancake recipe", SearchQuery(mode="text")
+        ).hits
     assert [h.artifact_id for h in hits] == ["pancakes"]
     assert hits[0].similarity is None and hits[0].text_rank == 1 and hits[0].vector_rank is None
 
@@ -51,7 +53,7 @@ def test_hybrid_fuses_both_rankings_with_reciprocal_ranks(embedded):
 def test_text_ranks_rows_with_every_word_first_and_hybrid_fuses_only_those(embedded):
     settings, config = embedded
     with connect(settings) as conn:
-        text = search(conn, UnusedProvider(), LOCAL, "message queue", mode="text").hits
+        text = search(conn, UnusedProvider(), LOCAL, "message queue", SearchQuery(mode="text")).hits
     # queue_worker holds both words; nats_consumer only "messages"
     assert text[0].artifact_id == "queue_worker" and text[0].score >= 1
     assert len(text) > 1 and all(h.score < 1 for h in text[1:]), "partial matches follow"
@@ -204,9 +206,9 @@ def test_library_search_rejects_bad_arguments_before_the_model(embedded):
     settings, _ = embedded
     with connect(settings) as conn:
         with pytest.raises(ConfigError, match="--mode must be one of"):
-            search(conn, UnusedProvider(), LOCAL, "x", mode="fuzzy")
+            search(conn, UnusedProvider(), LOCAL, "x", SearchQuery(mode="fuzzy"))
         with pytest.raises(ConfigError, match="--top-k must be at least 1"):
-            search(conn, UnusedProvider(), LOCAL, "x", top_k=0)
+            search(conn, UnusedProvider(), LOCAL, "x", SearchQuery(top_k=0))
 
 
 def test_search_says_what_it_left_out_and_how_far_off_a_cutoff_was(corpus_db, tmp_path):
@@ -227,3 +229,23 @@ def test_search_says_what_it_left_out_and_how_far_off_a_cutoff_was(corpus_db, tm
     text = run_cli("--config", str(config), "search", "pancake recipe", "--min-similarity",
                    "0.99", cwd=tmp_path)  # fmt: skip
     assert f"the most similar artifact scored {result['best_similarity']:.3f}" in text.stderr
+
+
+def test_a_search_query_is_one_checked_value():
+    from singularity_ops.errors import ConfigError
+    from singularity_ops.search import SearchLimits
+
+    query = SearchQuery(types=["pattern"], tags=["nats"], top_k=5)
+    assert query.types == ("pattern",) and query.tags == ("nats",)
+    assert hash(query) == hash(SearchQuery(types=("pattern",), tags=("nats",), top_k=5))
+    query.check()
+    for bad, message in [
+        (SearchQuery(mode="fuzzy"), "--mode must be one of"),
+        (SearchQuery(rank_by="newest"), "--rank-by must be one of"),
+        (SearchQuery(top_k=0), "--top-k must be at least 1"),
+        (SearchQuery(top_k=11), r"--top-k 11 is more than the limit of 10 \(search.max_top_k"),
+        (SearchQuery(min_similarity=1.5), "--min-similarity must be between -1 and 1"),
+        (SearchQuery(mode="text", min_similarity=0.5), "needs --mode vector or hybrid"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            bad.check(SearchLimits(max_top_k=10))

@@ -13,7 +13,7 @@ from embed_fixtures import LOCAL, UnusedProvider, run_embed
 
 from singularity_ops.db import connect
 from singularity_ops.errors import ConfigError
-from singularity_ops.search import SearchLimits, SearchUnavailable, search
+from singularity_ops.search import SearchLimits, SearchQuery, SearchUnavailable, search
 
 
 @pytest.fixture
@@ -48,10 +48,25 @@ def test_stdin_answers_bad_lines_with_an_error_object_and_goes_on(embedded):
     _, config = embedded
     lines = b"pancakes\n\xff\xfe broken\nnul \x00 here\n" + b"w " * 100 + b"\nconsumer\n"
     out = subprocess.run(
-        [sys.executable, "-m", "singularity_ops", "--config", str(config), "search", "--stdin",
-         "--mode", "text", "--top-k", "1"],
-        input=lines, capture_output=True, env=clean_env(), timeout=60, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "singularity_ops",
+            "--config",
+            str(config),
+            "search",
+            "--stdin",
+            "--mode",
+            "text",
+            "--top-k",
+            "1",
+        ],
+        input=lines,
+        capture_output=True,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )
     answers = [json.loads(line) for line in out.stdout.decode().splitlines()]
     assert [("error" in a, a.get("query", "")[:8]) for a in answers] == [
         (False, "pancakes"),
@@ -71,11 +86,15 @@ def test_a_statement_timeout_cancels_a_search_with_a_clear_error(embedded):
         holder.execute("LOCK TABLE knowledge_artifacts IN ACCESS EXCLUSIVE MODE")
         with pytest.raises(SearchUnavailable, match=r"longer than 300 ms .*statement_timeout_ms"):
             search(
-                conn, UnusedProvider(), LOCAL, "consumer", mode="text",
+                conn,
+                UnusedProvider(),
+                LOCAL,
+                "consumer",
+                SearchQuery(mode="text"),
                 limits=SearchLimits(statement_timeout_ms=300),
-            )  # fmt: skip
+            )
         holder.rollback()
-        assert search(conn, UnusedProvider(), LOCAL, "consumer", mode="text").hits
+        assert search(conn, UnusedProvider(), LOCAL, "consumer", SearchQuery(mode="text")).hits
 
 
 def test_library_search_refuses_nul_and_invalid_text_before_the_model(embedded):

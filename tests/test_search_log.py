@@ -11,7 +11,7 @@ from conftest import run_cli, write_cli_config
 from embed_fixtures import LOCAL, UnusedProvider, run_embed
 
 from singularity_ops.db import connect
-from singularity_ops.search import search
+from singularity_ops.search import SearchQuery, search
 from singularity_ops.search_log import SearchNotFound, evaluate_rankings, prune_search_log
 from singularity_ops.usage_ingest import ingest_usage, record_usage
 
@@ -62,13 +62,13 @@ def test_a_search_whose_log_cannot_be_written_still_answers(embedded, tmp_path):
     settings, _config = embedded
     with connect(settings, autocommit=True) as conn:
         conn.execute("SET default_transaction_read_only = on")
-        result = search(conn, UnusedProvider(), LOCAL, "pancakes", mode="text")
+        result = search(conn, UnusedProvider(), LOCAL, "pancakes", SearchQuery(mode="text"))
         assert result.hits and result.search_id is None
         conn.execute("SET default_transaction_read_only = off")
         # inside a caller's transaction the failed insert is a rolled-back savepoint only
         with conn.transaction():
             conn.execute("SET LOCAL transaction_read_only = on")
-            inner = search(conn, UnusedProvider(), LOCAL, "pancakes", mode="text")
+            inner = search(conn, UnusedProvider(), LOCAL, "pancakes", SearchQuery(mode="text"))
             assert inner.search_id is None
             assert conn.execute("SELECT count(*) FROM knowledge_artifacts").fetchone()[0] == 5
     off = write_cli_config(tmp_path, settings, search={"log": False})
@@ -81,7 +81,9 @@ def test_a_search_whose_log_cannot_be_written_still_answers(embedded, tmp_path):
 def test_an_outcome_records_the_rank_its_search_gave_the_artifact(embedded):
     settings, config = embedded
     with connect(settings, autocommit=True) as conn:
-        result = search(conn, UnusedProvider(), LOCAL, "consumer messaging", mode="text")
+        result = search(
+            conn, UnusedProvider(), LOCAL, "consumer messaging", SearchQuery(mode="text")
+        )
         ranked = [(h.artifact_type, h.artifact_id) for h in result.hits]
         second = ranked[1]
         record_usage(conn, *second, success=True, search_id=result.search_id)
@@ -107,7 +109,9 @@ def test_an_outcome_records_the_rank_its_search_gave_the_artifact(embedded):
 def test_bulk_lines_carry_search_ids_and_bad_ones_are_named(embedded):
     settings, _config = embedded
     with connect(settings, autocommit=True) as conn:
-        result = search(conn, UnusedProvider(), LOCAL, "consumer messaging", mode="text")
+        result = search(
+            conn, UnusedProvider(), LOCAL, "consumer messaging", SearchQuery(mode="text")
+        )
         first = result.hits[0]
         lines = [
             json.dumps({"artifact_type": first.artifact_type, "artifact_id": first.artifact_id,
@@ -136,7 +140,11 @@ def test_usage_eval_reports_mrr_and_hits_per_mode_and_ranking(embedded):
             ("text", "proven", 1),
         ):
             result = search(
-                conn, UnusedProvider(), LOCAL, "consumer messaging", mode=mode, rank_by=rank_by
+                conn,
+                UnusedProvider(),
+                LOCAL,
+                "consumer messaging",
+                SearchQuery(mode=mode, rank_by=rank_by),
             )
             chosen = result.hits[position - 1]
             outcomes.append((chosen, result.search_id))
@@ -149,7 +157,9 @@ def test_usage_eval_reports_mrr_and_hits_per_mode_and_ranking(embedded):
             conn, outcomes[0][0].artifact_type, outcomes[0][0].artifact_id,
             success=False, search_id=outcomes[0][1],
         )  # fmt: skip
-        search(conn, UnusedProvider(), LOCAL, "pancakes", mode="text")  # a search, no outcome
+        search(
+            conn, UnusedProvider(), LOCAL, "pancakes", SearchQuery(mode="text")
+        )  # a search, no outcome
         report = {(r.mode, r.rank_by): r for r in evaluate_rankings(conn, 30).rankings}
     relevance = report[("text", "relevance")]
     assert (relevance.searches, relevance.outcomes, relevance.successes) == (3, 3, 2)
@@ -167,7 +177,7 @@ def test_the_search_log_is_pruned_by_its_retention(embedded):
     settings, _config = embedded
     with connect(settings, autocommit=True) as conn:
         for _ in range(3):
-            search(conn, UnusedProvider(), LOCAL, "pancakes", mode="text")
+            search(conn, UnusedProvider(), LOCAL, "pancakes", SearchQuery(mode="text"))
         # a hypertable row cannot move to another chunk: log an old search as it was then
         conn.execute(
             "INSERT INTO search_log (searched_at, search_id, query, mode, top_k, artifact_pks)"
