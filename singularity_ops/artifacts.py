@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
-from .errors import SingularityOpsError
+from .errors import ArtifactNotFound, SingularityOpsError
 
 LATEST = "latest"
 # "latest" is the highest version by numeric parts (1.10.0 > 1.9.0), then by text.
@@ -28,10 +28,6 @@ _COLUMNS = """
     language, tags, usage_count, success_count, success_rate, last_used_at, embedding_model,
     (embedding IS NOT NULL AND embedded_hash = embedding_source_hash) AS embedded, created_at, updated_at
 """
-
-
-class ArtifactNotFound(SingularityOpsError):
-    """No artifact with that type, id (and version)."""
 
 
 def _lookup(artifact_type: str, artifact_id: str, version: str) -> tuple[str, list[Any], str]:

@@ -36,7 +36,7 @@ from psycopg import sql
 
 from . import __version__
 from .config import Settings
-from .errors import SingularityOpsError
+from .errors import BackupError, BackupLocked
 from .faults import pause_point
 from .files import fsync_dir, partial_path, remove, remove_orphans, write_atomically
 from .migrate import applied_migrations
@@ -45,7 +45,7 @@ from .proc import popen, run_until_done
 from .proc import run as run_child
 
 LOCK_FILE = ".singularity-backup.lock"
-EXIT_LOCKED = 75  # EX_TEMPFAIL: another backup is running; try again later
+EXIT_LOCKED = BackupLocked.exit_code  # 75, EX_TEMPFAIL: another backup is running
 FORMATS = {"custom": ".dump", "plain": ".sql", "directory": ".dir"}
 NAME_PATTERN = re.compile(r"^(?P<series>.+)_(?P<stamp>\d{8}T\d{6}Z)(?P<ext>\.dump|\.sql|\.dir)$")
 MANIFEST_SUFFIX = ".manifest.json"
@@ -67,16 +67,6 @@ _SKIP_SCHEMAS = (
     "tiger",
     "tiger_data",
 )
-
-
-class BackupError(SingularityOpsError):
-    """pg_dump failed, or the backup could not be written or verified."""
-
-
-class BackupLocked(SingularityOpsError):
-    """Another backup holds the lock on the backup directory."""
-
-    exit_code = EXIT_LOCKED
 
 
 @dataclass

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .config import Settings
-from .errors import ConfigError, SingularityOpsError
+from .errors import ConfigError, SingularityOpsError, StepFailed
 
 STEPS = ("ensure-db", "create-extensions", "migrate", "import", "embed")
 
@@ -47,10 +47,6 @@ class SetupResult:
     @property
     def did_work(self) -> bool:
         return any(s.did_work for s in self.steps)
-
-
-class StepFailed(SingularityOpsError):
-    """A step of the chain failed; carries the step's own error and exit code."""
 
 
 def _ensure_db(settings: Settings) -> tuple[bool, str]:

@@ -578,7 +578,8 @@ def import_cmd(
     Strict by default: if any file is invalid, nothing is written. Unchanged files are not
     written; changed files keep their usage metrics; one transaction per run. Rows remember
     their corpus (the import root's directory name, or import.corpus), and --prune stays
-    inside the corpus it reads.
+    inside the corpus it reads. A second import waits up to 60 s for a running one, then
+    exits 75 (busy).
 
     \b
     Example:
@@ -647,7 +648,8 @@ def embed_cmd(ctx: click.Context, rebuild: bool, batch_size: int | None, as_json
     """Compute embeddings for artifacts that have none or whose content changed.
 
     Batches are committed as they finish: an interrupted run keeps them and the next run
-    continues. With nothing to do, no model is loaded.
+    continues. With nothing to do, no model is loaded. While another embed runs, this one
+    exits 75 (busy) at once.
 
     \b
     Example:
@@ -1302,6 +1304,7 @@ def restore_cmd(
 
     The target is replaced in one transaction only once the restored copy is complete and
     checked; leftovers of a killed restore are removed by the next one (or --cleanup).
+    One restore per server at a time: another waits up to 60 s, then exits 75 (busy).
 
     \b
     Example:
@@ -1427,6 +1430,7 @@ def record_usage_cmd(
     event_id, or the same line content with its used_at) are skipped, so re-ingesting a log
     counts nothing twice. A line needs an event_id or a used_at: one with neither is refused
     (it would count once ever), unless --unkeyed-now records it at the time of ingest.
+    Usage writers take turns: one waits up to 5 minutes for another, then exits 75 (busy).
 
     \b
     Examples:

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from . import cluster
 from .config import LocalCluster, Settings
-from .errors import ClusterError, DatabaseUnavailable, SingularityOpsError
+from .errors import Busy, ClusterError, DatabaseUnavailable, LockTimeout
 
 # Connection failures carry no SQLSTATE in psycopg, so they are told apart by libpq's text.
 # Worth waiting on: no server yet, starting up or shutting down, too many clients.
@@ -40,34 +40,59 @@ def lock_key(name: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-class LockTimeout(SingularityOpsError):
-    """Another run held an advisory lock for longer than the bounded wait."""
-
-
 @contextmanager
 def advisory_lock(
-    conn: psycopg.Connection, key: int, timeout: float, what: str, option: str = "--lock-timeout"
+    conn: psycopg.Connection,
+    key: int,
+    what: str,
+    *,
+    wait: float | None,
+    option: str | None = None,
 ) -> Iterator[None]:
-    """Hold a session advisory lock, waiting at most `timeout` seconds, then failing with a
-    message naming the backend that holds it. `conn` should be in autocommit mode."""
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while True:
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
-        if row and row[0]:
-            break
-        if time.monotonic() >= deadline:
+    """Hold the toolkit's advisory lock `key` for the block: the one way every command that
+    must not overlap another run of itself takes its lock.
+
+    wait: seconds to wait for another run to finish (0: not at all; None: as long as it
+    takes). Past it, raise Busy (exit 75) naming the backend that holds the lock and `option`,
+    the setting that changes the wait. Inside a transaction the lock is the transaction's
+    (released with the caller's commit or rollback); in autocommit mode it is the session's,
+    released when the block ends."""
+    in_transaction = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+    scope = "_xact" if in_transaction else ""
+    if not _take_lock(conn, key, scope, wait):
+        holder = lock_holder(conn, key)
+        if wait:
             raise LockTimeout(
-                f"another {what} has held its lock for more than {timeout:g} s "
-                f"({option}){lock_holder(conn, key)}; wait for it or raise {option}"
+                f"another {what} has held its lock for more than {wait:g} s"
+                + (f" ({option})" if option else "")
+                + f"{holder}; wait for it"
+                + (f" or raise {option}" if option else "")
             )
-        time.sleep(min(delay, max(deadline - time.monotonic(), 0.01)))
-        delay = min(delay * 2, 0.5)
+        raise Busy(f"another {what} is running{holder}; try again when it has finished")
     try:
         yield
     finally:
-        if not conn.closed:
+        if not in_transaction and not conn.closed:
             conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def _take_lock(conn: psycopg.Connection, key: int, scope: str, wait: float | None) -> bool:
+    if wait == 0:
+        row = conn.execute(f"SELECT pg_try_advisory{scope}_lock(%s)", (key,)).fetchone()
+        return bool(row and row[0])
+    # The server waits (no polling, woken the moment the lock is free), bounded by a
+    # lock_timeout local to a savepoint (or a transaction of its own), so that the caller's
+    # setting comes back and a timeout does not abort the caller's transaction.
+    timeout = "0" if wait is None else f"{max(1, math.ceil(wait * 1000))}ms"
+    try:
+        with conn.transaction():
+            before = conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]  # type: ignore[index]
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (timeout,))
+            conn.execute(f"SELECT pg_advisory{scope}_lock(%s)", (key,))
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (before,))
+    except psycopg.errors.LockNotAvailable:
+        return False
+    return True
 
 
 def lock_holder(conn: psycopg.Connection, key: int) -> str:

@@ -25,8 +25,8 @@ import psycopg
 from pgvector import Vector
 from psycopg import sql
 
-from .db import lock_key, relation_exists
-from .errors import SingularityOpsError
+from .db import advisory_lock, lock_key, relation_exists
+from .errors import ModelMismatch
 from .faults import pause_point
 from .providers import EmbeddingConfig, Provider, ProviderError, make_provider, model_key
 
@@ -39,10 +39,6 @@ EXCERPT_CHARS = 1200
 EMBED_LOCK_KEY = lock_key("embed")
 _DESCRIPTIVE_KEYS = ("name", "title", "description", "summary")
 _IDENTITY_KEYS = ("id", "version", "artifact_type", "metadata", "tags", "language", "_learning")
-
-
-class ModelMismatch(SingularityOpsError):
-    """Rows are embedded with another model and --rebuild was not given."""
 
 
 @dataclass(frozen=True)
@@ -161,14 +157,6 @@ def _drop_emptied_indexes(conn: psycopg.Connection, keys: list[str]) -> None:
             )
 
 
-def _lock(conn: psycopg.Connection) -> None:
-    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (EMBED_LOCK_KEY,)).fetchone()
-    if not row or not row[0]:
-        raise SingularityOpsError(
-            "another embed is running on this database; wait for it to finish (its batches are committed as it goes)"
-        )
-
-
 def _stale_condition() -> str:
     return (
         "(embedding IS NULL OR embedding_model IS DISTINCT FROM %(key)s"
@@ -194,61 +182,19 @@ def embed(
     if not conn.autocommit:
         raise ValueError("embed() needs an autocommit connection: each batch commits on its own")
     started = time.monotonic()
-    key = model_key(config, TEXT_VERSION)
-    batch_size = batch_size or config.batch_size
-    _lock(conn)
-    try:
-        same_model = key.rsplit(":", 1)[0] + ":"
-        other = conn.execute(
-            "SELECT embedding_model, count(*) FROM knowledge_artifacts"
-            " WHERE embedding_model IS NOT NULL AND embedding_model <> %s"
-            " AND NOT starts_with(embedding_model, %s) GROUP BY 1 ORDER BY 2 DESC",
-            (key, same_model),
-        ).fetchall()
-        older_texts = [
-            row[0]
-            for row in conn.execute(
-                "SELECT DISTINCT embedding_model FROM knowledge_artifacts"
-                " WHERE starts_with(embedding_model, %s) AND embedding_model <> %s",
-                (same_model, key),
-            )
-        ]
-        if other and not rebuild:
-            found = ", ".join(f"{n} with {m}" for m, n in other)
-            raise ModelMismatch(
-                f"artifacts are embedded with another model ({found}) but singularity.yaml now asks "
-                f"for {key}; run `singularity-ops embed --rebuild` to re-embed everything with it"
-            )
-        todo = [
-            row[0]
-            for row in conn.execute(
-                f"SELECT id FROM knowledge_artifacts WHERE %(rebuild)s OR {_stale_condition()}"
-                " ORDER BY artifact_type, artifact_id, version",
-                {"rebuild": rebuild, "key": key},
-            )
-        ]
-        total = conn.execute("SELECT count(*) FROM knowledge_artifacts").fetchone()[0]  # type: ignore[index]
+    # Fails at once when another embed runs: that one commits batch by batch, so nothing is
+    # lost, and a second run would only embed the same rows twice.
+    with advisory_lock(conn, EMBED_LOCK_KEY, "embed", wait=0):
+        key = model_key(config, TEXT_VERSION)
+        todo, total, older_texts = _plan(conn, key, rebuild)
         if todo and provider is None:
             provider = make_provider(config)
-        embedded = 0
-        for start in range(0, len(todo), batch_size):
-            try:
-                embedded += _embed_batch(conn, provider, key, todo[start : start + batch_size])  # type: ignore[arg-type]
-            except ProviderError as exc:
-                raise ProviderError(
-                    f"{exc.message} ({embedded} of {len(todo)} embedded and committed before the "
-                    "failure; run embed again to continue with the rest)"
-                ) from None
-            if progress:
-                progress(min(start + batch_size, len(todo)), len(todo))
-            pause_point("embed:after-batch")
+        batch_size = batch_size or config.batch_size
+        embedded = _embed_all(conn, provider, key, todo, batch_size, progress)  # type: ignore[arg-type]
         # Built after a bulk load (faster than growing it row by row), kept up to date after that.
         created = ensure_index(conn, key, config.dimensions)
         if embedded == len(todo):
             _drop_emptied_indexes(conn, older_texts)
-    finally:
-        if not conn.closed:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (EMBED_LOCK_KEY,))
     return EmbedResult(
         model=key,
         embedded=embedded,
@@ -258,6 +204,66 @@ def embed(
         index_created=created,
         seconds=time.monotonic() - started,
     )
+
+
+def _plan(conn: psycopg.Connection, key: str, rebuild: bool) -> tuple[list, int, list[str]]:
+    """The rows to embed, the number of rows, and the model keys of older text versions of
+    this model; ModelMismatch when rows carry another model and rebuild is not asked for."""
+    same_model = key.rsplit(":", 1)[0] + ":"
+    other = conn.execute(
+        "SELECT embedding_model, count(*) FROM knowledge_artifacts"
+        " WHERE embedding_model IS NOT NULL AND embedding_model <> %s"
+        " AND NOT starts_with(embedding_model, %s) GROUP BY 1 ORDER BY 2 DESC",
+        (key, same_model),
+    ).fetchall()
+    if other and not rebuild:
+        found = ", ".join(f"{n} with {m}" for m, n in other)
+        raise ModelMismatch(
+            f"artifacts are embedded with another model ({found}) but singularity.yaml now asks "
+            f"for {key}; run `singularity-ops embed --rebuild` to re-embed everything with it"
+        )
+    older_texts = [
+        row[0]
+        for row in conn.execute(
+            "SELECT DISTINCT embedding_model FROM knowledge_artifacts"
+            " WHERE starts_with(embedding_model, %s) AND embedding_model <> %s",
+            (same_model, key),
+        )
+    ]
+    todo = [
+        row[0]
+        for row in conn.execute(
+            f"SELECT id FROM knowledge_artifacts WHERE %(rebuild)s OR {_stale_condition()}"
+            " ORDER BY artifact_type, artifact_id, version",
+            {"rebuild": rebuild, "key": key},
+        )
+    ]
+    total = conn.execute("SELECT count(*) FROM knowledge_artifacts").fetchone()[0]  # type: ignore[index]
+    return todo, total, older_texts
+
+
+def _embed_all(
+    conn: psycopg.Connection,
+    provider: Provider,
+    key: str,
+    todo: list,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None,
+) -> int:
+    """Embed `todo` batch by batch, each batch committed on its own; the number embedded."""
+    embedded = 0
+    for start in range(0, len(todo), batch_size):
+        try:
+            embedded += _embed_batch(conn, provider, key, todo[start : start + batch_size])
+        except ProviderError as exc:
+            raise ProviderError(
+                f"{exc.message} ({embedded} of {len(todo)} embedded and committed before the "
+                "failure; run embed again to continue with the rest)"
+            ) from None
+        if progress:
+            progress(min(start + batch_size, len(todo)), len(todo))
+        pause_point("embed:after-batch")
+    return embedded
 
 
 def _embed_batch(conn: psycopg.Connection, provider: Provider, key: str, ids: list) -> int:

@@ -26,6 +26,10 @@ class DatabaseUnavailable(SingularityOpsError):
     """The server could not be reached or refused the connection."""
 
 
+class SandboxUnavailable(DatabaseUnavailable):
+    """The pytest plugin's shared database cannot be reached or is not migrated."""
+
+
 class PgBinaryError(SingularityOpsError):
     """A PostgreSQL program is missing, too old, or failed."""
 
@@ -36,6 +40,79 @@ class ClusterError(SingularityOpsError):
 
 class ExtensionError(SingularityOpsError):
     """An extension is not available, not preloaded, or could not be created."""
+
+
+class Busy(SingularityOpsError):
+    """Another run holds the lock this one needs (an advisory lock, the backup directory's
+    lock): nothing was done; try again later. Exit 75, EX_TEMPFAIL, what cron wrappers and
+    schedulers read as "retry"."""
+
+    exit_code = 75
+
+
+class LockTimeout(Busy):
+    """Another run held an advisory lock for longer than the bounded wait."""
+
+
+class BackupLocked(Busy):
+    """Another backup holds the lock on the backup directory."""
+
+
+# One class per capability: callers catch SingularityOpsError, or one of these by name.
+class ArtifactNotFound(SingularityOpsError):
+    """No artifact with that type, id (and version)."""
+
+
+class InvalidArtifacts(SingularityOpsError):
+    """Strict import refused because files are invalid; nothing was written."""
+
+
+class MigrationError(SingularityOpsError):
+    """A migration file or the recorded history is wrong, or a migration failed."""
+
+
+class ModelMismatch(SingularityOpsError):
+    """Rows are embedded with another model and --rebuild was not given."""
+
+
+class ModelError(SingularityOpsError):
+    """The local model's weights or ONNX graph are missing or unusable."""
+
+
+class ProviderError(SingularityOpsError):
+    """The embedding provider failed or returned something unusable."""
+
+
+class SearchUnavailable(SingularityOpsError):
+    """The database cannot answer this search yet (not migrated, nothing embedded)."""
+
+
+class SearchNotFound(SingularityOpsError):
+    """record-usage named a search the log does not hold, or an artifact it did not return."""
+
+
+class UsageError(SingularityOpsError):
+    """Usage events were refused (bad lines, unknown artifacts); nothing was recorded."""
+
+
+class BackupError(SingularityOpsError):
+    """pg_dump failed, or the backup could not be written or verified."""
+
+
+class RestoreError(SingularityOpsError):
+    """The restore was refused or failed; the target database is unchanged."""
+
+
+class StepFailed(SingularityOpsError):
+    """A step of the chain failed; carries the step's own error and exit code."""
+
+
+class ServeError(SingularityOpsError):
+    """The server cannot start as asked (bad options, nothing to serve)."""
+
+
+class TokenError(SingularityOpsError):
+    """A token could not be created or revoked (duplicate name, unknown name, no table)."""
 
 
 def explain_db_error(exc: BaseException) -> str | None:

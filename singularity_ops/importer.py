@@ -16,15 +16,11 @@ import psycopg
 
 from .config import DEFAULT_MAX_PRUNE_SHARE
 from .corpus import Artifact, Problem, Scan
-from .db import lock_key
-from .errors import SingularityOpsError
+from .db import advisory_lock, lock_key
+from .errors import InvalidArtifacts, SingularityOpsError
 from .faults import pause_point
 
 IMPORT_LOCK_KEY = lock_key("import")
-
-
-class InvalidArtifacts(SingularityOpsError):
-    """Strict import refused because files are invalid; nothing was written."""
 
 
 @dataclass
@@ -148,16 +144,7 @@ def _write(
     force: bool,
     max_prune_share: float,
 ) -> None:
-    with conn.transaction():
-        conn.execute(
-            "SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout * 1000)}ms",)
-        )
-        try:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (IMPORT_LOCK_KEY,))
-        except psycopg.errors.LockNotAvailable:
-            raise SingularityOpsError(
-                f"another import has been running for more than {lock_timeout:g} s; try again later"
-            ) from None
+    with conn.transaction(), advisory_lock(conn, IMPORT_LOCK_KEY, "import", wait=lock_timeout):
         existing = {
             (t, i, v): (pk, h, path, source, rows_corpus)
             for pk, t, i, v, h, path, source, rows_corpus in conn.execute(

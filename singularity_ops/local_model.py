@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import SingularityOpsError
+from .errors import ModelError
 from .faults import pause_point
 from .files import PARTIAL, partial_path, remove, remove_orphans, write_atomically
 
@@ -52,10 +52,6 @@ TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
 FILES = (GRAPH_FILE, DATA_FILE, TOKENIZER_FILE)
 BUILD_HINT = "singularity-ops model build"
-
-
-class ModelError(SingularityOpsError):
-    """The local model's weights or ONNX graph are missing or unusable."""
 
 
 @dataclass(frozen=True)

@@ -28,16 +28,12 @@ from pathlib import Path
 import psycopg
 
 from .db import advisory_lock, lock_key, relation_exists
-from .errors import ConfigError, SingularityOpsError
+from .errors import ConfigError, MigrationError
 
 NO_TRANSACTION_MARKER = "-- singularity-ops: no-transaction"
 FILE_PATTERN = re.compile(r"^(?P<version>\d+)_(?P<name>[A-Za-z0-9][A-Za-z0-9_\-]*)\.sql$")
 LOCK_KEY = lock_key("migrate")
 TABLE = "schema_migrations"
-
-
-class MigrationError(SingularityOpsError):
-    """A migration file or the recorded history is wrong, or a migration failed."""
 
 
 @dataclass(frozen=True)
@@ -414,7 +410,7 @@ def migrate(
     if applied and all(f.version in applied for f in files):
         return MigrateResult([], 0, len(applied), False, time.monotonic() - started)
 
-    with advisory_lock(conn, LOCK_KEY, lock_timeout, "migrate"):
+    with advisory_lock(conn, LOCK_KEY, "migrate", wait=lock_timeout, option="--lock-timeout"):
         _ensure_table(conn)
         applied = applied_migrations(conn)  # re-read: another process may have just finished
         verify_history(files, applied)
@@ -435,7 +431,7 @@ def forget_migration(
     delete. Undo its effects by hand first if it had any."""
     if not conn.autocommit:
         raise ValueError("forget_migration() needs an autocommit connection (it takes the lock)")
-    with advisory_lock(conn, LOCK_KEY, lock_timeout, "migrate"):
+    with advisory_lock(conn, LOCK_KEY, "migrate", wait=lock_timeout, option="--lock-timeout"):
         row = applied_migrations(conn).get(version)
         if row is None:
             raise MigrationError(

@@ -18,15 +18,11 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from .errors import ConfigError, SingularityOpsError
+from .errors import ConfigError, ProviderError
 
 LOCAL_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_DIMENSIONS = {"local": 384, "openai": 1536}
 DEFAULT_MODELS = {"local": LOCAL_MODEL, "openai": "text-embedding-3-small"}
-
-
-class ProviderError(SingularityOpsError):
-    """The embedding provider failed or returned something unusable."""
 
 
 @dataclass(frozen=True)

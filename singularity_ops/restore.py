@@ -29,7 +29,7 @@ from psycopg import sql
 from .backup import BackupError, good_backups, pg_env, series_name, table_counts, verify_backup
 from .config import Settings
 from .db import advisory_lock, connect, database_exists, lock_key, relation_exists, wait_for_server
-from .errors import SingularityOpsError
+from .errors import RestoreError
 from .faults import pause_point
 from .pgbin import find_program
 from .proc import run_until_done
@@ -40,10 +40,6 @@ DAILY = "artifact_usage_daily"
 KEYS = "usage_event_keys"
 IDENTITY = ("artifact_type", "artifact_id", "version")
 COUNTERS = ("usage_count", "success_count", "last_used_at")
-
-
-class RestoreError(SingularityOpsError):
-    """The restore was refused or failed; the target database is unchanged."""
 
 
 @dataclass
@@ -218,7 +214,10 @@ def closed_databases(admin: psycopg.Connection) -> list[str]:
 
 def cleanup(settings: Settings, *, lock_timeout: float = 60) -> list[str]:
     """`restore --cleanup`: take the restore lock and remove leftovers of killed restores."""
-    with _admin(settings) as admin, advisory_lock(admin, RESTORE_LOCK_KEY, lock_timeout, "restore"):
+    with (
+        _admin(settings) as admin,
+        advisory_lock(admin, RESTORE_LOCK_KEY, "restore", wait=lock_timeout),
+    ):
         return cleanup_leftovers(admin)
 
 
@@ -258,7 +257,10 @@ def restore(
     aside = leftover_name(target, "replaced", stamp)
     result = RestoreResult(dump, target, False, {}, 0.0)
 
-    with _admin(settings) as admin, advisory_lock(admin, RESTORE_LOCK_KEY, lock_timeout, "restore"):
+    with (
+        _admin(settings) as admin,
+        advisory_lock(admin, RESTORE_LOCK_KEY, "restore", wait=lock_timeout),
+    ):
         result.cleaned = cleanup_leftovers(admin)
         exists = database_exists(admin, target)
         if exists:

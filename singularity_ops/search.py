@@ -29,7 +29,7 @@ from psycopg import sql
 
 from .db import relation_exists
 from .embed import TEXT_VERSION
-from .errors import ConfigError, SingularityOpsError
+from .errors import ConfigError, SearchUnavailable
 from .lines import BadLine
 from .providers import EmbeddingConfig, Provider, make_provider, model_key
 from .ranking import (
@@ -56,10 +56,6 @@ DEFAULT_MODE = "hybrid"
 RRF_K = 60
 # Candidates each ranking contributes to the fusion.
 FUSION_POOL = 50
-
-
-class SearchUnavailable(SingularityOpsError):
-    """The database cannot answer this search yet (not migrated, nothing embedded)."""
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,9 @@ import psycopg
 from psycopg import sql
 
 from .db import relation_exists
-from .errors import ConfigError, SingularityOpsError
+from .errors import ConfigError, SearchNotFound, SingularityOpsError
 
 DEFAULT_RETENTION_DAYS = 90
-
-
-class SearchNotFound(SingularityOpsError):
-    """record-usage named a search the log does not hold, or an artifact it did not return."""
 
 
 def new_search_id() -> str:

@@ -28,7 +28,13 @@ from pydantic import Field  # tool signatures name it; mcp evaluates them here
 
 from .artifacts import LATEST, VIEW_MAX_CHARS, ArtifactNotFound, ArtifactView, view_artifact
 from .config import Settings
-from .errors import ConfigError, DatabaseUnavailable, SingularityOpsError, explain_db_error
+from .errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    ServeError,
+    SingularityOpsError,
+    explain_db_error,
+)
 from .search import (
     DEFAULT_MODE,
     SearchQuery,
@@ -60,10 +66,6 @@ will use -> use it -> `record_usage` with success true or false, passing the `se
 `search` returned, so that ranking learns which results help. Report failures too: they
 matter as much as successes. Use a stable `event_id` per use so retries are not counted twice.
 """
-
-
-class ServeError(SingularityOpsError):
-    """The server cannot start as asked (bad options, nothing to serve)."""
 
 
 # --- the shared, warm state --------------------------------------------------------------

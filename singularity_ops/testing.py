@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .errors import DatabaseUnavailable
+from .errors import DatabaseUnavailable, SandboxUnavailable
 
 if TYPE_CHECKING:
     import psycopg
@@ -99,7 +99,7 @@ def sandbox(settings: Settings) -> Iterator[psycopg.Connection]:
         relation_exists,
         use_connection,
     )
-    from .errors import DatabaseUnavailable
+    from .errors import SandboxUnavailable
 
     cls = _sandbox_class()
     try:
@@ -125,11 +125,6 @@ def sandbox(settings: Settings) -> Iterator[psycopg.Connection]:
             yield conn
     finally:
         conn.end_sandbox()
-
-
-class SandboxUnavailable(DatabaseUnavailable):
-    """The shared database cannot be reached or is not migrated (part of the toolkit's error
-    hierarchy: `except SingularityOpsError` catches it too)."""
 
 
 @pytest.fixture(scope="session")

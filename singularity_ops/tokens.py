@@ -17,17 +17,13 @@ from datetime import datetime
 import psycopg
 
 from .db import relation_exists
-from .errors import ConfigError, SingularityOpsError
+from .errors import ConfigError, TokenError
 
 SCOPES = ("read", "write")
 PREFIX = "sops_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 # Longer than any token this module makes; a bigger header is refused before hashing.
 MAX_TOKEN_CHARS = 200
-
-
-class TokenError(SingularityOpsError):
-    """A token could not be created or revoked (duplicate name, unknown name, no table)."""
 
 
 @dataclass(frozen=True)

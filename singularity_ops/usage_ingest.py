@@ -26,6 +26,7 @@ import time
 import uuid
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
@@ -34,8 +35,8 @@ import psycopg
 
 from .artifacts import LATEST, ArtifactNotFound, _lookup, _not_found
 from .config import ENVIRONMENTS
-from .db import lock_key
-from .errors import ConfigError, SingularityOpsError
+from .db import advisory_lock, lock_key
+from .errors import ConfigError, SingularityOpsError, UsageError
 from .lines import MAX_LINE_BYTES, BadLine, read_lines
 
 # knowledge_duration_bounds() in migration 0006: ten log-spaced buckets per decade, in ms.
@@ -118,10 +119,14 @@ def write_events_sql(events: str) -> str:
 
 
 WRITER_LOCK = lock_key("usage-writer")
+# How long a usage writer waits for another (a big ingest: 100,000 events take ~3 s) before
+# it gives up with Busy (exit 75); retrying is safe, event ids make it idempotent.
+WRITER_WAIT_SECONDS = 300.0
 
 
-class UsageError(SingularityOpsError):
-    """Usage events were refused (bad lines, unknown artifacts); nothing was recorded."""
+def writer_lock(conn: psycopg.Connection) -> AbstractContextManager[None]:
+    """The usage writers' lock, for the caller's transaction."""
+    return advisory_lock(conn, WRITER_LOCK, "usage writer", wait=WRITER_WAIT_SECONDS)
 
 
 def event_key(event_id: str | None, event: Mapping[str, Any]) -> str:
@@ -553,13 +558,12 @@ def ingest_usage(
     """
     started = time.monotonic()
     result = IngestResult(source=name)
-    with conn.transaction():
+    # One usage writer at a time (record_usage takes the same lock): batches lock artifacts,
+    # keys and rollup rows in no global order, so writers must not interleave.
+    with conn.transaction(), writer_lock(conn):
         now = conn.execute(
             "SELECT now(), set_config('work_mem', '64MB', true), set_config('temp_buffers', '128MB', true)"
         ).fetchone()[0]  # type: ignore[index]
-        # One usage writer at a time (record_usage takes the same lock): batches lock
-        # artifacts, keys and rollup rows in no global order, so writers must not interleave.
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
         identities = _identity_map(conn)
         conn.execute(
             "CREATE TEMP TABLE usage_staging (used_at timestamptz, artifact_pk uuid,"
@@ -740,8 +744,7 @@ def record_usage(
         if event_id is not None
         else None
     )
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))  # one writer at a time
+    with conn.transaction(), writer_lock(conn):
         row = conn.execute(
             f"SELECT id, version FROM knowledge_artifacts {clause}", params
         ).fetchone()
