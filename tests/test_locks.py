@@ -21,11 +21,13 @@ def holder(settings):
 
 def test_no_wait_fails_at_once_naming_the_holder_and_exit_75(kb_settings):
     with holder(kb_settings), connect(kb_settings, autocommit=True) as conn:
-        with pytest.raises(
-            Busy, match=r"another thing is running \(held by backend pid \d+, the-holder"
-        ) as caught:
-            with advisory_lock(conn, KEY, "thing", wait=0):
-                pass
+        with (
+            pytest.raises(
+                Busy, match=r"another thing is running \(held by backend pid \d+, the-holder"
+            ) as caught,
+            advisory_lock(conn, KEY, "thing", wait=0),
+        ):
+            pass
         assert caught.value.exit_code == 75
     # free again: taken and released by the block
     with connect(kb_settings, autocommit=True) as conn:
@@ -47,11 +49,13 @@ def test_no_wait_fails_at_once_naming_the_holder_and_exit_75(kb_settings):
 def test_a_bounded_wait_in_a_transaction_leaves_the_transaction_usable(kb_settings):
     with holder(kb_settings), connect(kb_settings) as conn:
         conn.execute("SET LOCAL lock_timeout = '7s'")
-        with pytest.raises(
-            LockTimeout, match=r"held its lock for more than 0.2 s \(--opt\).*raise --opt"
+        with (
+            pytest.raises(
+                LockTimeout, match=r"held its lock for more than 0.2 s \(--opt\).*raise --opt"
+            ),
+            advisory_lock(conn, KEY, "thing", wait=0.2, option="--opt"),
         ):
-            with advisory_lock(conn, KEY, "thing", wait=0.2, option="--opt"):
-                pass
+            pass
         # the savepoint took the failure: the caller's transaction and its setting survive
         assert conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0] == "7s"
         conn.rollback()
@@ -62,9 +66,9 @@ def test_in_a_transaction_the_lock_lasts_until_it_ends(kb_settings):
         conn.execute("SELECT 1")  # a transaction is open
         with advisory_lock(conn, KEY, "thing", wait=None):
             pass
-        with pytest.raises(Busy):  # still held: it is the transaction's
-            with advisory_lock(other, KEY, "thing", wait=0):
-                pass
+        # still held: it is the transaction's
+        with pytest.raises(Busy), advisory_lock(other, KEY, "thing", wait=0):
+            pass
         conn.rollback()
         with advisory_lock(other, KEY, "thing", wait=0):
             pass
