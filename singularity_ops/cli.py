@@ -2112,8 +2112,11 @@ def model_build_cmd(ctx: click.Context, force: bool, verify: bool, as_json: bool
 
     from .local_model import ensure_graph
 
+    embedding = settings_of(ctx).embedding
     started = time.monotonic()
-    result = ensure_graph(force=force, verify=verify)
+    result = ensure_graph(
+        prebuilt=embedding.onnx_model, cache_dir=embedding.cache_dir, force=force, verify=verify
+    )
     if as_json:
         emit_json({**to_jsonable(result), "seconds": time.monotonic() - started})
         return
@@ -2134,7 +2137,10 @@ def model_status_cmd(ctx: click.Context, verify: bool, as_json: bool) -> None:
     """
     from .local_model import ensure_graph
 
-    result = ensure_graph(build=False, verify=verify)
+    embedding = settings_of(ctx).embedding
+    result = ensure_graph(
+        prebuilt=embedding.onnx_model, cache_dir=embedding.cache_dir, build=False, verify=verify
+    )
     if as_json:
         emit_json(result)
         return

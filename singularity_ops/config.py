@@ -198,22 +198,29 @@ def _build_url(netloc: str, dbname: str, query: Mapping[str, str]) -> str:
 # runs to the last @ before the path, so an unencoded @ inside it is covered too.
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):(?P<pw>[^/\s]*)@")
 _KV_PASSWORD = re.compile(r"(?P<key>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.I)
-# Every password this process has seen (URL, PGPASSWORD): redact() removes them from any text.
-_SECRETS: set[str] = set()
+# The passwords this process has seen (URL, PGPASSWORD), newest last: redact() removes them
+# from any text. Bounded: a long-lived process resolving settings again and again (a server,
+# a test session) keeps the most recent ones, not every one it ever saw.
+_SECRETS: dict[str, None] = {}
+MAX_SECRETS = 64
 
 
 def register_secret(secret: str | None) -> None:
     """Remember a secret so that redact() removes it (and its percent-encoded form) everywhere."""
-    if secret and len(secret) >= 4:  # shorter "secrets" would blank out ordinary words
-        _SECRETS.add(secret)
-        _SECRETS.add(quote(secret, safe=""))
+    if not secret or len(secret) < 4:  # shorter "secrets" would blank out ordinary words
+        return
+    for form in (secret, quote(secret, safe="")):
+        _SECRETS.pop(form, None)
+        _SECRETS[form] = None
+    while len(_SECRETS) > MAX_SECRETS:
+        del _SECRETS[next(iter(_SECRETS))]
 
 
 def redact(text: str, password: str | None = None) -> str:
     """Replace passwords in URLs, key=value conninfo, known secrets and `password` with ***."""
     text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:***@", text)
     text = _KV_PASSWORD.sub(lambda m: f"{m['key']}***", text)
-    for secret in sorted(_SECRETS | ({password} if password else set()), key=len, reverse=True):
+    for secret in sorted({*_SECRETS, *([password] if password else [])}, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
 
@@ -598,7 +605,7 @@ def _resolve(
         ),
         export_min_usage=_given(_get(data, "export.min_usage"), 10),
         export_min_success_rate=float(_given(_get(data, "export.min_success_rate"), 0.90)),
-        embedding=_embedding_config(data),
+        embedding=_embedding_config(data, env),
         backup_dir=_resolve_path(project_root, _get(data, "backup.dir") or "backups"),
         backup_keep=_get(data, "backup.keep"),
         backup_keep_days=_keep_days(_get(data, "backup.keep_days")),
@@ -671,7 +678,8 @@ def _backup_format(value: str | None) -> str:
     return value
 
 
-def _embedding_config(data: Mapping[str, Any]):
+def _embedding_config(data: Mapping[str, Any], env: Mapping[str, str]):
+    from .local_model import cache_root
     from .providers import DEFAULT_DIMENSIONS, DEFAULT_MODELS, EmbeddingConfig
 
     provider = _get(data, "embedding.provider") or "local"
@@ -679,23 +687,23 @@ def _embedding_config(data: Mapping[str, Any]):
         raise ConfigError(
             f"{CONFIG_NAME}: embedding.provider must be one of {', '.join(DEFAULT_MODELS)}, got {provider!r}"
         )
-    for key in ("dimensions", "batch_size", "max_retries", "ef_search"):
+    for key in ("dimensions", "batch_size", "max_retries", "ef_search", "timeout"):
         value = _get(data, f"embedding.{key}")
-        if value is not None and value < (0 if key == "max_retries" else 1):
+        if value is not None and value < (0 if key == "max_retries" else 1e-9):
             raise ConfigError(f"{CONFIG_NAME}: embedding.{key} must be positive, got {value}")
     defaults = EmbeddingConfig()
     return EmbeddingConfig(
         provider=provider,
-        model=_get(data, "embedding.model") or DEFAULT_MODELS[provider],
-        dimensions=_get(data, "embedding.dimensions") or DEFAULT_DIMENSIONS[provider],
-        batch_size=_get(data, "embedding.batch_size") or defaults.batch_size,
-        base_url=_get(data, "embedding.base_url") or defaults.base_url,
-        api_key_env=_get(data, "embedding.api_key_env") or defaults.api_key_env,
-        timeout=float(_get(data, "embedding.timeout") or defaults.timeout),
-        ef_search=_get(data, "embedding.ef_search") or defaults.ef_search,
-        max_retries=_get(data, "embedding.max_retries")
-        if _get(data, "embedding.max_retries") is not None
-        else defaults.max_retries,
+        model=_given(_get(data, "embedding.model"), DEFAULT_MODELS[provider]),
+        dimensions=_given(_get(data, "embedding.dimensions"), DEFAULT_DIMENSIONS[provider]),
+        batch_size=_given(_get(data, "embedding.batch_size"), defaults.batch_size),
+        base_url=_given(_get(data, "embedding.base_url"), defaults.base_url),
+        api_key_env=_given(_get(data, "embedding.api_key_env"), defaults.api_key_env),
+        timeout=float(_given(_get(data, "embedding.timeout"), defaults.timeout)),
+        ef_search=_given(_get(data, "embedding.ef_search"), defaults.ef_search),
+        max_retries=_given(_get(data, "embedding.max_retries"), defaults.max_retries),
+        onnx_model=env.get("SINGULARITY_ONNX_MODEL") or None,
+        cache_dir=str(cache_root(env)),
     )
 
 

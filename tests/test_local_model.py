@@ -166,13 +166,17 @@ def test_a_flipped_bit_is_caught_once_the_file_changed_and_by_verify(private_cac
     assert ensure_graph(verify=True).built
 
 
-def test_prebuilt_graph_directory_is_used_as_is(private_cache, monkeypatch, tmp_path):
+def test_prebuilt_graph_directory_is_used_as_is(private_cache, tmp_path):
     built = ensure_graph()
-    monkeypatch.setenv("SINGULARITY_ONNX_MODEL", str(built.path.parent))
-    assert ensure_graph().path == built.path
-    monkeypatch.setenv("SINGULARITY_ONNX_MODEL", str(tmp_path / "nowhere"))
+    assert ensure_graph(prebuilt=str(built.path.parent)).path == built.path
     with pytest.raises(ModelError, match=r"SINGULARITY_ONNX_MODEL=.*cannot be used: not built yet"):
-        ensure_graph()
+        ensure_graph(prebuilt=str(tmp_path / "nowhere"))
+    # the settings carry it, as they carry every other setting
+    from singularity_ops.config import load_settings
+
+    env = {"SINGULARITY_ONNX_MODEL": str(built.path.parent), "SINGULARITY_CACHE_DIR": "/c"}
+    embedding = load_settings(cwd=tmp_path, env=env).embedding
+    assert (embedding.onnx_model, embedding.cache_dir) == (str(built.path.parent), "/c")
 
 
 def test_build_killed_before_its_rename_leaves_nothing_then_next_build_cleans_up(private_cache):

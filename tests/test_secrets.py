@@ -70,3 +70,14 @@ def test_redact_covers_any_scheme_and_an_unencoded_at():
     register_secret("known-secret-value")
     assert redact("a known-secret-value and known%2Dsecret") == "a *** and known%2Dsecret"
     assert redact("encoded known-secret-value") == "encoded ***"
+
+
+def test_the_remembered_secrets_are_bounded_and_keep_the_newest():
+    from singularity_ops import config
+
+    for n in range(config.MAX_SECRETS * 3):
+        register_secret(f"password-number-{n}")
+    assert len(config._SECRETS) <= config.MAX_SECRETS
+    newest = f"password-number-{config.MAX_SECRETS * 3 - 1}"
+    assert redact(f"login {newest} failed") == "login *** failed"
+    register_secret("known-secret-value")  # what other tests of this session rely on
