@@ -1437,54 +1437,31 @@ def record_usage_cmd(
       singularity-ops record-usage code_generation nats_consumer_go --success --duration-ms 120
       echo '{"artifact_type": "prompt", "artifact_id": "explain_error", "success": true, "event_id": "job-1"}' | singularity-ops record-usage --from -
     """
-    from .db import connect
     from .errors import ConfigError
 
-    settings = settings_of(ctx)
+    one = {
+        "TYPE ID": artifact_type or artifact_id,
+        "--success/--failure": success is not None,
+        "--event-id": event_id,
+        "--search-id": search_id,
+        "--duration-ms": duration_ms is not None,
+    }
     if from_file is not None:
-        if (
-            artifact_type
-            or artifact_id
-            or success is not None
-            or event_id
-            or search_id
-            or duration_ms is not None
-        ):
+        if any(one.values()):
             raise ConfigError(
-                "--from reads every event from the file: give no TYPE ID, --success/--failure, "
-                "--event-id, --search-id or --duration-ms"
+                "--from reads every event from the file: give no "
+                + ", ".join(name for name, given in one.items() if given)
             )
-        from .usage_ingest import ingest_usage
-
-        with connect(settings, autocommit=True) as conn:
-            result = ingest_usage(
-                conn,
-                from_file,
-                name=from_file.name if from_file.name != "<stdin>" else "-",
-                skip_invalid=skip_invalid,
-                environment=settings.environment,
-                unkeyed="now" if unkeyed_now else "refuse",
-            )
-        for problem in result.problems:
-            click.echo(f"skipped invalid: {problem}", err=True)
-        if as_json:
-            emit_json(result)
-        else:
-            info(
-                ctx,
-                f"{result.recorded} recorded, {result.duplicates} duplicates (recorded before), "
-                f"{result.invalid} invalid, {result.artifacts} artifacts updated "
-                f"({result.seconds:.2f} s)",
-            )
-        if result.invalid:
-            ctx.exit(1)
+        _record_usage_log(ctx, from_file, skip_invalid, unkeyed_now, as_json)
         return
     if not (artifact_type and artifact_id) or success is None:
         raise ConfigError("give TYPE ID and --success or --failure, or --from FILE")
     if skip_invalid or unkeyed_now:
         raise ConfigError("--skip-invalid and --unkeyed-now go with --from")
+    from .db import connect
     from .usage_ingest import record_usage
 
+    settings = settings_of(ctx)
     with connect(settings, autocommit=True) as conn:
         result = record_usage(
             conn,
@@ -1508,6 +1485,36 @@ def record_usage_cmd(
         f"{_count(result.usage_count, 'use')}, {_count(result.success_count, 'success', 'successes')}"
         f" ({rate}){note}",
     )
+
+
+def _record_usage_log(ctx, from_file, skip_invalid: bool, unkeyed_now: bool, as_json) -> None:
+    """record-usage --from: the whole log in one transaction (usage_ingest.ingest_usage)."""
+    from .db import connect
+    from .usage_ingest import ingest_usage
+
+    settings = settings_of(ctx)
+    with connect(settings, autocommit=True) as conn:
+        result = ingest_usage(
+            conn,
+            from_file,
+            name=from_file.name if from_file.name != "<stdin>" else "-",
+            skip_invalid=skip_invalid,
+            environment=settings.environment,
+            unkeyed="now" if unkeyed_now else "refuse",
+        )
+    for problem in result.problems:
+        click.echo(f"skipped invalid: {problem}", err=True)
+    if as_json:
+        emit_json(result)
+    else:
+        info(
+            ctx,
+            f"{result.recorded} recorded, {result.duplicates} duplicates (recorded before), "
+            f"{result.invalid} invalid, {result.artifacts} artifacts updated "
+            f"({result.seconds:.2f} s)",
+        )
+    if result.invalid:
+        ctx.exit(1)
 
 
 @cli.group("usage", invoke_without_command=True)

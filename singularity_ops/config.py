@@ -488,12 +488,32 @@ def _resolve(
     dbname: str | None,
 ) -> Settings:
     data = _load_yaml(config_path) if config_path else {}
-
     environment = env.get("SINGULARITY_ENV") or _get(data, "environment") or "dev"
     if environment not in ENVIRONMENTS:
         where = "SINGULARITY_ENV" if env.get("SINGULARITY_ENV") else f"{CONFIG_NAME}: environment"
         raise ConfigError(f"{where} must be one of {', '.join(ENVIRONMENTS)}, got {environment!r}")
+    target = _target(env, data, project_root, database_url, dbname)
+    bindir_value = env.get("PG_BINDIR") or _get(data, "postgres.bindir")
+    return Settings(
+        no_project=config_path is None and target["local"] is not None and not env.get("PGDATA"),
+        project_root=project_root,
+        config_file=config_path,
+        environment=environment,
+        bindir=_resolve_path(project_root, bindir_value) if bindir_value else None,
+        **target,
+        **_file_settings(data, project_root, env),
+    )
 
+
+def _target(
+    env: Mapping[str, str],
+    data: Mapping[str, Any],
+    project_root: Path,
+    database_url: str | None,
+    dbname: str | None,
+) -> dict[str, Any]:
+    """Where the database is (host, port, user, password, dbname, url_params, local), from
+    flags > URL or libpq service > PG* variables > singularity.yaml > the local cluster."""
     url_source, url = next(
         (
             (name, value)
@@ -538,6 +558,7 @@ def _resolve(
     # What `singularity-ops env` exported for the project-local cluster keeps meaning that
     # cluster: its PGHOST/DATABASE_URL alone would look like an external server.
     marker = env.get(LOCAL_CLUSTER_VARIABLE)
+    local_data_dir = None
     if (
         marker
         and host in ("127.0.0.1", "localhost")
@@ -545,53 +566,60 @@ def _resolve(
         and not service
     ):
         host, local_data_dir = None, Path(marker)
-    else:
-        local_data_dir = None
-
-    bindir_value = env.get("PG_BINDIR") or _get(data, "postgres.bindir")
-    bindir = _resolve_path(project_root, bindir_value) if bindir_value else None
-
     local = None
     if not host:
-        data_dir = local_data_dir or _resolve_path(
-            project_root,
-            env.get("PGDATA") or _get(data, "postgres.local.data_dir") or ".singularity/pgdata",
-        )
-        local_port = _int_setting(
-            port
-            or _get(data, "postgres.local.port")
-            or last_started_port(data_dir)
-            or DEFAULT_LOCAL_PORT,
-            "PGPORT" if env.get("PGPORT") else "postgres.local.port",
-        )
-        socket_value = _get(data, "postgres.local.socket_dir")
-        socket_dir = _resolve_path(project_root, socket_value) if socket_value else None
-        local = make_local_cluster(data_dir, local_port, socket_dir)
-        read_passfile_password(local.passfile)  # only so that redact() knows it
-        host, port, user = "127.0.0.1", local_port, user or "postgres"
+        local = _local_cluster(env, data, project_root, port, local_data_dir)
+        host, port, user = "127.0.0.1", local.port, user or "postgres"
+    return {
+        "host": host,
+        "port": _int_setting(port or 5432, "port"),
+        "user": user,
+        "password": password,
+        "dbname": name,
+        "url_params": {k: str(v) for k, v in from_url.items()},
+        "local": local,
+    }
 
+
+def _local_cluster(
+    env: Mapping[str, str],
+    data: Mapping[str, Any],
+    project_root: Path,
+    port: Any,
+    data_dir: Path | None,
+) -> LocalCluster:
+    """The project-local cluster: its data directory, port and socket directory."""
+    data_dir = data_dir or _resolve_path(
+        project_root,
+        env.get("PGDATA") or _get(data, "postgres.local.data_dir") or ".singularity/pgdata",
+    )
+    local_port = _int_setting(
+        port
+        or _get(data, "postgres.local.port")
+        or last_started_port(data_dir)
+        or DEFAULT_LOCAL_PORT,
+        "PGPORT" if env.get("PGPORT") else "postgres.local.port",
+    )
+    socket_value = _get(data, "postgres.local.socket_dir")
+    socket_dir = _resolve_path(project_root, socket_value) if socket_value else None
+    local = make_local_cluster(data_dir, local_port, socket_dir)
+    read_passfile_password(local.passfile)  # only so that redact() knows it
+    return local
+
+
+def _file_settings(
+    data: Mapping[str, Any], project_root: Path, env: Mapping[str, str]
+) -> dict[str, Any]:
+    """Everything else, from singularity.yaml or its defaults."""
     extensions = _get(data, "extensions")
     if extensions is not None and not all(isinstance(e, str) and e for e in extensions):
         raise ConfigError(f"{CONFIG_NAME}: extensions must be a list of extension names")
-
-    return Settings(
-        no_project=config_path is None and local is not None and not env.get("PGDATA"),
-        project_root=project_root,
-        config_file=config_path,
-        environment=environment,
-        dbname=name,
-        host=host,
-        port=_int_setting(port or 5432, "port"),
-        user=user,
-        password=password,
-        url_params={k: str(v) for k, v in from_url.items()},
+    return dict(
         maintenance_db=_get(data, "database.maintenance_db") or "postgres",
         connect_timeout=_int_setting(
             _given(_get(data, "database.connect_timeout"), 5), "connect_timeout"
         ),
-        bindir=bindir,
         extensions=tuple(extensions) if extensions is not None else DEFAULT_EXTENSIONS,
-        local=local,
         migrations_dir=_migrations_dir(project_root, _get(data, "migrations.dir")),
         templates_dir=_resolve_path(project_root, _get(data, "import.root") or "templates_data"),
         type_map=dict(_get(data, "import.type_map") or {}),

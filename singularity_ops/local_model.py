@@ -276,9 +276,8 @@ def build_graph(weights: Path, directory: Path, weights_sha: str) -> Path:
     manifest always holds a complete graph.
     """
     try:
-        import numpy as np
         import onnx
-        from onnx import TensorProto, helper, numpy_helper
+        from onnx import TensorProto, helper
         from safetensors.numpy import load_file
     except ImportError as exc:
         raise ModelError(
@@ -286,136 +285,26 @@ def build_graph(weights: Path, directory: Path, weights_sha: str) -> Path:
             "toolkit with its embed extra (pip install 'singularity-ops[embed]')"
         ) from None
     config = json.loads((weights.parent / "config.json").read_text())
-    hidden = config["hidden_size"]
-    heads = config["num_attention_heads"]
-    head_dim = hidden // heads
-    eps = float(config["layer_norm_eps"])
-    w = load_file(str(weights))
-
-    initializers: list = []
-    nodes: list = []
-
-    def const(name: str, array) -> str:
-        initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def node(op: str, inputs: list[str], output: str, **attrs) -> str:
-        nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
-        return output
-
-    def linear(x: str, prefix: str, out: str) -> str:
-        # torch Linear stores [out, in]: x @ W^T + b
-        weight = const(f"{prefix}.weight_t", w[f"{prefix}.weight"].T)
-        bias = const(f"{prefix}.bias", w[f"{prefix}.bias"])
-        return node("Add", [node("MatMul", [x, weight], f"{out}_mm"), bias], out)
-
-    def layer_norm(x: str, prefix: str, out: str) -> str:
-        scale = const(f"{prefix}.weight", w[f"{prefix}.weight"])
-        bias = const(f"{prefix}.bias", w[f"{prefix}.bias"])
-        return node("LayerNormalization", [x, scale, bias], out, axis=-1, epsilon=eps)
-
-    i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
-    f32 = lambda v: np.array(v, dtype=np.float32)  # noqa: E731
-
-    # Embeddings: words + positions + token type 0 (folded into the position table).
-    words = node(
-        "Gather",
-        [const("word_embeddings", w["embeddings.word_embeddings.weight"]), "input_ids"],
-        "words",
-    )
-    positions_table = (
-        w["embeddings.position_embeddings.weight"] + w["embeddings.token_type_embeddings.weight"][0]
-    )
-    # The first `tokens` rows of the position table: Slice(table, [0], Shape(ids)[1:2], [0]).
-    length = node("Shape", ["input_ids"], "seq_len", start=1, end=2)
-    positions = node(
-        "Slice",
-        [
-            const("position_table", positions_table),
-            const("zero_1d", i64(0)),
-            length,
-            const("axis_0", i64(0)),
-        ],
-        "positions",
-    )
-    x = layer_norm(node("Add", [words, positions], "emb_sum"), "embeddings.LayerNorm", "emb")
-
-    # Attention bias: 0 where attended, a large negative number on padding.
-    mask = node("Cast", ["attention_mask"], "mask_f", to=TensorProto.FLOAT)
-    inverted = node("Sub", [const("one_f", f32(1.0)), mask], "mask_inv")
-    bias = node("Mul", [inverted, const("neg_big", f32(-1e9))], "mask_bias_2d")
-    bias = node("Unsqueeze", [bias, const("axes_1_2", i64(1, 2))], "mask_bias")
-    tokens_axes = const("tokens_axes", i64(1))
-
-    split_heads = const("split_heads", i64(0, 0, heads, head_dim))
-    merge_heads = const("merge_heads", i64(0, 0, hidden))
-    scale = const("attn_scale", f32(1.0 / np.sqrt(head_dim)))
-    sqrt2 = const("sqrt2", f32(np.sqrt(2.0)))
-    half = const("half", f32(0.5))
-    one = "one_f"
+    g = _GraphBuilder(load_file(str(weights)), config)
+    x = g.embeddings()
+    mask, bias = g.attention_bias()
     for layer in range(config["num_hidden_layers"]):
-        p = f"encoder.layer.{layer}"
-        n = f"l{layer}"
-
-        def heads_of(t: str, name: str, perm: list[int], n=n) -> str:
-            return node(
-                "Transpose",
-                [node("Reshape", [t, split_heads], f"{n}_{name}_r")],
-                f"{n}_{name}_t",
-                perm=perm,
-            )
-
-        q = heads_of(linear(x, f"{p}.attention.self.query", f"{n}_q"), "q", [0, 2, 1, 3])
-        k = heads_of(linear(x, f"{p}.attention.self.key", f"{n}_k"), "k", [0, 2, 3, 1])
-        v = heads_of(linear(x, f"{p}.attention.self.value", f"{n}_v"), "v", [0, 2, 1, 3])
-        scores = node("Mul", [node("MatMul", [q, k], f"{n}_qk"), scale], f"{n}_scores_s")
-        probs = node("Softmax", [node("Add", [scores, bias], f"{n}_scores")], f"{n}_probs", axis=-1)
-        context = node("MatMul", [probs, v], f"{n}_ctx")
-        context = node("Transpose", [context], f"{n}_ctx_t", perm=[0, 2, 1, 3])
-        context = node("Reshape", [context, merge_heads], f"{n}_ctx_r")
-        attended = linear(context, f"{p}.attention.output.dense", f"{n}_attn_out")
-        x1 = layer_norm(
-            node("Add", [attended, x], f"{n}_attn_res"),
-            f"{p}.attention.output.LayerNorm",
-            f"{n}_x1",
-        )
-        inner = linear(x1, f"{p}.intermediate.dense", f"{n}_inter")
-        # GELU, exact (erf) form, as BERT's "gelu": 0.5 * x * (1 + erf(x / sqrt(2)))
-        erf = node("Erf", [node("Div", [inner, sqrt2], f"{n}_gelu_div")], f"{n}_gelu_erf")
-        gelu = node(
-            "Mul",
-            [node("Mul", [inner, half], f"{n}_gelu_half"), node("Add", [erf, one], f"{n}_gelu_1p")],
-            f"{n}_gelu",
-        )
-        out = linear(gelu, f"{p}.output.dense", f"{n}_out")
-        x = layer_norm(node("Add", [out, x1], f"{n}_out_res"), f"{p}.output.LayerNorm", f"{n}_x")
-
-    # Mean pooling over the attention mask, then L2 normalisation (sentence-transformers'
-    # Pooling(mean) + Normalize: x / max(||x||, 1e-12)).
-    mask3 = node("Unsqueeze", [mask, const("axis_2", i64(2))], "mask3")
-    summed = node(
-        "ReduceSum", [node("Mul", [x, mask3], "masked"), tokens_axes], "summed", keepdims=0
-    )
-    counts = node("ReduceSum", [mask3, tokens_axes], "counts_raw", keepdims=0)
-    counts = node("Max", [counts, const("min_count", f32(1e-9))], "counts")
-    mean = node("Div", [summed, counts], "mean")
-    norm = node(
-        "Sqrt",
-        [node("ReduceSum", [node("Mul", [mean, mean], "sq"), tokens_axes], "sumsq", keepdims=1)],
-        "norm_raw",
-    )
-    norm = node("Max", [norm, const("min_norm", f32(1e-12))], "norm")
-    node("Div", [mean, norm], "sentence_embedding")
+        x = g.encoder_layer(layer, x, bias)
+    g.mean_pool_and_normalise(x, mask)
 
     graph = helper.make_graph(
-        nodes,
+        g.nodes,
         f"{MODEL_NAME}-sentence-embedding",
         [
             helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
             helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"]),
         ],
-        [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", hidden])],
-        initializers,
+        [
+            helper.make_tensor_value_info(
+                "sentence_embedding", TensorProto.FLOAT, ["batch", g.hidden]
+            )
+        ],
+        g.initializers,
     )
     model = helper.make_model(
         graph,
@@ -427,6 +316,155 @@ def build_graph(weights: Path, directory: Path, weights_sha: str) -> Path:
     onnx.checker.check_model(model)
     _install_directory(directory, model, weights, weights_sha)
     return directory / GRAPH_FILE
+
+
+class _GraphBuilder:
+    """The ONNX nodes and initializers of a BERT encoder, built from its safetensors weights
+    (`w`) one part at a time: embeddings, attention bias, encoder layers, pooling."""
+
+    def __init__(self, w: dict, config: dict) -> None:
+        import numpy as np
+
+        self.np = np
+        self.w = w
+        self.hidden = config["hidden_size"]
+        self.heads = config["num_attention_heads"]
+        self.head_dim = self.hidden // self.heads
+        self.eps = float(config["layer_norm_eps"])
+        self.initializers: list = []
+        self.nodes: list = []
+
+    def i64(self, *values):
+        return self.np.array(values, dtype=self.np.int64)
+
+    def f32(self, value):
+        return self.np.array(value, dtype=self.np.float32)
+
+    def const(self, name: str, array) -> str:
+        from onnx import numpy_helper
+
+        self.initializers.append(numpy_helper.from_array(self.np.ascontiguousarray(array), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attrs) -> str:
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    def linear(self, x: str, prefix: str, out: str) -> str:
+        # torch Linear stores [out, in]: x @ W^T + b
+        weight = self.const(f"{prefix}.weight_t", self.w[f"{prefix}.weight"].T)
+        bias = self.const(f"{prefix}.bias", self.w[f"{prefix}.bias"])
+        return self.node("Add", [self.node("MatMul", [x, weight], f"{out}_mm"), bias], out)
+
+    def layer_norm(self, x: str, prefix: str, out: str) -> str:
+        scale = self.const(f"{prefix}.weight", self.w[f"{prefix}.weight"])
+        bias = self.const(f"{prefix}.bias", self.w[f"{prefix}.bias"])
+        return self.node("LayerNormalization", [x, scale, bias], out, axis=-1, epsilon=self.eps)
+
+    def embeddings(self) -> str:
+        """Words + positions + token type 0 (folded into the position table), normalised."""
+        w, node, const = self.w, self.node, self.const
+        words = node(
+            "Gather",
+            [const("word_embeddings", w["embeddings.word_embeddings.weight"]), "input_ids"],
+            "words",
+        )
+        positions_table = (
+            w["embeddings.position_embeddings.weight"]
+            + w["embeddings.token_type_embeddings.weight"][0]
+        )
+        # The first `tokens` rows of the position table: Slice(table, [0], Shape(ids)[1:2], [0]).
+        length = node("Shape", ["input_ids"], "seq_len", start=1, end=2)
+        positions = node(
+            "Slice",
+            [
+                const("position_table", positions_table),
+                const("zero_1d", self.i64(0)),
+                length,
+                const("axis_0", self.i64(0)),
+            ],
+            "positions",
+        )
+        return self.layer_norm(
+            node("Add", [words, positions], "emb_sum"), "embeddings.LayerNorm", "emb"
+        )
+
+    def attention_bias(self) -> tuple[str, str]:
+        """The mask as floats, and the attention bias: 0 where attended, a large negative
+        number on padding. Also the constants every layer shares."""
+        node, const = self.node, self.const
+        from onnx import TensorProto
+
+        mask = node("Cast", ["attention_mask"], "mask_f", to=TensorProto.FLOAT)
+        inverted = node("Sub", [const("one_f", self.f32(1.0)), mask], "mask_inv")
+        bias = node("Mul", [inverted, const("neg_big", self.f32(-1e9))], "mask_bias_2d")
+        bias = node("Unsqueeze", [bias, const("axes_1_2", self.i64(1, 2))], "mask_bias")
+        self.tokens_axes = const("tokens_axes", self.i64(1))
+        self.split_heads = const("split_heads", self.i64(0, 0, self.heads, self.head_dim))
+        self.merge_heads = const("merge_heads", self.i64(0, 0, self.hidden))
+        self.scale = const("attn_scale", self.f32(1.0 / self.np.sqrt(self.head_dim)))
+        self.sqrt2 = const("sqrt2", self.f32(self.np.sqrt(2.0)))
+        self.half = const("half", self.f32(0.5))
+        return mask, bias
+
+    def _heads_of(self, t: str, n: str, name: str, perm: list[int]) -> str:
+        return self.node(
+            "Transpose",
+            [self.node("Reshape", [t, self.split_heads], f"{n}_{name}_r")],
+            f"{n}_{name}_t",
+            perm=perm,
+        )
+
+    def encoder_layer(self, layer: int, x: str, bias: str) -> str:
+        """One transformer layer: self-attention, residual + norm, GELU MLP, residual + norm."""
+        node, linear, layer_norm = self.node, self.linear, self.layer_norm
+        p, n = f"encoder.layer.{layer}", f"l{layer}"
+        q = self._heads_of(linear(x, f"{p}.attention.self.query", f"{n}_q"), n, "q", [0, 2, 1, 3])
+        k = self._heads_of(linear(x, f"{p}.attention.self.key", f"{n}_k"), n, "k", [0, 2, 3, 1])
+        v = self._heads_of(linear(x, f"{p}.attention.self.value", f"{n}_v"), n, "v", [0, 2, 1, 3])
+        scores = node("Mul", [node("MatMul", [q, k], f"{n}_qk"), self.scale], f"{n}_scores_s")
+        probs = node("Softmax", [node("Add", [scores, bias], f"{n}_scores")], f"{n}_probs", axis=-1)
+        context = node("MatMul", [probs, v], f"{n}_ctx")
+        context = node("Transpose", [context], f"{n}_ctx_t", perm=[0, 2, 1, 3])
+        context = node("Reshape", [context, self.merge_heads], f"{n}_ctx_r")
+        attended = linear(context, f"{p}.attention.output.dense", f"{n}_attn_out")
+        x1 = layer_norm(
+            node("Add", [attended, x], f"{n}_attn_res"),
+            f"{p}.attention.output.LayerNorm",
+            f"{n}_x1",
+        )
+        inner = linear(x1, f"{p}.intermediate.dense", f"{n}_inter")
+        # GELU, exact (erf) form, as BERT's "gelu": 0.5 * x * (1 + erf(x / sqrt(2)))
+        erf = node("Erf", [node("Div", [inner, self.sqrt2], f"{n}_gelu_div")], f"{n}_gelu_erf")
+        gelu = node(
+            "Mul",
+            [
+                node("Mul", [inner, self.half], f"{n}_gelu_half"),
+                node("Add", [erf, "one_f"], f"{n}_gelu_1p"),
+            ],
+            f"{n}_gelu",
+        )
+        out = linear(gelu, f"{p}.output.dense", f"{n}_out")
+        return layer_norm(node("Add", [out, x1], f"{n}_out_res"), f"{p}.output.LayerNorm", f"{n}_x")
+
+    def mean_pool_and_normalise(self, x: str, mask: str) -> str:
+        """Mean pooling over the attention mask, then L2 normalisation (sentence-transformers'
+        Pooling(mean) + Normalize: x / max(||x||, 1e-12))."""
+        node, const, axes = self.node, self.const, self.tokens_axes
+        mask3 = node("Unsqueeze", [mask, const("axis_2", self.i64(2))], "mask3")
+        summed = node("ReduceSum", [node("Mul", [x, mask3], "masked"), axes], "summed", keepdims=0)
+        counts = node("ReduceSum", [mask3, axes], "counts_raw", keepdims=0)
+        counts = node("Max", [counts, const("min_count", self.f32(1e-9))], "counts")
+        mean = node("Div", [summed, counts], "mean")
+        norm = node(
+            "Sqrt",
+            [node("ReduceSum", [node("Mul", [mean, mean], "sq"), axes], "sumsq", keepdims=1)],
+            "norm_raw",
+        )
+        norm = node("Max", [norm, const("min_norm", self.f32(1e-12))], "norm")
+        return node("Div", [mean, norm], "sentence_embedding")
 
 
 def _install_directory(directory: Path, model, weights: Path, weights_sha: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -265,53 +265,13 @@ def usage_report(
     window = Window.ending(today, since_days)
     started = time.perf_counter()
     stats = window_stats(conn, window, types=types, environment=environment, source=source)
-    entries = []
-    for s in stats:
-        rate = _rate(s["successes"], s["uses"])
-        previous_rate = _rate(s["previous_successes"], s["previous_uses"])
-        entries.append(
-            (
-                s["pk"],
-                ArtifactUsage(
-                    artifact_type=s["artifact_type"],
-                    artifact_id=s["artifact_id"],
-                    version=s["version"],
-                    uses=s["uses"],
-                    successes=s["successes"],
-                    success_rate=rate,
-                    previous_uses=s["previous_uses"],
-                    previous_success_rate=previous_rate,
-                    uses_change=round((s["uses"] - s["previous_uses"]) / s["previous_uses"], 4)
-                    if s["previous_uses"]
-                    else None,
-                    rate_change=round(rate - previous_rate, 4)
-                    if rate is not None and previous_rate is not None
-                    else None,
-                    lifetime_uses=s["lifetime_uses"],
-                    lifetime_success_rate=None
-                    if s["lifetime_success_rate"] is None
-                    else round(s["lifetime_success_rate"], 4),
-                    p50_ms=None,
-                    p95_ms=None,
-                    environments={},
-                    daily=[],
-                    last_used_at=s["last_used_at"],
-                ),
-            )
-        )
+    entries = [(s["pk"], _artifact_usage(s)) for s in stats]
     used = sorted(
         (e for e in entries if e[1].uses),
         key=lambda e: (-e[1].uses, e[1].artifact_type, e[1].artifact_id, e[1].version),
     )[:top]
     falling = sorted(
-        (
-            e
-            for e in entries
-            if e[1].rate_change is not None
-            and e[1].rate_change <= -FALLING_BY
-            and e[1].uses >= FALLING_MIN_USES
-            and e[1].previous_uses >= FALLING_MIN_USES
-        ),
+        (e for e in entries if _falling(e[1])),
         key=lambda e: (e[1].rate_change, e[1].artifact_type, e[1].artifact_id),
     )
     details = window_details(
@@ -340,6 +300,47 @@ def usage_report(
         falling=[e for _, e in falling],
         query_ms=round(query_ms, 1),
         days=[window.start + timedelta(days=i) for i in range(since_days)],
+    )
+
+
+def _artifact_usage(s: Mapping[str, Any]) -> ArtifactUsage:
+    """One artifact's row of window_stats as a report entry (details filled in later)."""
+    rate = _rate(s["successes"], s["uses"])
+    previous_rate = _rate(s["previous_successes"], s["previous_uses"])
+    return ArtifactUsage(
+        artifact_type=s["artifact_type"],
+        artifact_id=s["artifact_id"],
+        version=s["version"],
+        uses=s["uses"],
+        successes=s["successes"],
+        success_rate=rate,
+        previous_uses=s["previous_uses"],
+        previous_success_rate=previous_rate,
+        uses_change=round((s["uses"] - s["previous_uses"]) / s["previous_uses"], 4)
+        if s["previous_uses"]
+        else None,
+        rate_change=round(rate - previous_rate, 4)
+        if rate is not None and previous_rate is not None
+        else None,
+        lifetime_uses=s["lifetime_uses"],
+        lifetime_success_rate=None
+        if s["lifetime_success_rate"] is None
+        else round(s["lifetime_success_rate"], 4),
+        p50_ms=None,
+        p95_ms=None,
+        environments={},
+        daily=[],
+        last_used_at=s["last_used_at"],
+    )
+
+
+def _falling(entry: ArtifactUsage) -> bool:
+    """A success rate FALLING_BY lower than in the previous window, on enough uses in both."""
+    return (
+        entry.rate_change is not None
+        and entry.rate_change <= -FALLING_BY
+        and entry.uses >= FALLING_MIN_USES
+        and entry.previous_uses >= FALLING_MIN_USES
     )
 
 
