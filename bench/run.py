@@ -395,7 +395,7 @@ class Bench:
             started = time.perf_counter()
             ensure_index(conn, key, 384)
             build = time.perf_counter() - started
-            conn.execute("ANALYZE knowledge_artifacts")
+            conn.execute("VACUUM ANALYZE knowledge_artifacts")  # as after any bulk load
         query_vectors = provider.embed([sentence() for _ in range(queries)])
         with connect(settings) as conn:
             truths = []

@@ -127,6 +127,13 @@ def import_artifacts(
             "SELECT count(*) FROM knowledge_artifacts"
             " WHERE embedding IS NULL OR embedded_hash IS DISTINCT FROM embedding_source_hash"
         ).fetchone()[0]  # type: ignore[index]
+    if not dry_run and (result.inserted or result.updated):
+        # Rows written in bulk wait in the full-text index's pending list, which every text
+        # and hybrid search scans until (auto)vacuum merges it (after loading 100,000 rows,
+        # hybrid searches took 26 ms instead of 7). Merge it now, not during the searches.
+        conn.execute(
+            "SELECT gin_clean_pending_list(to_regclass('knowledge_artifacts_search_document'))"
+        )
     result.seconds = time.monotonic() - started
     return result
 

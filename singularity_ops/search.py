@@ -513,6 +513,21 @@ def run_search(
     """The database part of search: the query's vector (vector, hybrid) and text (text, hybrid)
     are given. `ef_search` (default: embedding.ef_search, at least the candidates needed)
     trades latency for recall."""
+    with conn.transaction():
+        return _run_in_transaction(conn, config, options, vector, query, ef_search, fusion, limits)
+
+
+def _run_in_transaction(
+    conn: psycopg.Connection,
+    config: EmbeddingConfig,
+    options: SearchQuery,
+    vector: Sequence[float] | None,
+    query: str | None,
+    ef_search: int | None = None,
+    fusion: Fusion | None = None,
+    limits: SearchLimits | None = None,
+) -> list[SearchHit]:
+    """run_search inside the caller's transaction, whose settings it changes (SET LOCAL)."""
     mode, top_k = options.mode, options.top_k
     if mode != "text" and vector is None:
         raise ValueError(f"mode {mode!r} needs the query's vector")
@@ -543,22 +558,24 @@ def run_search(
         "tags": list(options.tags),
         "min_similarity": options.min_similarity,
     }
-    with conn.transaction():
-        # Enough candidates for the pool, and keep scanning the index while filters reject rows.
-        candidates = max(ef_search or config.ef_search, 2 * pool)
-        conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(min(candidates, 1000)),))
-        conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
-        conn.execute(
-            "SELECT set_config('statement_timeout', %s, true)", (str(limits.statement_timeout_ms),)
-        )
-        try:
-            rows = conn.execute(statement, params).fetchall()
-        except psycopg.errors.QueryCanceled:
-            raise SearchUnavailable(
-                f"the search took longer than {limits.statement_timeout_ms} ms "
-                "(search.statement_timeout_ms in singularity.yaml) and was cancelled; "
-                "narrow it with --type, --language or fewer words"
-            ) from None
+    # Enough candidates for the pool, and keep scanning the index while filters reject rows.
+    # One round trip for every setting. synchronous_commit off: a search writes nothing but
+    # its log line, which need not wait for the disk (a crash may lose the last few).
+    candidates = max(ef_search or config.ef_search, 2 * pool)
+    conn.execute(
+        "SELECT set_config('hnsw.ef_search', %s, true),"
+        " set_config('hnsw.iterative_scan', 'relaxed_order', true),"
+        " set_config('statement_timeout', %s, true), set_config('synchronous_commit', 'off', true)",
+        (str(min(candidates, 1000)), str(limits.statement_timeout_ms)),
+    )
+    try:
+        rows = conn.execute(statement, params).fetchall()
+    except psycopg.errors.QueryCanceled:
+        raise SearchUnavailable(
+            f"the search took longer than {limits.statement_timeout_ms} ms "
+            "(search.statement_timeout_ms in singularity.yaml) and was cancelled; "
+            "narrow it with --type, --language or fewer words"
+        ) from None
     return [SearchHit(*row) for row in rows]
 
 
@@ -619,14 +636,54 @@ def search_many(
             if provider is None:
                 provider = make_provider(config)
             [vector] = provider.embed([text])
-        started = time.perf_counter()
-        hits = _ranked_hits(conn, config, options, vector, text, limits, fusion)
-        search_id = None
-        if log:
-            search_id = new_search_id()
-            logged = log_search(
+        try:
+            with conn.transaction():  # the search and its log line: one commit
+                result = _answer(
+                    conn,
+                    config,
+                    options,
+                    vector,
+                    text,
+                    limits,
+                    fusion,
+                    log,
+                    environment,
+                    unembedded,
+                )
+        except _LogFailed as failed:  # rolled back: the search wrote nothing else
+            result = replace(failed.result, search_id=None)
+        yield result  # committed: a reader may record an outcome against it at once
+
+
+def _answer(
+    conn: psycopg.Connection,
+    config: EmbeddingConfig,
+    options: SearchQuery,
+    vector: Sequence[float] | None,
+    text: str,
+    limits: SearchLimits | None,
+    fusion: Fusion | None,
+    log: bool,
+    environment: str,
+    unembedded: int,
+) -> SearchResult:
+    """One query's hits, logged (never failing the search), inside the caller's transaction."""
+    started = time.perf_counter()
+    hits = _ranked_hits(conn, config, options, vector, text, limits, fusion)
+    search_id = new_search_id() if log else None
+    best = None
+    if not hits and options.min_similarity is not None and vector is not None:
+        nearest = _run_in_transaction(
+            conn, config, replace(options, mode="vector", top_k=1, min_similarity=None),
+            vector, text, limits=limits,
+        )  # fmt: skip
+        best = nearest[0].similarity if nearest else None
+    result = SearchResult(search_id, text, options.mode, options.rank_by, hits, unembedded, best)
+    if log:
+        try:
+            log_search(
                 conn,
-                search_id=search_id,
+                search_id=search_id,  # type: ignore[arg-type]
                 query=text,
                 mode=options.mode,
                 rank_by=options.rank_by,
@@ -640,15 +697,17 @@ def search_many(
                 environment=environment,
                 duration_ms=(time.perf_counter() - started) * 1000,
             )
-            search_id = search_id if logged else None
-        best = None
-        if not hits and options.min_similarity is not None and vector is not None:
-            nearest = run_search(
-                conn, config, replace(options, mode="vector", top_k=1, min_similarity=None),
-                vector=vector, query=text, limits=limits,
-            )  # fmt: skip
-            best = nearest[0].similarity if nearest else None
-        yield SearchResult(search_id, text, options.mode, options.rank_by, hits, unembedded, best)
+        except psycopg.Error:
+            raise _LogFailed(result) from None
+    return result
+
+
+class _LogFailed(Exception):
+    """The log line could not be written; carries the answer, which stands without it."""
+
+    def __init__(self, result: SearchResult) -> None:
+        super().__init__("search log write failed")
+        self.result = result
 
 
 def _ranked_hits(
@@ -662,12 +721,10 @@ def _ranked_hits(
 ) -> list[SearchHit]:
     """The hits by relevance, or (rank_by "proven") a larger relevance pool re-ranked."""
     if options.rank_by != "proven":
-        return run_search(
-            conn, config, options, vector=vector, query=text, limits=limits, fusion=fusion
-        )
-    pool = run_search(
+        return _run_in_transaction(conn, config, options, vector, text, None, fusion, limits)
+    pool = _run_in_transaction(
         conn, config, replace(options, top_k=options.top_k * POOL_FACTOR),
-        vector=vector, query=text, limits=limits, fusion=fusion,
+        vector, text, None, fusion, limits,
     )  # fmt: skip
     evidence = usage_evidence(conn, [h.artifact_pk for h in pool])
     return rerank_proven(pool, evidence)[: options.top_k]

@@ -1,7 +1,8 @@
 """The search log: which search (query, mode, ranking, results in order) led to an outcome.
 
-- log_search() records one search; it never raises: a search whose log write fails (a
-  read-only connection, a schema without migration 0007) still answers, with no search_id.
+- log_search() records one search; search.py makes sure it never fails one: a search whose
+  log write fails (a read-only connection, a schema without migration 0007) still answers,
+  with no search_id.
 - search_rank() is what record-usage --search-id asks: the rank of an artifact in a search.
 - evaluate_rankings() is `usage eval`: from real traffic, the MRR and hit@k of the artifacts
   that later succeeded, per mode and per ranking.
@@ -42,29 +43,27 @@ def log_search(
     artifact_pks: Sequence[str],
     environment: str,
     duration_ms: float,
-) -> bool:
-    """Record one search. Returns False (and leaves the connection usable) when it cannot."""
-    try:
-        with conn.transaction():  # a savepoint inside a caller's transaction
-            conn.execute(
-                "INSERT INTO search_log (search_id, query, mode, rank_by, filters, top_k,"
-                " artifact_pks, environment, duration_ms)"
-                " VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s::uuid[], %s, %s)",
-                (
-                    search_id,
-                    query,
-                    mode,
-                    rank_by,
-                    json.dumps({k: v for k, v in filters.items() if v not in (None, [], ())}),
-                    top_k,
-                    list(artifact_pks),
-                    environment,
-                    duration_ms,
-                ),
-            )
-    except psycopg.Error:
-        return False
-    return True
+) -> None:
+    """Record one search in the caller's transaction. A failure raises psycopg.Error and
+    aborts that transaction: search.py runs it last in the search's own transaction and rolls
+    that back instead (the search wrote nothing else), so the log never fails a search and
+    costs no savepoint."""
+    conn.execute(
+        "INSERT INTO search_log (search_id, query, mode, rank_by, filters, top_k,"
+        " artifact_pks, environment, duration_ms)"
+        " VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s::uuid[], %s, %s)",
+        (
+            search_id,
+            query,
+            mode,
+            rank_by,
+            json.dumps({k: v for k, v in filters.items() if v not in (None, [], ())}),
+            top_k,
+            list(artifact_pks),
+            environment,
+            duration_ms,
+        ),
+    )
 
 
 def search_rank(conn: psycopg.Connection, search_id: str, artifact_pk: str, label: str) -> int:
