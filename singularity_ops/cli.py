@@ -170,6 +170,8 @@ def _refuse_group_options(ctx: click.Context) -> None:
 def _resolve_types(ctx: click.Context, conn, types) -> list[str]:
     """--type values as artifact types (a corpus folder name is taken for its type, with a
     note on stderr); an unknown one is a usage error listing the types there are."""
+    if not types:
+        return []
     from .artifacts import resolve_types
 
     resolved, notes = resolve_types(conn, types, settings_of(ctx).type_map)
