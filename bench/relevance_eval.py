@@ -67,6 +67,13 @@ VARIANTS: dict[str, Fusion] = {
     "rrf-2:1-all": Fusion(method="rrf", vector_weight=2.0, text_weight=1.0, text_match="all"),
     "rsf-0.7-all": Fusion(method="rsf", vector_weight=0.7, text_weight=0.3, text_match="all"),
     "rsf-0.5-all": Fusion(method="rsf", vector_weight=0.5, text_weight=0.5, text_match="all"),
+    "boost-0.01-all": Fusion(method="boost", text_weight=0.01, text_match="all"),
+    "boost-0.02-all": Fusion(method="boost", text_weight=0.02, text_match="all"),
+    "boost-0.03-all": Fusion(method="boost", text_weight=0.03, text_match="all"),
+    "boost-0.05-all": Fusion(method="boost", text_weight=0.05, text_match="all"),
+    "boost-0.08-all": Fusion(method="boost", text_weight=0.08, text_match="all"),
+    "boost-0.12-all": Fusion(method="boost", text_weight=0.12, text_match="all"),
+    "boost-0.05-and": Fusion(method="boost", text_weight=0.05, text_match="and"),
 }
 
 
@@ -150,7 +157,16 @@ def main() -> None:
     parser.add_argument("--misses", metavar="RUN", help="list the misses of one run")
     parser.add_argument("--reuse", action="store_true", help="keep the database of a last run")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--no-glossary",
+        action="store_true",
+        help="embed without the glossary: a knowledge base whose technologies it does not know",
+    )
     args = parser.parse_args()
+    if args.no_glossary:
+        import singularity_ops.glossary
+
+        singularity_ops.glossary.describe = lambda *names: None
 
     base = load_settings(cwd=ROOT, env={k: v for k, v in os.environ.items() if k != "PGDATABASE"})
     ensure_db(base, timeout=60)

@@ -154,6 +154,8 @@ class Fusion:
     - method "rrf": weighted reciprocal rank fusion, sum of weight / (rrf_k + rank).
     - method "rsf": relative score fusion (Weaviate's): each list's scores min-max normalised
       to [0, 1] over its candidates, then weighted and summed.
+    - method "boost": cosine similarity, plus text_weight for rows of the text ranking: the
+      vector order, with text breaking near-ties only.
     - text_match "and": artifacts holding every query word rank above those holding only some
       (the OR matches still count, below); "or": any word, ranked by ts_rank_cd alone.
     """
@@ -272,8 +274,10 @@ def search_sql(
             sql.SQL(
                 """
         vector_hits AS MATERIALIZED (
-            SELECT id, distance, row_number() OVER (ORDER BY distance, id) AS rank
-            FROM (SELECT id, {distance} AS distance FROM knowledge_artifacts
+            SELECT id, distance,
+                   row_number() OVER (ORDER BY distance, artifact_type, artifact_id, version) AS rank
+            FROM (SELECT id, artifact_type, artifact_id, version, {distance} AS distance
+                  FROM knowledge_artifacts
                   WHERE {where} ORDER BY {distance} LIMIT %(pool)s) nearest
         )"""
             ).format(distance=distance, where=vector_where)
@@ -297,10 +301,13 @@ def search_sql(
             FROM unnest(to_tsvector('english'::regconfig, %(query)s))
         ),
         text_hits AS MATERIALIZED (
-            SELECT id, score, row_number() OVER (ORDER BY score DESC, id) AS rank
-            FROM (SELECT id, ts_rank_cd(search_document, tsq, 32){all_words} AS score
+            SELECT id, score,
+                   row_number() OVER (ORDER BY score DESC, artifact_type, artifact_id, version) AS rank
+            FROM (SELECT id, artifact_type, artifact_id, version,
+                         ts_rank_cd(search_document, tsq, 32){all_words} AS score
                   FROM knowledge_artifacts, text_query
-                  WHERE {where} ORDER BY score DESC LIMIT %(pool)s) matched
+                  WHERE {where}
+                  ORDER BY score DESC, artifact_type, artifact_id, version LIMIT %(pool)s) matched
         )"""
             ).format(where=text_where, all_words=all_words)
         )
@@ -325,6 +332,18 @@ def search_sql(
             wv=sql.Literal(float(fusion.vector_weight)),
             wt=sql.Literal(float(fusion.text_weight)),
         )
+    elif fusion.method == "boost":
+        # The vector order, with a bounded lift for rows holding every query word: a text
+        # match reorders only artifacts whose similarities are within text_weight of each
+        # other, so it can break near-ties but never bury a clearly better vector match.
+        ranked = sql.SQL(
+            "SELECT id, (coalesce(1 - v.distance,"
+            " CASE WHEN a.embedding_model = {key} THEN 1 - (a.embedding::{t} <=> %(q)s::{t}) END,"
+            " 0) + CASE WHEN t.id IS NULL THEN 0 ELSE {wt} END)::float8 AS score,"
+            " v.rank AS vector_rank, t.rank AS text_rank"
+            " FROM vector_hits v FULL JOIN text_hits t USING (id)"
+            " JOIN knowledge_artifacts a USING (id)"
+        ).format(key=sql.Literal(key), t=vector_type, wt=sql.Literal(float(fusion.text_weight)))
     else:
         # Min-max over each list's own candidates; a list of one (or of equal scores) gives 1.
         ranked = sql.SQL(
