@@ -5,7 +5,7 @@
 
 Each case prepares its own data in its own database on the project-local cluster, runs the
 toolkit and the limit on the same data in the same run, repeats (median of --repeat, at least
-3), and reports the ratio. Machines are shared and noisy: judge by ratios, not seconds.
+3; --quick runs each case once), and reports the ratio. Machines are shared and noisy: judge by ratios, not seconds.
 The table is printed and written to bench/results/latest.md (and, unless --quick, to a
 dated copy).
 """
@@ -976,7 +976,7 @@ class Bench:
         print("start-up", flush=True)
         settings = self.fresh_db("bench_startup")
         config = self.config_for(settings, ROOT / "templates_data")
-        n = max(self.args.repeat, 10)
+        n = 1 if self.args.quick else max(self.args.repeat, 10)
         limit = median_of(n, lambda: timed(self.psql_cmd(settings, "-c", "select 1")))
         help_t = median_of(n, lambda: timed([*OPS, "--help"]))
         migrate_t = median_of(n, lambda: timed([*OPS, "--config", str(config), "-q", "migrate"]))
@@ -1062,13 +1062,13 @@ class Bench:
             return json.loads(out.stdout)
 
         readies = []
-        for _ in range(max(self.args.repeat, 5)):
+        for _ in range(1 if self.args.quick else max(self.args.repeat, 5)):
             proc, _url, ready = start()
             readies.append(ready)
             stop(proc)
         cold = statistics.median(
             timed_rss([*OPS, "--config", str(config), "search", "retry with backoff"])[0]
-            for _ in range(max(self.args.repeat, 5))
+            for _ in range(1 if self.args.quick else max(self.args.repeat, 5))
         )
         ready = statistics.median(readies)
         self.add(
@@ -1207,7 +1207,8 @@ def main() -> None:
         "--usage-events", type=int, help="events for the usage ingest case (default by mode)"
     )
     args = parser.parse_args()
-    args.repeat = max(args.repeat, 3)
+    # --quick checks that every case still runs (its numbers are not judged): once each.
+    args.repeat = 1 if args.quick else max(args.repeat, 3)
     only = set(
         args.only or ["import", "embed", "search", "model", "usage", "backup", "startup", "serve"]
     )
@@ -1216,7 +1217,7 @@ def main() -> None:
             "import": [200],
             "embed": (20, 500, 20),
             "search": (3000, 20),
-            "model": (40, 3),
+            "model": (40, 1),
             "usage": (2000, 50_000, 500),
             "backup": (200, 20_000),
             "serve": (20, 2, 2),
