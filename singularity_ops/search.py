@@ -511,13 +511,15 @@ def _check_embedded(conn: psycopg.Connection, config: EmbeddingConfig) -> None:
 def unembedded_count(conn: psycopg.Connection, config: EmbeddingConfig) -> int:
     """Artifacts without a vector of the configured model: vector ranking cannot find them."""
     key = model_key(config, TEXT_VERSION)
-    # Spelled as ranges so that the btree on embedding_model (migration 0011) reads only the
-    # other models' entries; `embed` writes a vector and its model together.
-    return conn.execute(
-        "SELECT count(*) FROM knowledge_artifacts WHERE embedding_model IS NULL"
-        " OR embedding_model < %(key)s OR embedding_model > %(key)s",
-        {"key": key},
-    ).fetchone()[0]  # type: ignore[index]
+    return conn.execute(UNEMBEDDED_COUNT_SQL, {"key": key}).fetchone()[0]  # type: ignore[index]
+
+
+# Spelled as ranges so that the btree on embedding_model (migration 0011) reads only the other
+# models' entries (normally none); `embed` writes a vector and its model together.
+UNEMBEDDED_COUNT_SQL = (
+    "SELECT count(*) FROM knowledge_artifacts WHERE embedding_model IS NULL"
+    " OR embedding_model < %(key)s OR embedding_model > %(key)s"
+)
 
 
 def run_search(

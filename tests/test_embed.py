@@ -16,7 +16,13 @@ from singularity_ops.embed import TEXT_VERSION, ModelMismatch, embedding_text, i
 from singularity_ops.errors import ConfigError
 from singularity_ops.glossary import describe, digest
 from singularity_ops.providers import EmbeddingConfig, OpenAIProvider, ProviderError, model_key
-from singularity_ops.search import SearchQuery, search, search_sql, search_vector
+from singularity_ops.search import (
+    UNEMBEDDED_COUNT_SQL,
+    SearchQuery,
+    search,
+    search_sql,
+    search_vector,
+)
 
 
 @pytest.fixture(scope="session")
@@ -164,6 +170,9 @@ def test_search_uses_the_hnsw_and_full_text_indexes_at_ten_thousand_rows(kb_sett
             "language": "go",
             "tags": [],
         }
+        count_plan = "\n".join(
+            r[0] for r in conn.execute("EXPLAIN " + UNEMBEDDED_COUNT_SQL, {"key": key})
+        )
         plans = {}
         for mode in ("vector", "text", "hybrid"):
             statement = search_sql(384, key, mode=mode, types=True, language=True)
@@ -172,6 +181,10 @@ def test_search_uses_the_hnsw_and_full_text_indexes_at_ten_thousand_rows(kb_sett
             )
     for mode in ("vector", "hybrid"):
         assert f"Index Scan using {index_name(key)}" in plans[mode], plans[mode]
+    # the count every search reports reads the other models' entries only (migration 0011)
+    assert "Index Cond" in count_plan and "knowledge_artifacts_embedding_model" in count_plan, (
+        count_plan
+    )
     text_index = "Bitmap Index Scan on knowledge_artifacts_search_document"
     for mode in ("text", "hybrid"):
         assert text_index in plans[mode], plans[mode]
