@@ -96,6 +96,19 @@ def build(base: Settings) -> Settings:
     return settings
 
 
+def _ranked(conn, settings: Settings, options: dict, vector, query: str) -> list[str]:
+    """The top 10 of one run (mode + fusion) for one query, as type/id."""
+    hits = run_search(
+        conn,
+        settings.embedding,
+        SearchQuery(mode=options["mode"], top_k=10),
+        vector=vector,
+        query=query,
+        fusion=options.get("fusion"),
+    )
+    return [f"{h.artifact_type}/{h.artifact_id}" for h in hits]
+
+
 def evaluate(settings: Settings, cases: list[dict], runs: dict[str, dict]) -> dict:
     """{run: {split: {kind: [hit1, hit5, mrr, n]}}} for each run (mode + fusion)."""
     provider = make_provider(settings.embedding)
@@ -105,15 +118,7 @@ def evaluate(settings: Settings, cases: list[dict], runs: dict[str, dict]) -> di
         for label, options in runs.items():
             table: dict = defaultdict(lambda: defaultdict(lambda: [0.0, 0.0, 0.0, 0]))
             for case, vector in zip(cases, vectors, strict=True):
-                hits = run_search(
-                    conn,
-                    settings.embedding,
-                    SearchQuery(mode=options["mode"], top_k=10),
-                    vector=vector,
-                    query=case["q"],
-                    fusion=options.get("fusion"),
-                )
-                ranked = [f"{h.artifact_type}/{h.artifact_id}" for h in hits]
+                ranked = _ranked(conn, settings, options, vector, case["q"])
                 first = next((i for i, r in enumerate(ranked) if r in case["expect"]), None)
                 for kind in (case["kind"], "all"):
                     cell = table[case["split"]][kind]
@@ -135,15 +140,7 @@ def misses(settings: Settings, cases: list[dict], options: dict, split: str) -> 
             if case["split"] != split:
                 continue
             [vector] = provider.embed([case["q"]])
-            hits = run_search(
-                conn,
-                settings.embedding,
-                SearchQuery(mode=options["mode"], top_k=10),
-                vector=vector,
-                query=case["q"],
-                fusion=options.get("fusion"),
-            )
-            ranked = [f"{h.artifact_type}/{h.artifact_id}" for h in hits]
+            ranked = _ranked(conn, settings, options, vector, case["q"])
             if not ranked or ranked[0] not in case["expect"]:
                 rank = next((i + 1 for i, r in enumerate(ranked) if r in case["expect"]), None)
                 lines.append(f"{rank or '-':>2}  {case['q']!r}: got {ranked[:3]}")

@@ -706,8 +706,16 @@ def _backup_format(value: str | None) -> str:
     return value
 
 
+def cache_root(env: Mapping[str, str] | None = None) -> Path:
+    """SINGULARITY_CACHE_DIR, else $XDG_CACHE_HOME/singularity-ops, else ~/.cache/singularity-ops."""
+    env = os.environ if env is None else env
+    if env.get("SINGULARITY_CACHE_DIR"):
+        return Path(env["SINGULARITY_CACHE_DIR"])
+    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "singularity-ops"
+
+
 def _embedding_config(data: Mapping[str, Any], env: Mapping[str, str]):
-    from .local_model import cache_root
     from .providers import DEFAULT_DIMENSIONS, DEFAULT_MODELS, EmbeddingConfig
 
     provider = _get(data, "embedding.provider") or "local"

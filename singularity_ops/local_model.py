@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import cache_root
 from .errors import ModelError
 from .faults import pause_point
 from .files import PARTIAL, partial_path, remove, remove_orphans, write_atomically
@@ -63,15 +64,6 @@ class GraphInfo:
     weights_sha256: str
     files: dict[str, dict[str, Any]]  # name -> {"bytes", "sha256"}
     built: bool  # True when this call built it
-
-
-def cache_root(env: dict[str, str] | None = None) -> Path:
-    """SINGULARITY_CACHE_DIR, else $XDG_CACHE_HOME/singularity-ops, else ~/.cache/singularity-ops."""
-    env = os.environ if env is None else env
-    if env.get("SINGULARITY_CACHE_DIR"):
-        return Path(env["SINGULARITY_CACHE_DIR"])
-    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "singularity-ops"
 
 
 def weights_dir() -> Path:
