@@ -1,19 +1,22 @@
-"""Test infrastructure: one real PostgreSQL 17 cluster (vector, timescaledb, postgis) for the session.
+"""Test infrastructure: a real PostgreSQL 17 cluster (vector, timescaledb, postgis) per session.
 
 The cluster is started through the toolkit's own cluster code in .singularity/test-pgdata
-(git-ignored, reused between runs), and pytest-postgresql's noproc fixtures give each test
-that needs state a fresh database on it. If the server cannot be started, the session fails:
-no database test is ever skipped.
+(one per pytest-xdist worker: test-pgdata-gw0, ...; git-ignored, reused between runs). Tests
+that need state get a fresh database on it: an empty one from pytest-postgresql's noproc
+fixtures, or a copy of a template with the extensions (and the migrations) made once a
+session. If the server cannot be started, the session fails: no database test is ever skipped.
 """
 
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -45,7 +48,10 @@ def free_port() -> int:
 # A port of its own for every session (SINGULARITY_TEST_PORT to pin one): two checkouts, or a
 # developer's own server on the usual ports, never collide with the test server.
 TEST_PORT = int(os.environ.get("SINGULARITY_TEST_PORT") or free_port())
-TEST_DATA = ROOT / ".singularity" / "test-pgdata"
+# Under pytest-xdist (./scripts/test runs one worker per core) each worker has a cluster of
+# its own, so that workers share no database, lock or port.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+TEST_DATA = ROOT / ".singularity" / ("test-pgdata" + (f"-{_WORKER}" if _WORKER else ""))
 # The test cluster requires a password, like every cluster the toolkit makes. libpq reads it
 # from this passfile for every connection of the session and of the processes it starts.
 TEST_PASSFILE = passfile_for(TEST_DATA)
@@ -95,19 +101,19 @@ def test_server() -> Iterator[LocalCluster]:
     from singularity_ops.db import ensure_db
 
     TEST_DATA.parent.mkdir(parents=True, exist_ok=True)
-    session_lock = open(TEST_DATA.parent / "test-session.lock", "w")  # noqa: SIM115
+    session_lock = open(TEST_DATA.parent / f"{TEST_DATA.name}.lock", "w")  # noqa: SIM115
     try:
         fcntl.flock(session_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         pytest.exit(
             f"another test session of this checkout is running (it holds {session_lock.name}, "
-            "and the server in .singularity/test-pgdata); wait for it, or test another checkout",
+            f"and the server in {TEST_DATA}); wait for it, or test another checkout",
             returncode=1,
         )
     try:
         cluster.stop(local, None)  # left running by a killed session, maybe on another port
         ensure_db(settings, timeout=60)
-        _disable_timescaledb_schedulers(settings, local)
+        _tune_for_tests(settings, local)
         _drop_leftover_databases(settings)
     except Exception as exc:  # fail loudly: never skip database tests
         pytest.exit(f"cannot start the test PostgreSQL 17 in {TEST_DATA}: {exc}", returncode=1)
@@ -140,17 +146,25 @@ def _drop_leftover_databases(settings: Settings) -> None:
             )
 
 
-def _disable_timescaledb_schedulers(settings: Settings, local: LocalCluster) -> None:
+# Disposable data: a crash may lose it, so nothing waits for the disk.
+_TEST_SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+def _tune_for_tests(settings: Settings, local: LocalCluster) -> None:
     """The test server creates every test database from a template. TimescaleDB starts a
     scheduler in each new database, and while it is connected the template cannot be copied
     ("source database is being accessed by other users", timescale/timescaledb#4048). The
-    tests use no background jobs, so the session's server runs without schedulers."""
+    tests use no background jobs, so the session's server runs without schedulers; and its
+    data is thrown away, so it does not flush to disk."""
+    wanted = {"timescaledb.max_background_workers": "0", **_TEST_SERVER_SETTINGS}
     with psycopg.connect(**settings.conninfo("postgres"), autocommit=True) as conn:
-        current = conn.execute("SHOW timescaledb.max_background_workers").fetchone()[0]
-        if current == "0":
-            return
-        conn.execute("ALTER SYSTEM SET timescaledb.max_background_workers = 0")
-    cluster.restart(local, None)
+        changed = False
+        for name, value in wanted.items():
+            if conn.execute(f"SHOW {name}").fetchone()[0] != value:
+                conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+                changed = True
+    if changed:
+        cluster.restart(local, None)
 
 
 postgresql_noproc = factories.postgresql_noproc(
@@ -205,26 +219,55 @@ def run_cli(
 MIGRATIONS = ROOT / "singularity_ops" / "sql" / "migrations"
 
 
-@pytest.fixture
-def ext_settings(db_settings: Settings) -> Settings:
-    """A fresh database with vector, timescaledb and postgis created."""
+@pytest.fixture(scope="session")
+def database_templates(test_server: LocalCluster) -> Settings:
+    """Two template databases, made once a session: `sops_tmpl_ext` with vector, timescaledb
+    and postgis, and `sops_tmpl_kb` with every migration applied on top. Creating the
+    extensions and migrating costs about a second; copying a template, a tenth of that."""
     from singularity_ops.db import connect
     from singularity_ops.extensions import create_extensions
+    from singularity_ops.migrate import migrate
 
-    with connect(db_settings, autocommit=True) as conn:
-        create_extensions(conn, ["vector", "timescaledb", "postgis"])
-    return db_settings
+    base = load_settings(
+        cwd=ROOT,
+        env={},
+        database_url=f"postgresql://postgres@127.0.0.1:{test_server.port}/postgres",
+    )
+    with psycopg.connect(**base.conninfo(), autocommit=True) as admin:
+        for name in ("sops_tmpl_kb", "sops_tmpl_ext"):
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute("CREATE DATABASE sops_tmpl_ext")
+        with connect(replace(base, dbname="sops_tmpl_ext"), autocommit=True) as conn:
+            create_extensions(conn, ["vector", "timescaledb", "postgis"])
+        admin.execute("CREATE DATABASE sops_tmpl_kb TEMPLATE sops_tmpl_ext")
+        with connect(replace(base, dbname="sops_tmpl_kb"), autocommit=True) as conn:
+            migrate(conn, MIGRATIONS)
+    return base
+
+
+_copies = itertools.count(1)
+
+
+def _copy_of(base: Settings, template: str) -> Iterator[Settings]:
+    """A fresh database copied from `template`, dropped after the test."""
+    name = f"sops_db_{next(_copies)}"
+    with psycopg.connect(**base.conninfo(), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+    yield replace(base, dbname=name)
+    with psycopg.connect(**base.conninfo(), autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture
-def kb_settings(ext_settings: Settings) -> Settings:
-    """A fresh database with the extensions and every migration applied."""
-    from singularity_ops.db import connect
-    from singularity_ops.migrate import migrate
+def ext_settings(database_templates: Settings) -> Iterator[Settings]:
+    """A fresh database with vector, timescaledb and postgis created."""
+    yield from _copy_of(database_templates, "sops_tmpl_ext")
 
-    with connect(ext_settings, autocommit=True) as conn:
-        migrate(conn, MIGRATIONS)
-    return ext_settings
+
+@pytest.fixture
+def kb_settings(database_templates: Settings) -> Iterator[Settings]:
+    """A fresh database with the extensions and every migration applied."""
+    yield from _copy_of(database_templates, "sops_tmpl_kb")
 
 
 def write_cli_config(directory: Path, settings: Settings, **sections: dict) -> Path:
