@@ -16,7 +16,7 @@ import sys
 import traceback
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -48,25 +48,31 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             _fail(ctx, "interrupted", 130)
         except OSError as exc:
-            if exc.errno in _STORAGE_ERRORS:
-                where = f"{exc.filename}: " if exc.filename else "a write failed: "
-                _fail(
-                    ctx,
-                    f"{where}{exc.strerror}; nothing was left under a final name. Free space "
-                    "there (or make it writable), or write elsewhere (--out, backup.dir, "
-                    "export.out, SINGULARITY_CACHE_DIR)",
-                    1,
-                )
-            if exc.filename is None:
-                raise _unexpected(ctx, exc) from None
-            # The environment, not a bug: a directory we may not write, a file we may not read.
-            target = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
-            _fail(ctx, f"{target}: {exc.strerror}; check that path and its permissions", 1)
+            _os_error(ctx, exc)
         except Exception as exc:
             message = explain_db_error(exc)
             if message is None:
                 raise _unexpected(ctx, exc) from None
             _fail(ctx, message, 1)
+
+
+def _os_error(ctx: click.Context, exc: OSError) -> NoReturn:
+    """A full disk or a path we may not use is the environment's doing: a message, exit 1.
+    An OSError without a file name is a bug."""
+    if exc.errno in _STORAGE_ERRORS:
+        where = f"{exc.filename}: " if exc.filename else "a write failed: "
+        _fail(
+            ctx,
+            f"{where}{exc.strerror}; nothing was left under a final name. Free space "
+            "there (or make it writable), or write elsewhere (--out, backup.dir, "
+            "export.out, SINGULARITY_CACHE_DIR)",
+            1,
+        )
+    if exc.filename is None:
+        raise _unexpected(ctx, exc) from None
+    # A directory we may not write, a file we may not read.
+    target = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+    _fail(ctx, f"{target}: {exc.strerror}; check that path and its permissions", 1)
 
 
 # The disk is full, the quota is spent, the file system is read-only: the environment's doing.
@@ -92,7 +98,7 @@ def _report(message: str, exit_code: int, as_json: bool) -> None:
     click.echo(f"singularity-ops: error: {message}", err=True)
 
 
-def _fail(ctx: click.Context, message: str, exit_code: int) -> None:
+def _fail(ctx: click.Context, message: str, exit_code: int) -> NoReturn:
     _report(message, exit_code, _wants_json(ctx))
     ctx.exit(exit_code)
 
@@ -1113,23 +1119,8 @@ def serve_cmd(
         raise
     try:
         if check:
-            from .server import build_http_app, build_mcp
-
-            build_mcp(knowledge) if transport == "stdio" else build_http_app(knowledge, options)
-            report = {
-                "ready": True,
-                "seconds": round(time.monotonic() - started, 3),
-                "transport": transport,
-                "model": f"{settings.embedding.provider}:{settings.embedding.model}",
-                "database": settings.url(),
-                "read_only": read_only,
-            }
-            if as_json:
-                emit_json(report)
-            else:
-                info(ctx, f"ready in {report['seconds']:.2f} s: {settings.url()}, {transport}")
-            return
-        if transport == "stdio":
+            _serve_check(ctx, knowledge, transport, options, started, as_json)
+        elif transport == "stdio":
             from .server import serve_stdio
 
             serve_stdio(knowledge)
@@ -1145,6 +1136,35 @@ def serve_cmd(
             serve_http(knowledge, options, announce, sock)
     finally:
         knowledge.close()
+
+
+def _serve_check(
+    ctx: click.Context,
+    knowledge: Any,
+    transport: str,
+    options: Any,
+    started: float,
+    as_json: bool,
+) -> None:
+    """serve --check: build the server as for serving, then report instead of serving."""
+    import time
+
+    from .server import build_http_app, build_mcp
+
+    build_mcp(knowledge) if transport == "stdio" else build_http_app(knowledge, options)
+    settings = knowledge.settings
+    report = {
+        "ready": True,
+        "seconds": round(time.monotonic() - started, 3),
+        "transport": transport,
+        "model": f"{settings.embedding.provider}:{settings.embedding.model}",
+        "database": settings.url(),
+        "read_only": knowledge.read_only,
+    }
+    if as_json:
+        emit_json(report)
+    else:
+        info(ctx, f"ready in {report['seconds']:.2f} s: {settings.url()}, {transport}")
 
 
 @cli.group("backup", invoke_without_command=True)
@@ -1313,37 +1333,19 @@ def restore_cmd(
       singularity-ops restore --latest --target-db singularity_check
     """
     from .errors import ConfigError
-    from .restore import cleanup, latest_backup, restore
+    from .restore import cleanup, find_backup, latest_backup, restore
 
     settings = settings_of(ctx)
     if cleanup_only:
         if file or latest:
             raise ConfigError("--cleanup takes no backup FILE and no --latest")
-        done = cleanup(settings)
-        if as_json:
-            emit_json({"cleaned": done})
-            return
-        for line in done:
-            info(ctx, line)
-        info(
-            ctx,
-            f"{len(done)} leftover(s) of killed restores handled"
-            if done
-            else "nothing to clean up",
-        )
+        _print_cleanup(ctx, cleanup(settings), as_json)
         return
     if bool(file) == latest:
         raise ConfigError("give either a backup FILE or --latest")
-    if file is not None and not file.exists():
-        # The bare name `backup` printed: look for it in the backup directory.
-        beside = settings.backup_dir / file.name
-        if file.parent != Path(".") or not beside.exists():
-            raise ConfigError(
-                f"backup {file} does not exist"
-                + ("" if file.parent != Path(".") else f" (nor in {settings.backup_dir})")
-            )
-        file = beside
-    dump = file or latest_backup(settings.backup_dir, settings.dbname)
+    dump = (
+        find_backup(settings, file) if file else latest_backup(settings.backup_dir, settings.dbname)
+    )
     result = restore(
         settings,
         dump,
@@ -1373,6 +1375,18 @@ def restore_cmd(
             f"  usage history kept: {result.usage_kept} event(s)"
             + (f", {result.usage_discarded} discarded" if result.usage_discarded else ""),
         )
+
+
+def _print_cleanup(ctx: click.Context, done: list[str], as_json: bool) -> None:
+    if as_json:
+        emit_json({"cleaned": done})
+        return
+    for line in done:
+        info(ctx, line)
+    info(
+        ctx,
+        f"{len(done)} leftover(s) of killed restores handled" if done else "nothing to clean up",
+    )
 
 
 @cli.command("record-usage")
@@ -1831,7 +1845,7 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     Example:
       singularity-ops status --json | jq .knowledge.embeddings
     """
-    from .status import EXIT_UNREACHABLE, collect_status
+    from .status import EXIT_UNREACHABLE, cluster_advice, collect_status
 
     report = collect_status(settings_of(ctx))
     if as_json:
@@ -1841,20 +1855,8 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
         if not as_json:
             echo(f"database     {report.target} unreachable: {report.error}")
             if report.local_cluster is not None:
-                lc = report.local_cluster
-                configured = settings_of(ctx).port
-                if lc.running and lc.port != configured:
-                    advice = (
-                        f"running on port {lc.port}, but this configuration says {configured} "
-                        "(PGPORT or postgres.local.port): unset it, or `singularity-ops server "
-                        "stop` and start it again on the new port"
-                    )
-                elif lc.running:
-                    advice = f"running on 127.0.0.1:{lc.port} (the error above is the database's)"
-                else:
-                    state = "stopped" if lc.initialized else "not initialised"
-                    advice = f"{state}; start it with `singularity-ops ensure-db`"
-                echo(f"cluster      {lc.data_dir}: {advice}")
+                advice = cluster_advice(report.local_cluster, settings_of(ctx).port)
+                echo(f"cluster      {report.local_cluster.data_dir}: {advice}")
         ctx.exit(EXIT_UNREACHABLE)
     if as_json:
         return
@@ -1878,6 +1880,18 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     e = k.embeddings
     echo(f"embeddings   {e.present} present, {e.stale} stale, {e.missing} missing")
     echo(f"usage        {k.usage_events} recorded uses")
+    _print_usage_and_backup(report, settings_of(ctx).backup_dir)
+    for title, rows in (("most used", k.top_used), ("best rate", k.best_success_rate)):
+        for i, r in enumerate(rows):
+            rate = "-" if r.success_rate is None else f"{r.success_rate:.0%}"
+            label = title if i == 0 else ""
+            echo(
+                f"{label:<12} {r.artifact_type}/{r.artifact_id}@{r.version}  {r.usage_count} uses, {rate}"
+            )
+
+
+def _print_usage_and_backup(report: Any, backup_dir: Path) -> None:
+    """status: the usage history's line and the last backup's."""
     u = report.usage
     if u is not None:
         last = f"{u.last_event_at:%Y-%m-%d %H:%M:%S%z}" if u.last_event_at else "never"
@@ -1886,27 +1900,18 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
             if u.rollup_up_to_date
             else f"misses {u.rollup_missing_events} recent event(s): run `singularity-ops usage refresh`"
         )
-        echo(
+        click.echo(
             f"             last event {last}, {u.events_last_24h} in the last 24 h; daily rollup {rollup}"
         )
     b = report.last_backup
     if b is None:
-        echo(f"backup       none in {settings_of(ctx).backup_dir} (singularity-ops backup)")
-    else:
-        age = report.last_backup_age_hours
-        ago = (
-            ""
-            if age is None
-            else (f", {age:.0f} h ago" if age < 48 else f", {age / 24:.0f} days ago")
-        )
-        echo(f"backup       {b.file.name} ({b.bytes / 1e6:.1f} MB{ago})")
-    for title, rows in (("most used", k.top_used), ("best rate", k.best_success_rate)):
-        for i, r in enumerate(rows):
-            rate = "-" if r.success_rate is None else f"{r.success_rate:.0%}"
-            label = title if i == 0 else ""
-            echo(
-                f"{label:<12} {r.artifact_type}/{r.artifact_id}@{r.version}  {r.usage_count} uses, {rate}"
-            )
+        click.echo(f"backup       none in {backup_dir} (singularity-ops backup)")
+        return
+    age = report.last_backup_age_hours
+    ago = (
+        "" if age is None else (f", {age:.0f} h ago" if age < 48 else f", {age / 24:.0f} days ago")
+    )
+    click.echo(f"backup       {b.file.name} ({b.bytes / 1e6:.1f} MB{ago})")
 
 
 @cli.command("env")

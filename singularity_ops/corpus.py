@@ -352,17 +352,8 @@ def scan(
     type_map = type_map or {}
     if not root.is_dir():
         raise FileNotFoundError(root)
-    targets = [p.resolve() for p in paths] or [root]
     result = Scan(root=root)
-    for target in targets:
-        if target != root and root not in target.parents:
-            result.problems.append(Problem(str(target), _outside_message(root, str(target))))
-            continue
-        if not target.exists():
-            result.problems.append(Problem(str(target), "does not exist"))
-            continue
-        result.scopes.append(target.relative_to(root).as_posix() if target != root else "")
-
+    _add_scopes(root, [p.resolve() for p in paths] or [root], result)
     by_key: dict[tuple[str, str, str], list[Artifact]] = {}
     root_str = str(root)
     seen_files = 0
@@ -371,14 +362,9 @@ def scan(
             seen_files += 1
             if progress is not None and seen_files % 100 == 0:
                 progress(seen_files)
-            name = rel.rsplit("/", 1)[-1]
-            if (
-                rel.split("/", 1)[0] == LEARNED_DIR
-                and not include_learned
-                and not (scope and scope.split("/")[0] == LEARNED_DIR)
-            ):
+            if _learned_and_not_asked(rel, scope, include_learned):
                 continue
-            if not name.lower().endswith(".json"):
+            if not rel.lower().endswith(".json"):
                 result.skipped.append(rel)
                 continue
             try:
@@ -392,11 +378,32 @@ def scan(
                 continue
             if artifact is None:
                 result.skipped.append(rel)
-                continue
-            by_key.setdefault(artifact.key, []).append(artifact)
+            else:
+                by_key.setdefault(artifact.key, []).append(artifact)
 
     _resolve_claims(by_key, _Schemas(root, max_file_bytes), result)
     return result
+
+
+def _add_scopes(root: Path, targets: list[Path], result: Scan) -> None:
+    """The scan's scopes (paths relative to root); a target outside root or missing is a
+    problem instead."""
+    for target in targets:
+        if target != root and root not in target.parents:
+            result.problems.append(Problem(str(target), _outside_message(root, str(target))))
+        elif not target.exists():
+            result.problems.append(Problem(str(target), "does not exist"))
+        else:
+            result.scopes.append(target.relative_to(root).as_posix() if target != root else "")
+
+
+def _learned_and_not_asked(rel: str, scope: str, include_learned: bool) -> bool:
+    """A file under learned/ is read only with include_learned or when learned/ was named."""
+    return (
+        rel.split("/", 1)[0] == LEARNED_DIR
+        and not include_learned
+        and not (scope and scope.split("/")[0] == LEARNED_DIR)
+    )
 
 
 def _read_artifact(

@@ -232,8 +232,6 @@ def export_proven(
         raise ConfigError(f"--min-success-rate must be between 0 and 1, got {min_success_rate}")
     out_dir = out_dir.resolve()
     rows, window, judged = _proven_rows(conn, min_usage, min_success_rate, types, since_days)
-    if not rows:
-        near = _near_misses(conn, min_usage, min_success_rate, types, window)
     targets: dict[Path, tuple] = {}
     for row in rows:
         # Rows come oldest version first: only the latest qualifying version of each artifact
@@ -241,41 +239,54 @@ def export_proven(
         targets[safe_relative_path(row[1], row[2])] = row
     result = ExportResult(out_dir=out_dir, qualifying=len(targets), dry_run=dry_run)
     if not rows:
-        result.near_misses = near
+        result.near_misses = _near_misses(conn, min_usage, min_success_rate, types, window)
     for relative, row in targets.items():
-        pk, artifact_type, artifact_id, version, content_raw = row[:5]
-        source_path, source = row[9], row[10]
         target = (out_dir / relative).resolve()
-        if out_dir not in target.parents:
-            raise AssertionError(
-                f"export path {target} escaped {out_dir}"
-            )  # safe_relative_path bug
-        metrics = _metrics(row, window, judged.get(pk))
-        data = render(content_raw, artifact_type, artifact_id, version, metrics)
-        label = relative.as_posix()
-        curated = strip_learning(json.loads(content_raw))
-        if source == "git" and curated == strip_learning(json.loads(data)):
-            # Promoted already: git holds this content, a copy in learned/ would only make
-            # `import --include-learned` see two files claiming one artifact.
-            result.curated.append(label if source_path == label else f"{label} (in {source_path})")
-            if refresh_curated is not None and source_path:
-                root = refresh_curated.resolve()
-                curated_path = (root / source_path).resolve()
-                if root in curated_path.parents and _differs(curated_path, data):
-                    if not dry_run:
-                        write_atomically(curated_path, data)
-                    result.refreshed.append(source_path)
-            if _holds(target, curated):
-                if not dry_run:
-                    target.unlink()
-                result.removed.append(label)
-            continue
-        changed = _differs(target, data)
-        if changed and not dry_run:
-            write_atomically(target, data)
-        (result.written if changed else result.unchanged).append(label)
+        if out_dir not in target.parents:  # a safe_relative_path bug
+            raise AssertionError(f"export path {target} escaped {out_dir}")
+        metrics = _metrics(row, window, judged.get(row[0]))
+        _export_one(row, relative.as_posix(), target, metrics, result, refresh_curated)
     _list_no_longer_qualifying(out_dir, {r.as_posix() for r in targets}, result, prune, dry_run)
     return result
+
+
+def _export_one(
+    row: tuple,
+    label: str,
+    target: Path,
+    metrics: dict[str, Any],
+    result: ExportResult,
+    refresh_curated: Path | None,
+) -> None:
+    """Write (or, for a promoted artifact, refresh and tidy) one qualifying artifact."""
+    artifact_type, artifact_id, version, content_raw = row[1:5]
+    source_path, source = row[9], row[10]
+    data = render(content_raw, artifact_type, artifact_id, version, metrics)
+    curated = strip_learning(json.loads(content_raw))
+    if source == "git" and curated == strip_learning(json.loads(data)):
+        # Promoted already: git holds this content, a copy in learned/ would only make
+        # `import --include-learned` see two files claiming one artifact.
+        result.curated.append(label if source_path == label else f"{label} (in {source_path})")
+        if refresh_curated is not None and source_path:
+            _refresh_curated(refresh_curated.resolve(), source_path, data, result)
+        if _holds(target, curated):
+            if not result.dry_run:
+                target.unlink()
+            result.removed.append(label)
+        return
+    changed = _differs(target, data)
+    if changed and not result.dry_run:
+        write_atomically(target, data)
+    (result.written if changed else result.unchanged).append(label)
+
+
+def _refresh_curated(root: Path, source_path: str, data: bytes, result: ExportResult) -> None:
+    """Bring a promoted file's `_learning` block up to date in place (inside the root only)."""
+    curated_path = (root / source_path).resolve()
+    if root in curated_path.parents and _differs(curated_path, data):
+        if not result.dry_run:
+            write_atomically(curated_path, data)
+        result.refreshed.append(source_path)
 
 
 def _proven_rows(

@@ -29,7 +29,7 @@ from psycopg import sql
 from .backup import BackupError, good_backups, pg_env, series_name, table_counts, verify_backup
 from .config import Settings
 from .db import advisory_lock, connect, database_exists, lock_key, relation_exists, wait_for_server
-from .errors import RestoreError
+from .errors import ConfigError, RestoreError
 from .faults import pause_point
 from .pgbin import find_program
 from .proc import run_until_done
@@ -221,6 +221,20 @@ def cleanup(settings: Settings, *, lock_timeout: float = 60) -> list[str]:
         return cleanup_leftovers(admin)
 
 
+def find_backup(settings: Settings, file: Path) -> Path:
+    """The backup FILE names: the path itself, or for a bare name that is not in the current
+    directory (as `backup` prints it), that name in the backup directory."""
+    if file.exists():
+        return file
+    beside = settings.backup_dir / file.name
+    if file.parent != Path(".") or not beside.exists():
+        raise ConfigError(
+            f"backup {file} does not exist"
+            + ("" if file.parent != Path(".") else f" (nor in {settings.backup_dir})")
+        )
+    return beside
+
+
 def restore(
     settings: Settings,
     dump: Path,
@@ -243,14 +257,7 @@ def restore(
     dump = dump.resolve()
     manifest = verify_backup(dump, settings, list_archive=False)  # refuses corrupted dumps first
     if manifest["format"] == "plain" and not trust_plain_dump:
-        found = plain_meta_commands(dump)
-        if found:
-            shown = "; ".join(f"line {n}: {text[:60]}" for n, text in found[:3])
-            raise RestoreError(
-                f"{dump.name} is a plain SQL dump holding psql meta-commands pg_dump does not "
-                f"write ({shown}); psql would run them (\\! runs a shell command). Restore it "
-                "only if you trust who wrote it: --trust-plain-dump"
-            )
+        _refuse_unexpected_meta_commands(dump)
     target = target_db or settings.dbname
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     scratch = leftover_name(target, "restoring", stamp)
@@ -264,23 +271,7 @@ def restore(
         result.cleaned = cleanup_leftovers(admin)
         exists = database_exists(admin, target)
         if exists:
-            with connect(settings, target) as conn:
-                populated = _user_tables(conn)
-            if populated and not force:
-                raise RestoreError(
-                    f"database {target!r} is not empty ({populated} tables); restore into another "
-                    "database with --target-db NAME, or pass --force to replace it (safely: the "
-                    "old one is only dropped after the new one is complete)"
-                )
-            same_source = manifest["database"] == target or (
-                _restored_from(admin, target) == manifest["database"]
-            )
-            if populated and not same_source and not from_other_database:
-                raise RestoreError(
-                    f"{dump.name} is a backup of database {manifest['database']!r}, not of "
-                    f"{target!r}; pass --from-other-database to replace {target!r} with it, or "
-                    "restore it into a new database with --target-db NAME"
-                )
+            _check_replaceable(admin, settings, target, dump, manifest, force, from_other_database)
         admin.execute(
             sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(
                 sql.Identifier(scratch)
@@ -310,13 +301,9 @@ def restore(
                     closed = True
                     _terminate(admin, target, keep=(source.info.backend_pid,))
                     pause_point("restore:target-closed")
-                    if manifest.get("knowledge_only"):
-                        kept, discarded = _carry_usage(
-                            settings, source, scratch, discard_orphaned_usage
-                        )
-                        result.usage_kept, result.usage_discarded = kept, discarded
-                    else:
-                        _note_lost_usage(source, manifest, result)
+                    _keep_or_count_usage(
+                        settings, source, scratch, manifest, result, discard_orphaned_usage
+                    )
                 finally:
                     source.close()
             _swap(admin, target, scratch, aside, exists, record)
@@ -332,6 +319,67 @@ def restore(
             _drop(admin, aside)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _refuse_unexpected_meta_commands(dump: Path) -> None:
+    """A plain dump may hold only the psql meta-commands pg_dump writes."""
+    found = plain_meta_commands(dump)
+    if found:
+        shown = "; ".join(f"line {n}: {text[:60]}" for n, text in found[:3])
+        raise RestoreError(
+            f"{dump.name} is a plain SQL dump holding psql meta-commands pg_dump does not "
+            f"write ({shown}); psql would run them (\\! runs a shell command). Restore it "
+            "only if you trust who wrote it: --trust-plain-dump"
+        )
+
+
+def _check_replaceable(
+    admin: psycopg.Connection,
+    settings: Settings,
+    target: str,
+    dump: Path,
+    manifest: dict,
+    force: bool,
+    from_other_database: bool,
+) -> None:
+    """An existing target with tables is replaced only with --force, and only by a backup of
+    itself (or of the database it was restored from) unless --from-other-database."""
+    with connect(settings, target) as conn:
+        populated = _user_tables(conn)
+    if not populated:
+        return
+    if not force:
+        raise RestoreError(
+            f"database {target!r} is not empty ({populated} tables); restore into another "
+            "database with --target-db NAME, or pass --force to replace it (safely: the "
+            "old one is only dropped after the new one is complete)"
+        )
+    same_source = manifest["database"] == target or (
+        _restored_from(admin, target) == manifest["database"]
+    )
+    if not same_source and not from_other_database:
+        raise RestoreError(
+            f"{dump.name} is a backup of database {manifest['database']!r}, not of "
+            f"{target!r}; pass --from-other-database to replace {target!r} with it, or "
+            "restore it into a new database with --target-db NAME"
+        )
+
+
+def _keep_or_count_usage(
+    settings: Settings,
+    source: psycopg.Connection,
+    scratch: str,
+    manifest: dict,
+    result: RestoreResult,
+    discard_orphaned_usage: bool,
+) -> None:
+    """A knowledge-only restore carries the replaced database's usage over; a full one
+    counts the events it loses."""
+    if manifest.get("knowledge_only"):
+        kept, discarded = _carry_usage(settings, source, scratch, discard_orphaned_usage)
+        result.usage_kept, result.usage_discarded = kept, discarded
+    else:
+        _note_lost_usage(source, manifest, result)
 
 
 def _note_lost_usage(source: psycopg.Connection, manifest: dict, result: RestoreResult) -> None:

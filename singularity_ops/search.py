@@ -244,121 +244,12 @@ def search_sql(
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     fusion = fusion or (TEXT_FUSION if mode == "text" else DEFAULT_FUSION)
     vector_type = sql.SQL("vector({})").format(sql.Literal(dimensions))
-    distance = sql.SQL("(embedding::{t} <=> %(q)s::{t})").format(t=vector_type)
     filters = _filters(types, language, tags)
-    # The model is a literal so the planner can match the model's partial HNSW index.
-    vector_where = sql.SQL(" AND ").join(
-        [sql.SQL("embedding_model = {}").format(sql.Literal(key)), *filters]
-    )
-    text_where = sql.SQL(" AND ").join([sql.SQL("search_document @@ tsq"), *filters])
-    if fusion.text_match == "all":
-        text_where = sql.SQL(" AND ").join([sql.SQL("search_document @@ tsq_all"), *filters])
-    elif fusion.text_match == "strict":
-        # Only rows holding every query word; any word only when no row holds them all.
-        text_where = sql.SQL(" AND ").join(
-            [
-                sql.SQL(
-                    "search_document @@ (CASE WHEN EXISTS (SELECT 1 FROM knowledge_artifacts"
-                    " WHERE {all_where}) THEN tsq_all ELSE tsq END)"
-                ).format(
-                    all_where=sql.SQL(" AND ").join(
-                        [sql.SQL("search_document @@ tsq_all"), *filters]
-                    )
-                ),
-                *filters,
-            ]
-        )
     ctes = []
     if mode in ("vector", "hybrid"):
-        ctes.append(
-            sql.SQL(
-                """
-        vector_hits AS MATERIALIZED (
-            SELECT id, distance,
-                   row_number() OVER (ORDER BY distance, artifact_type, artifact_id, version) AS rank
-            FROM (SELECT id, artifact_type, artifact_id, version, {distance} AS distance
-                  FROM knowledge_artifacts
-                  WHERE {where} ORDER BY {distance} LIMIT %(pool)s) nearest
-        )"""
-            ).format(distance=distance, where=vector_where)
-        )
+        ctes.append(_vector_cte(key, vector_type, filters))
     if mode in ("text", "hybrid"):
-        # Any query word may match (OR of the query's lexemes); words only in stop lists
-        # leave no lexeme and match nothing.
-        # ts_rank_cd normalised to [0, 1) (flag 32); with text_match "and", holding every
-        # query word adds 1, so those rows come first and partial matches follow.
-        all_words = (
-            sql.SQL(" + CASE WHEN search_document @@ tsq_all THEN 1 ELSE 0 END")
-            if fusion.text_match == "and"
-            else sql.SQL("")
-        )
-        ctes.append(
-            sql.SQL(
-                """
-        text_query AS (
-            SELECT string_agg(quote_literal(lexeme), ' | ')::tsquery AS tsq,
-                   string_agg(quote_literal(lexeme), ' & ')::tsquery AS tsq_all
-            FROM unnest(to_tsvector('english'::regconfig, %(query)s))
-        ),
-        text_hits AS MATERIALIZED (
-            SELECT id, score,
-                   row_number() OVER (ORDER BY score DESC, artifact_type, artifact_id, version) AS rank
-            FROM (SELECT id, artifact_type, artifact_id, version,
-                         ts_rank_cd(search_document, tsq, 32){all_words} AS score
-                  FROM knowledge_artifacts, text_query
-                  WHERE {where}
-                  ORDER BY score DESC, artifact_type, artifact_id, version LIMIT %(pool)s) matched
-        )"""
-            ).format(where=text_where, all_words=all_words)
-        )
-    if mode == "vector":
-        ranked = sql.SQL(
-            "SELECT id, 1 - distance AS score, rank AS vector_rank,"
-            " NULL::bigint AS text_rank FROM vector_hits"
-        )
-    elif mode == "text":
-        ranked = sql.SQL(
-            "SELECT id, score::float8 AS score, NULL::bigint AS vector_rank,"
-            " rank AS text_rank FROM text_hits"
-        )
-    elif fusion.method == "rrf":
-        ranked = sql.SQL(
-            "SELECT id, (coalesce({wv} / ({k} + v.rank), 0)"
-            " + coalesce({wt} / ({k} + t.rank), 0))::float8"
-            " AS score, v.rank AS vector_rank, t.rank AS text_rank"
-            " FROM vector_hits v FULL JOIN text_hits t USING (id)"
-        ).format(
-            k=sql.Literal(fusion.rrf_k),
-            wv=sql.Literal(float(fusion.vector_weight)),
-            wt=sql.Literal(float(fusion.text_weight)),
-        )
-    elif fusion.method == "boost":
-        # The vector order, with a bounded lift for rows holding every query word: a text
-        # match reorders only artifacts whose similarities are within text_weight of each
-        # other, so it can break near-ties but never bury a clearly better vector match.
-        ranked = sql.SQL(
-            "SELECT id, (coalesce(1 - v.distance,"
-            " CASE WHEN a.embedding_model = {key} THEN 1 - (a.embedding::{t} <=> %(q)s::{t}) END,"
-            " 0) + CASE WHEN t.id IS NULL THEN 0 ELSE {wt} END)::float8 AS score,"
-            " v.rank AS vector_rank, t.rank AS text_rank"
-            " FROM vector_hits v FULL JOIN text_hits t USING (id)"
-            " JOIN knowledge_artifacts a USING (id)"
-        ).format(key=sql.Literal(key), t=vector_type, wt=sql.Literal(float(fusion.text_weight)))
-    else:
-        # Min-max over each list's own candidates; a list of one (or of equal scores) gives 1.
-        ranked = sql.SQL(
-            "SELECT id, (coalesce({wv} * v.norm, 0) + coalesce({wt} * t.norm, 0))::float8"
-            " AS score, v.rank AS vector_rank, t.rank AS text_rank"
-            " FROM (SELECT id, rank, coalesce((max(distance) OVER () - distance)"
-            "        / nullif(max(distance) OVER () - min(distance) OVER (), 0), 1) AS norm"
-            "       FROM vector_hits) v"
-            " FULL JOIN (SELECT id, rank, coalesce((score - min(score) OVER ())"
-            "        / nullif(max(score) OVER () - min(score) OVER (), 0), 1) AS norm"
-            "       FROM text_hits) t USING (id)"
-        ).format(
-            wv=sql.Literal(float(fusion.vector_weight)),
-            wt=sql.Literal(float(fusion.text_weight)),
-        )
+        ctes.append(_text_cte(fusion, filters))
     if mode == "text":
         similarity = sql.SQL("NULL::float8")
     else:
@@ -386,11 +277,122 @@ def search_sql(
         """
     ).format(
         ctes=sql.SQL(",").join(ctes),
-        ranked=ranked,
+        ranked=_ranked(mode, fusion, key, vector_type),
         similarity=similarity,
         cutoff=cutoff,
         key=sql.Literal(key),
     )
+
+
+def _vector_cte(key: str, vector_type: sql.Composable, filters: list) -> sql.Composable:
+    """vector_hits: the pool nearest rows embedded with the model."""
+    distance = sql.SQL("(embedding::{t} <=> %(q)s::{t})").format(t=vector_type)
+    # The model is a literal so the planner can match the model's partial HNSW index.
+    where = sql.SQL(" AND ").join(
+        [sql.SQL("embedding_model = {}").format(sql.Literal(key)), *filters]
+    )
+    return sql.SQL(
+        """
+        vector_hits AS MATERIALIZED (
+            SELECT id, distance,
+                   row_number() OVER (ORDER BY distance, artifact_type, artifact_id, version) AS rank
+            FROM (SELECT id, artifact_type, artifact_id, version, {distance} AS distance
+                  FROM knowledge_artifacts
+                  WHERE {where} ORDER BY {distance} LIMIT %(pool)s) nearest
+        )"""
+    ).format(distance=distance, where=where)
+
+
+def _text_where(fusion: Fusion, filters: list) -> sql.Composable:
+    """The rows the text ranking may return, by the fusion's text_match: any query word (or,
+    "and"), every word (all), or every word when some row holds them all (strict)."""
+    if fusion.text_match == "all":
+        return sql.SQL(" AND ").join([sql.SQL("search_document @@ tsq_all"), *filters])
+    if fusion.text_match == "strict":
+        all_where = sql.SQL(" AND ").join([sql.SQL("search_document @@ tsq_all"), *filters])
+        strict = sql.SQL(
+            "search_document @@ (CASE WHEN EXISTS (SELECT 1 FROM knowledge_artifacts"
+            " WHERE {all_where}) THEN tsq_all ELSE tsq END)"
+        ).format(all_where=all_where)
+        return sql.SQL(" AND ").join([strict, *filters])
+    return sql.SQL(" AND ").join([sql.SQL("search_document @@ tsq"), *filters])
+
+
+def _text_cte(fusion: Fusion, filters: list) -> sql.Composable:
+    """text_query and text_hits: the pool best text matches. Words only in stop lists leave
+    no lexeme and match nothing. ts_rank_cd is normalised to [0, 1) (flag 32); with
+    text_match "and", holding every query word adds 1, so those rows come first and partial
+    matches follow."""
+    all_words = (
+        sql.SQL(" + CASE WHEN search_document @@ tsq_all THEN 1 ELSE 0 END")
+        if fusion.text_match == "and"
+        else sql.SQL("")
+    )
+    return sql.SQL(
+        """
+        text_query AS (
+            SELECT string_agg(quote_literal(lexeme), ' | ')::tsquery AS tsq,
+                   string_agg(quote_literal(lexeme), ' & ')::tsquery AS tsq_all
+            FROM unnest(to_tsvector('english'::regconfig, %(query)s))
+        ),
+        text_hits AS MATERIALIZED (
+            SELECT id, score,
+                   row_number() OVER (ORDER BY score DESC, artifact_type, artifact_id, version) AS rank
+            FROM (SELECT id, artifact_type, artifact_id, version,
+                         ts_rank_cd(search_document, tsq, 32){all_words} AS score
+                  FROM knowledge_artifacts, text_query
+                  WHERE {where}
+                  ORDER BY score DESC, artifact_type, artifact_id, version LIMIT %(pool)s) matched
+        )"""
+    ).format(where=_text_where(fusion, filters), all_words=all_words)
+
+
+def _ranked(mode: str, fusion: Fusion, key: str, vector_type: sql.Composable) -> sql.Composable:
+    """`ranked`: (id, score, vector_rank, text_rank) of one ranking, or of the fusion of both."""
+    if mode == "vector":
+        return sql.SQL(
+            "SELECT id, 1 - distance AS score, rank AS vector_rank,"
+            " NULL::bigint AS text_rank FROM vector_hits"
+        )
+    if mode == "text":
+        return sql.SQL(
+            "SELECT id, score::float8 AS score, NULL::bigint AS vector_rank,"
+            " rank AS text_rank FROM text_hits"
+        )
+    weights = {
+        "wv": sql.Literal(float(fusion.vector_weight)),
+        "wt": sql.Literal(float(fusion.text_weight)),
+    }
+    if fusion.method == "rrf":
+        return sql.SQL(
+            "SELECT id, (coalesce({wv} / ({k} + v.rank), 0)"
+            " + coalesce({wt} / ({k} + t.rank), 0))::float8"
+            " AS score, v.rank AS vector_rank, t.rank AS text_rank"
+            " FROM vector_hits v FULL JOIN text_hits t USING (id)"
+        ).format(k=sql.Literal(fusion.rrf_k), **weights)
+    if fusion.method == "boost":
+        # The vector order, with a bounded lift for rows holding every query word: a text
+        # match reorders only artifacts whose similarities are within text_weight of each
+        # other, so it can break near-ties but never bury a clearly better vector match.
+        return sql.SQL(
+            "SELECT id, (coalesce(1 - v.distance,"
+            " CASE WHEN a.embedding_model = {key} THEN 1 - (a.embedding::{t} <=> %(q)s::{t}) END,"
+            " 0) + CASE WHEN t.id IS NULL THEN 0 ELSE {wt} END)::float8 AS score,"
+            " v.rank AS vector_rank, t.rank AS text_rank"
+            " FROM vector_hits v FULL JOIN text_hits t USING (id)"
+            " JOIN knowledge_artifacts a USING (id)"
+        ).format(key=sql.Literal(key), t=vector_type, wt=weights["wt"])
+    # Min-max over each list's own candidates; a list of one (or of equal scores) gives 1.
+    return sql.SQL(
+        "SELECT id, (coalesce({wv} * v.norm, 0) + coalesce({wt} * t.norm, 0))::float8"
+        " AS score, v.rank AS vector_rank, t.rank AS text_rank"
+        " FROM (SELECT id, rank, coalesce((max(distance) OVER () - distance)"
+        "        / nullif(max(distance) OVER () - min(distance) OVER (), 0), 1) AS norm"
+        "       FROM vector_hits) v"
+        " FULL JOIN (SELECT id, rank, coalesce((score - min(score) OVER ())"
+        "        / nullif(max(score) OVER () - min(score) OVER (), 0), 1) AS norm"
+        "       FROM text_hits) t USING (id)"
+    ).format(**weights)
 
 
 def _missing(conn: psycopg.Connection, query: str, values: Sequence[str]) -> list[str]:

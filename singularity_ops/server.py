@@ -329,8 +329,7 @@ def build_mcp(
     write tools the write scope. knowledge.read_only leaves the write tools out."""
     from mcp.server.auth.settings import AuthSettings
     from mcp.server.mcpserver import MCPServer
-    from mcp.server.mcpserver.exceptions import ResourceError, ToolError
-    from mcp_types import ToolAnnotations
+    from mcp.server.mcpserver.exceptions import ToolError
 
     from . import __version__
 
@@ -362,6 +361,17 @@ def build_mcp(
                 "`singularity-ops token create NAME --scope write`"
             )
         return caller[0] if caller else None
+
+    _add_read_tools(server, knowledge, call)
+    if not knowledge.read_only:
+        _add_write_tools(server, knowledge, call, writer)
+    _add_resource_and_prompt(server, knowledge)
+    return server
+
+
+def _add_read_tools(server: Any, knowledge: Knowledge, call: Callable) -> None:
+    """search, get_artifact and usage_report."""
+    from mcp_types import ToolAnnotations
 
     read = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
@@ -399,57 +409,6 @@ def build_mcp(
         says so), its source path and how often it helped."""
         return call(lambda: knowledge.artifact(artifact_type, artifact_id, version))
 
-    if not knowledge.read_only:
-        write = ToolAnnotations(
-            read_only_hint=False,
-            destructive_hint=False,
-            idempotent_hint=True,
-            open_world_hint=False,
-        )
-
-        @server.tool(annotations=write)
-        def record_usage(
-            artifact_type: str,
-            artifact_id: str,
-            success: bool,
-            event_id: Annotated[
-                str | None, Field(description="Your id for this use: a retry with it counts once.")
-            ] = None,
-            search_id: Annotated[
-                str | None, Field(description="The search_id of the search that found it.")
-            ] = None,
-            duration_ms: Annotated[int | None, Field(ge=0)] = None,
-            metadata: dict[str, Any] | None = None,
-            version: str = LATEST,
-        ) -> UsageResult:
-            """Report whether an artifact helped. `recorded` false means this event_id was
-            recorded before (a duplicate); nothing changed."""
-            reporter = writer()
-            return call(
-                lambda: knowledge.record(
-                    artifact_type, artifact_id, success=success, version=version,
-                    event_id=event_id, search_id=search_id, duration_ms=duration_ms,
-                    metadata=metadata, reported_by=reporter,
-                )
-            )  # fmt: skip
-
-        @server.tool(annotations=write)
-        def record_usage_batch(
-            events: Annotated[
-                list[dict[str, Any]],
-                Field(
-                    max_length=500,
-                    description="Up to 500 events shaped like record_usage's arguments "
-                    "(artifact_type, artifact_id, success, event_id, search_id, duration_ms, "
-                    "metadata, version, used_at).",
-                ),
-            ],
-        ) -> BatchResult:
-            """Report many outcomes at once: valid events are recorded, each invalid one comes
-            back in `errors` with its position."""
-            reporter = writer()
-            return call(lambda: knowledge.record_batch(events, reported_by=reporter))
-
     @server.tool(annotations=read)
     def usage_report(
         since: Annotated[str, Field(description="A window like '30d' or '2w'.")] = "30d",
@@ -458,6 +417,68 @@ def build_mcp(
     ) -> UsageReport:
         """The most used artifacts of a window, their success rates, and the falling ones."""
         return call(lambda: knowledge.report(since, types=[type] if type else [], top=top))
+
+
+def _add_write_tools(
+    server: Any, knowledge: Knowledge, call: Callable, writer: Callable[[], str | None]
+) -> None:
+    """record_usage and record_usage_batch (the write scope, when tokens are required)."""
+    from mcp_types import ToolAnnotations
+
+    write = ToolAnnotations(
+        read_only_hint=False,
+        destructive_hint=False,
+        idempotent_hint=True,
+        open_world_hint=False,
+    )
+
+    @server.tool(annotations=write)
+    def record_usage(
+        artifact_type: str,
+        artifact_id: str,
+        success: bool,
+        event_id: Annotated[
+            str | None, Field(description="Your id for this use: a retry with it counts once.")
+        ] = None,
+        search_id: Annotated[
+            str | None, Field(description="The search_id of the search that found it.")
+        ] = None,
+        duration_ms: Annotated[int | None, Field(ge=0)] = None,
+        metadata: dict[str, Any] | None = None,
+        version: str = LATEST,
+    ) -> UsageResult:
+        """Report whether an artifact helped. `recorded` false means this event_id was
+        recorded before (a duplicate); nothing changed."""
+        reporter = writer()
+        return call(
+            lambda: knowledge.record(
+                artifact_type, artifact_id, success=success, version=version,
+                event_id=event_id, search_id=search_id, duration_ms=duration_ms,
+                metadata=metadata, reported_by=reporter,
+            )
+        )  # fmt: skip
+
+    @server.tool(annotations=write)
+    def record_usage_batch(
+        events: Annotated[
+            list[dict[str, Any]],
+            Field(
+                max_length=500,
+                description="Up to 500 events shaped like record_usage's arguments "
+                "(artifact_type, artifact_id, success, event_id, search_id, duration_ms, "
+                "metadata, version, used_at).",
+            ),
+        ],
+    ) -> BatchResult:
+        """Report many outcomes at once: valid events are recorded, each invalid one comes
+        back in `errors` with its position."""
+        reporter = writer()
+        return call(lambda: knowledge.record_batch(events, reported_by=reporter))
+
+
+def _add_resource_and_prompt(server: Any, knowledge: Knowledge) -> None:
+    """The artifact resource template and the use_knowledge_base prompt."""
+    from mcp.server.mcpserver.exceptions import ResourceError
 
     @server.resource(
         "kb://artifact/{artifact_type}/{artifact_id}",
@@ -469,7 +490,7 @@ def build_mcp(
         try:
             view = knowledge.artifact(artifact_type, artifact_id, max_chars=None)
         except (SingularityOpsError, psycopg.Error) as exc:
-            raise ResourceError(describe_error(exc, settings)[1]) from None
+            raise ResourceError(describe_error(exc, knowledge.settings)[1]) from None
         return view.content_raw
 
     @server.prompt(
@@ -486,8 +507,6 @@ def build_mcp(
             "from step 1 and an event_id of your own, so a retry counts once. Report failures "
             "too: ranking learns from both."
         )
-
-    return server
 
 
 # --- HTTP: MCP at /mcp, /healthz, and the JSON API under /v1 ------------------------------

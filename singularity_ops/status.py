@@ -89,3 +89,18 @@ def _last_backup(settings: Settings) -> dict:
         return {"last_backup": newest}
     age = (datetime.now(UTC) - taken).total_seconds() / 3600
     return {"last_backup": newest, "last_backup_age_hours": round(age, 1)}
+
+
+def cluster_advice(local: cluster.ClusterStatus, configured_port: int) -> str:
+    """What to do about the project's local cluster when the database is unreachable: it
+    runs on another port, it runs (so the error is the database's), or it must be started."""
+    if local.running and local.port != configured_port:
+        return (
+            f"running on port {local.port}, but this configuration says {configured_port} "
+            "(PGPORT or postgres.local.port): unset it, or `singularity-ops server "
+            "stop` and start it again on the new port"
+        )
+    if local.running:
+        return f"running on 127.0.0.1:{local.port} (the error above is the database's)"
+    state = "stopped" if local.initialized else "not initialised"
+    return f"{state}; start it with `singularity-ops ensure-db`"

@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -439,35 +439,14 @@ def _parse_batches(
     """The parser thread: lines -> COPY text of valid events, BATCH_LINES at a time, onto the
     queue (None at the end, an exception if reading failed). Gives up when `stop` is set: the
     writer failed and reads no more."""
-    exact, latest = identities
-    buffer: list[str] = []
-    seen: set[str] = set()
-
-    def hand_over(item: Any) -> None:
-        while not stop.is_set():
-            try:
-                batches.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-        raise _Stopped
-
+    hand_over = _HandOver(batches, stop)
+    lines = _valid_copy_lines(
+        stream, name, now, environment, identities, result, max_problems, unkeyed
+    )
     try:
-        for number, line in _numbered_lines(stream):
-            if isinstance(line, str) and not line.strip():
-                continue
-            result.lines += 1
-            try:
-                e, pk = _resolve_line(line, now, environment, unkeyed, exact, latest)
-            except ValueError as exc:
-                result.invalid += 1
-                if len(result.problems) < max_problems:
-                    result.problems.append(f"{name}:{number}: {exc}")
-                continue
-            if e.key in seen:  # the same event twice in this input: the first one counts
-                continue
-            seen.add(e.key)
-            buffer.append(_copy_line(e, pk))
+        buffer: list[str] = []
+        for copy_line in lines:
+            buffer.append(copy_line)
             if len(buffer) >= BATCH_LINES:
                 hand_over("".join(buffer))
                 buffer.clear()
@@ -479,6 +458,52 @@ def _parse_batches(
     except BaseException as exc:  # handed to the writer, which raises it
         with contextlib.suppress(_Stopped):
             hand_over(exc)
+
+
+class _HandOver:
+    """Puts onto the bounded queue, waiting while it is full, until `stop` is set."""
+
+    def __init__(self, batches: queue.Queue, stop: threading.Event) -> None:
+        self.batches, self.stop = batches, stop
+
+    def __call__(self, item: Any) -> None:
+        while not self.stop.is_set():
+            try:
+                self.batches.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+
+def _valid_copy_lines(
+    stream: Iterable[str],
+    name: str,
+    now: datetime,
+    environment: str,
+    identities: tuple[dict, dict],
+    result: IngestResult,
+    max_problems: int,
+    unkeyed: str,
+) -> Iterator[str]:
+    """The COPY text of each valid, first-seen event; counts lines and records problems."""
+    exact, latest = identities
+    seen: set[str] = set()
+    for number, line in _numbered_lines(stream):
+        if isinstance(line, str) and not line.strip():
+            continue
+        result.lines += 1
+        try:
+            e, pk = _resolve_line(line, now, environment, unkeyed, exact, latest)
+        except ValueError as exc:
+            result.invalid += 1
+            if len(result.problems) < max_problems:
+                result.problems.append(f"{name}:{number}: {exc}")
+            continue
+        if e.key in seen:  # the same event twice in this input: the first one counts
+            continue
+        seen.add(e.key)
+        yield _copy_line(e, pk)
 
 
 def _resolve_line(

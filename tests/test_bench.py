@@ -1,50 +1,72 @@
-"""The benchmark suite keeps working: its quick mode runs end to end (numbers are not judged here)."""
+"""The benchmark suite keeps working: each case of its quick mode runs end to end and writes
+its rows (numbers are not judged here)."""
 
+import ast
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT, TEST_DATA, TEST_PORT, clean_env
 
-
-def test_quick_benchmark_produces_the_full_table(tmp_path):
-    env = clean_env()
-    env.update(PGDATA=str(TEST_DATA), PGPORT=str(TEST_PORT))
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    table = (tmp_path / "latest.md").read_text()
-    for case in (
-        "import 200 artifacts",
-        "re-import 200 unchanged",
+# The rows each case of `bench/run.py --quick` must write. One test per case, so that the
+# suite's workers share the cases out.
+CASE_ROWS = {
+    "import": ("import 200 artifacts", "re-import 200 unchanged"),
+    "embed": (
         "embed 20 artifacts",
+        "artifacts, peak RSS of the process",
         "embed with nothing to do",
-        "search p95",
-        "search recall@10",
+    ),
+    "search": ("search p95", "search recall@10", "hybrid with the search log on"),
+    "model": (
         "vector equality",
         "vs SentenceTransformer.encode",
         "search, cold process",
         "search peak RSS",
+        "bare onnxruntime+tokenizers+psycopg floor",
         "relevance, starter set, 40 queries, --mode hybrid",
         "relevance, starter set, 40 queries, --mode text",
-        "hybrid with the search log on",
-        "bare onnxruntime+tokenizers+psycopg floor",
-        "artifacts, peak RSS of the process",
-        "backup ",
-        "restore of that dump",
-        "--help",
-        "migrate with nothing to do",
-    ):
-        assert case in table, f"missing benchmark row: {case}"
-    assert (
-        not (ROOT / "bench" / "results" / "latest.md").exists()
-        or "(quick)" not in (ROOT / "bench" / "results" / "latest.md").read_text()
-    ), "a quick run must not overwrite the committed results"
+    ),
+    "usage": ("record-usage --from", "usage --since 30d"),
+    "backup": ("backup ", "restore of that dump"),
+    "startup": ("--help", "migrate with nothing to do"),
+    "serve": ("serve: ready", "serve: search p50", "serve: 8 clients", "serve: soak"),
+}
+
+
+def bench_cases() -> list[str]:
+    """bench/run.py's CASES, read from its source."""
+    for line in (ROOT / "bench" / "run.py").read_text().splitlines():
+        if line.startswith("CASES = "):
+            return ast.literal_eval(line.split("=", 1)[1].strip())
+    raise AssertionError("bench/run.py has no CASES line")
+
+
+def test_every_case_of_the_benchmark_is_checked():
+    assert bench_cases() == list(CASE_ROWS), "add the new case and its rows to CASE_ROWS"
+
+
+@pytest.mark.parametrize("case", list(CASE_ROWS))
+def test_each_quick_case_writes_its_rows(case, tmp_path):
+    env = clean_env()
+    env.update(PGDATA=str(TEST_DATA), PGPORT=str(TEST_PORT))
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", case, "--out",
+         str(tmp_path)],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    table = (tmp_path / "latest.md").read_text()
+    assert "(quick)" in table
+    for row in CASE_ROWS[case]:
+        assert row in table, f"missing benchmark row of {case}: {row}"
+
+
+def test_the_committed_results_are_not_a_quick_run():
+    latest = ROOT / "bench" / "results" / "latest.md"
+    assert not latest.exists() or "(quick)" not in latest.read_text(), (
+        "bench/results/latest.md holds a --quick run: rerun ./scripts/bench, or restore it"
+    )
 
 
 QUICK_STARTUP = ("--quick", "--only", "startup", "--out")
