@@ -264,7 +264,6 @@ templates_option = click.option(
 
 def _with_templates(ctx: click.Context, templates: Path | None):
     """The settings, with the import root replaced by --templates when given."""
-    from dataclasses import replace
 
     settings = settings_of(ctx)
     if templates is not None:
@@ -772,58 +771,56 @@ def search_cmd(
       singularity-ops search "retry with backoff" --language python --top-k 5 --json
       printf 'nats consumer\\nsafe index\\n' | singularity-ops search --stdin --top-k 3
     """
-    from .db import connect
+    from .api import KnowledgeBase
     from .errors import ConfigError
-    from .search import SearchFailure, SearchQuery, query_problem, search_many
+    from .search import query_problem
 
     if from_stdin == (query is not None):
         raise ConfigError("give a QUERY or --stdin (one query per line), not both or neither")
-    settings = settings_of(ctx)
-    limits = settings.search_limits
-    problem = None if from_stdin else query_problem(query, limits)
+    kb = KnowledgeBase(settings_of(ctx))
+    problem = None if from_stdin else query_problem(query, kb.settings.search_limits)
     if problem:
         raise ConfigError(problem)
-    options = SearchQuery(mode, types, language, tags, top_k, min_similarity, rank_by)
-    options.check(limits)
-    queries = _stdin_lines() if from_stdin else [query]
+    notes: list[str] = []
+    results = kb.search_many(
+        _stdin_lines() if from_stdin else [query],
+        on_error="yield" if from_stdin else "raise",
+        notes=notes,
+        limit=top_k, mode=mode, types=types, tags=tags, language=language,
+        rank_by=rank_by, min_similarity=min_similarity,
+    )  # fmt: skip
     failed = 0
-    with connect(settings, autocommit=True) as conn:
-        options = replace(options, types=_resolve_types(ctx, conn, types))
-        for result in search_many(
-            conn,
-            None,
-            settings.embedding,
-            queries,
-            options,
-            environment=settings.environment,
-            log=settings.search_log,
-            on_error="yield" if from_stdin else "raise",
-            limits=limits,
-        ):
-            if isinstance(result, SearchFailure):  # --stdin: this line's error, then go on
-                failed += 1
-                click.echo(json.dumps({"query": result.query, "error": result.error}))
-                sys.stdout.flush()
-                continue
-            if from_stdin:
-                click.echo(json.dumps(to_jsonable(result)))
-                sys.stdout.flush()  # a reader (an agent, a pipe) gets each answer at once
-            elif as_json:
-                emit_json(result)
-            else:
-                _print_hits(result, mode)
-                # stderr, and only for a person: the hits stay the whole of stdout
-                if (
-                    result.search_id
-                    and result.hits
-                    and sys.stderr.isatty()
-                    and not ctx.obj.get("quiet")
-                ):
-                    click.echo(
-                        f"search_id {result.search_id} (for record-usage --search-id)", err=True
-                    )
+    for n, result in enumerate(results):
+        if n == 0:
+            for note in notes:
+                click.echo(f"singularity-ops: note: {note}", err=True)
+        failed += _print_search_result(ctx, result, mode, from_stdin, as_json)
     if failed:
         ctx.exit(1)
+
+
+def _print_search_result(
+    ctx: click.Context, result: Any, mode: str, from_stdin: bool, as_json: bool
+) -> int:
+    """One answer of `search`: a JSON line (--stdin), a JSON document, or the hits as text.
+    Returns 1 for a --stdin line that could not be searched."""
+    from .search import SearchFailure
+
+    if isinstance(result, SearchFailure):  # --stdin: this line's error, then go on
+        click.echo(json.dumps({"query": result.query, "error": result.error}))
+        sys.stdout.flush()
+        return 1
+    if from_stdin:
+        click.echo(json.dumps(to_jsonable(result)))
+        sys.stdout.flush()  # a reader (an agent, a pipe) gets each answer at once
+    elif as_json:
+        emit_json(result)
+    else:
+        _print_hits(result, mode)
+        # stderr, and only for a person: the hits stay the whole of stdout
+        if result.search_id and result.hits and sys.stderr.isatty() and not ctx.obj.get("quiet"):
+            click.echo(f"search_id {result.search_id} (for record-usage --search-id)", err=True)
+    return 0
 
 
 def _stdin_lines():
@@ -891,16 +888,17 @@ def show_cmd(ctx: click.Context, ref: str, max_chars: int | None, as_json: bool)
       singularity-ops show code_generation/nats_consumer_go
       singularity-ops show code_generation/nats_consumer_go@1.0.2 --json | jq .source_path
     """
-    from .artifacts import parse_ref, view_artifact
-    from .db import connect
+    from .api import KnowledgeBase
+    from .artifacts import parse_ref
     from .errors import ConfigError
 
     try:
         artifact_type, artifact_id, version = parse_ref(ref)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    with connect(settings_of(ctx), autocommit=True) as conn:
-        view = view_artifact(conn, artifact_type, artifact_id, version, max_chars=max_chars)
+    view = KnowledgeBase(settings_of(ctx)).artifact(
+        artifact_type, artifact_id, version, max_chars=max_chars
+    )
     if as_json:
         emit_json(view)
         return
@@ -1474,22 +1472,17 @@ def record_usage_cmd(
         raise ConfigError("give TYPE ID and --success or --failure, or --from FILE")
     if skip_invalid or unkeyed_now:
         raise ConfigError("--skip-invalid and --unkeyed-now go with --from")
-    from .db import connect
-    from .usage_ingest import record_usage
+    from .api import KnowledgeBase
 
-    settings = settings_of(ctx)
-    with connect(settings, autocommit=True) as conn:
-        result = record_usage(
-            conn,
-            artifact_type,
-            artifact_id,
-            success=success,
-            version=version,
-            duration_ms=duration_ms,
-            environment=settings.environment,
-            event_id=event_id,
-            search_id=search_id,
-        )
+    result = KnowledgeBase(settings_of(ctx)).record(
+        artifact_type,
+        artifact_id,
+        success=success,
+        version=version,
+        duration_ms=duration_ms,
+        event_id=event_id,
+        search_id=search_id,
+    )
     if as_json:
         emit_json(result)
         return

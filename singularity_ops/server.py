@@ -1,9 +1,9 @@
 """`singularity-ops serve`: the knowledge base for agents, over MCP (stdio or streamable HTTP)
 and a plain JSON API, with the model warm and a connection pool open.
 
-Every face calls the same library functions through `Knowledge` (search.search,
-artifacts.view_artifact, usage_ingest.record_usage, usage_ingest.record_events, usage_report.usage_report), so
-results have the shapes `--json` prints. The server keeps no state of its own: tokens, usage
+Every face calls the same library functions through `Knowledge`, which is the Python API's
+api.KnowledgeBase over a connection pool (the CLI uses that class too), so results have the
+shapes `--json` prints. The server keeps no state of its own: tokens, usage
 and the search log live in PostgreSQL, so replicas behind a load balancer agree.
 
     from singularity_ops.server import Knowledge, build_mcp
@@ -19,14 +19,15 @@ import json
 import logging
 import socket
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
 import psycopg
 from pydantic import Field  # tool signatures name it; mcp evaluates them here
 
-from .artifacts import LATEST, VIEW_MAX_CHARS, ArtifactNotFound, ArtifactView, view_artifact
+from .api import DEFAULT_LIMIT, KnowledgeBase
+from .artifacts import LATEST, ArtifactNotFound, ArtifactView
 from .config import Settings
 from .errors import (
     ConfigError,
@@ -35,25 +36,17 @@ from .errors import (
     SingularityOpsError,
     explain_db_error,
 )
-from .search import (
-    DEFAULT_MODE,
-    SearchQuery,
-    SearchResult,
-    SearchUnavailable,
-    check_search,
-    search,
-)
+from .search import DEFAULT_MODE, SearchResult, SearchUnavailable, check_search
 from .search_log import SearchNotFound
 from .shapes import to_jsonable
 from .tokens import TokenInfo, verify_token
-from .usage_ingest import BatchResult, UsageResult, record_events, record_usage, with_reporter
-from .usage_report import UsageReport, parse_window, usage_report
+from .usage_ingest import BatchResult, UsageResult
+from .usage_report import UsageReport
 
 log = logging.getLogger("singularity_ops.server")
 
 T = TypeVar("T")
 DEFAULT_PORT = 8765
-DEFAULT_LIMIT = 8
 # Reads and writes of the server's connections; search sets its own, tighter, per statement.
 STATEMENT_TIMEOUT_MS = 10_000
 MAX_BODY_BYTES = 1_000_000
@@ -71,16 +64,13 @@ matter as much as successes. Use a stable `event_id` per use so retries are not 
 # --- the shared, warm state --------------------------------------------------------------
 
 
-class Knowledge:
-    """What every face shares: settings, a connection pool and the warm embedding provider.
-
-    Methods are thin: a connection from the pool, one library call, its result."""
+class Knowledge(KnowledgeBase):
+    """What every face of the server shares: api.KnowledgeBase over a connection pool, with
+    the embedding provider loaded once and kept warm."""
 
     def __init__(self, settings: Settings, pool: Any, provider: Any, read_only: bool) -> None:
-        self.settings = settings
+        super().__init__(settings, provider=provider, read_only=read_only)
         self.pool = pool
-        self.provider = provider
-        self.read_only = read_only
 
     @classmethod
     def open(
@@ -143,110 +133,22 @@ class Knowledge:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _with_conn(self, fn: Callable[[psycopg.Connection], T]) -> T:
+    @contextlib.contextmanager
+    def session(self) -> Iterator[psycopg.Connection]:
+        """A connection of the pool; a pool with none free for 10 s is 'busy'."""
         from psycopg_pool import PoolTimeout
 
         try:
             with self.pool.connection() as conn:
-                return fn(conn)
+                yield conn
         except PoolTimeout:
             raise DatabaseUnavailable(
                 "the server is busy (every database connection is in use); retry shortly"
             ) from None
 
-    def search(
-        self,
-        query: str,
-        *,
-        limit: int = DEFAULT_LIMIT,
-        mode: str = DEFAULT_MODE,
-        types: Sequence[str] = (),
-        tags: Sequence[str] = (),
-        language: str | None = None,
-        rank_by: str = "relevance",
-        min_similarity: float | None = None,
-    ) -> SearchResult:
-        """search.search with the warm provider and the configured limits."""
-        return self._with_conn(
-            lambda conn: search(
-                conn,
-                self.provider,
-                self.settings.embedding,
-                query,
-                SearchQuery(mode, types, language, tags, limit, min_similarity, rank_by),
-                environment=self.settings.environment,
-                log=self.settings.search_log,
-                limits=self.settings.search_limits,
-            )
-        )
-
-    def artifact(
-        self,
-        artifact_type: str,
-        artifact_id: str,
-        version: str = LATEST,
-        *,
-        max_chars: int | None = VIEW_MAX_CHARS,
-    ) -> ArtifactView:
-        """artifacts.view_artifact."""
-        return self._with_conn(
-            lambda conn: view_artifact(
-                conn, artifact_type, artifact_id, version, max_chars=max_chars
-            )
-        )
-
     def _writable(self) -> None:
         if self.read_only:
             raise ConfigError("this server is read-only (--read-only): it records no usage")
-
-    def record(
-        self,
-        artifact_type: str,
-        artifact_id: str,
-        *,
-        success: bool,
-        version: str = LATEST,
-        event_id: str | None = None,
-        search_id: str | None = None,
-        duration_ms: int | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        reported_by: str | None = None,
-    ) -> UsageResult:
-        """usage_ingest.record_usage; `reported_by` replaces any reported_by in metadata."""
-        self._writable()
-        meta = dict(metadata or {}) if reported_by is None else with_reporter(metadata, reported_by)
-        return self._with_conn(
-            lambda conn: record_usage(
-                conn,
-                artifact_type,
-                artifact_id,
-                success=success,
-                version=version,
-                duration_ms=duration_ms,
-                environment=self.settings.environment,
-                metadata=meta,
-                event_id=event_id,
-                search_id=search_id,
-            )
-        )
-
-    def record_batch(self, events: Sequence[Any], *, reported_by: str | None = None) -> BatchResult:
-        """usage_ingest.record_events."""
-        self._writable()
-        return self._with_conn(
-            lambda conn: record_events(
-                conn, events, environment=self.settings.environment, reported_by=reported_by
-            )
-        )
-
-    def report(
-        self, since: str = "30d", *, types: Sequence[str] = (), top: int = 10
-    ) -> UsageReport:
-        """usage_report.usage_report over a window like '30d' or '2w'."""
-        days = parse_window(since, "since")
-        return self._with_conn(
-            lambda conn: usage_report(conn, since_days=days, types=list(types), top=top)
-        )
 
     def verify(self, token: str) -> TokenInfo | None:
         """tokens.verify_token."""

@@ -1,7 +1,7 @@
 """No secret is ever printed: malformed URLs, unreachable servers, every output channel."""
 
 import pytest
-from conftest import run_cli
+from conftest import cli_in_process, run_cli
 
 from singularity_ops.config import redact, register_secret
 
@@ -35,10 +35,9 @@ COMMANDS = [
 ]
 
 
-@pytest.mark.parametrize("url", MALFORMED)
-def test_a_malformed_or_unreachable_url_never_shows_its_password(url, tmp_path):
+def check_never_shown(run, url: str, tmp_path) -> None:
     for args in COMMANDS:
-        out = run_cli(*args, env={"DATABASE_URL": url}, cwd=tmp_path, timeout=60)
+        out = run(*args, env={"DATABASE_URL": url}, cwd=tmp_path)
         shown = out.stdout + out.stderr
         # env only prints what the URL resolves to: it succeeds for the valid ones; status
         # reports an unreachable server as data, with exit code 3
@@ -48,6 +47,21 @@ def test_a_malformed_or_unreachable_url_never_shows_its_password(url, tmp_path):
         assert "Traceback" not in shown and "this is a bug" not in shown, (args, shown)
         if "--json" in args and out.returncode:
             assert '"exit_code"' in out.stdout or '"reachable": false' in out.stdout, args
+
+
+@pytest.mark.parametrize("url", MALFORMED)
+def test_a_malformed_or_unreachable_url_never_shows_its_password(url, tmp_path):
+    """Every URL through every command, in process (what Python prints)."""
+    check_never_shown(cli_in_process, url, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://u:SEC@RET9@127.0.0.1:1/db", "postgresql://u:SE:CRET9@127.0.0.1:1/db"]
+)
+def test_nor_does_a_real_process_on_any_channel(url, tmp_path):
+    """The hardest URLs again as real processes: libpq, pg_dump and anything else that
+    writes to the process's own stderr is seen too."""
+    check_never_shown(lambda *a, **kw: run_cli(*a, timeout=60, **kw), url, tmp_path)
 
 
 def test_pgpassword_is_redacted_even_where_a_server_echoes_it(tmp_path):
