@@ -1496,6 +1496,13 @@ def record_usage_cmd(
     )
 
 
+def _file_label(stream: Any) -> str:
+    """How messages name a --from file: its path, or - for stdin (which, under a test
+    runner, may be a stream with no name at all)."""
+    name = getattr(stream, "name", None)
+    return "-" if name in (None, "<stdin>") or not isinstance(name, str) else name
+
+
 def _record_usage_log(ctx, from_file, skip_invalid: bool, unkeyed_now: bool, as_json) -> None:
     """record-usage --from: the whole log in one transaction (usage_ingest.ingest_usage)."""
     from .db import connect
@@ -1506,7 +1513,7 @@ def _record_usage_log(ctx, from_file, skip_invalid: bool, unkeyed_now: bool, as_
         result = ingest_usage(
             conn,
             from_file,
-            name=from_file.name if from_file.name != "<stdin>" else "-",
+            name=_file_label(from_file),
             skip_invalid=skip_invalid,
             environment=settings.environment,
             unkeyed="now" if unkeyed_now else "refuse",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import itertools
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -217,13 +218,18 @@ def run_cli(
 
 
 def cli_in_process(
-    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, input: str | None = None
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    input: str | None = None,
+    timeout: float = 120,
 ) -> subprocess.CompletedProcess:
     """The CLI's entry point called in this process (click's CliRunner isolation), with the
     environment run_cli gives a subprocess and the remembered secrets of earlier calls
     forgotten, as in a new process: for tests of output and exit codes, where a process
     start (about 0.4 s) would cost more than the test. It sees only what Python writes;
-    what a child process or a C library writes to the real stderr needs run_cli."""
+    what a child process or a C library writes to the real stderr needs run_cli. A call
+    still running after `timeout` seconds fails the test (SIGALRM), as run_cli's would."""
     from click.testing import CliRunner
 
     from singularity_ops import config
@@ -236,6 +242,12 @@ def cli_in_process(
     config._SECRETS.clear()
     previous = os.getcwd()
     os.chdir(cwd)
+
+    def too_long(_signum, _frame):
+        raise TimeoutError(f"singularity-ops {' '.join(args)} ran longer than {timeout} s")
+
+    before = signal.signal(signal.SIGALRM, too_long)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
         with CliRunner().isolation(input=input, env=overrides) as (out, err, _both):
             try:
@@ -244,6 +256,8 @@ def cli_in_process(
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
         os.chdir(previous)
         config._SECRETS.clear()
         config._SECRETS.update(remembered)

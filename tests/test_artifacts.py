@@ -4,7 +4,7 @@ import json
 
 import psycopg
 import pytest
-from conftest import run_cli, write_cli_config
+from conftest import cli_in_process, write_cli_config
 from corpus_fixtures import write
 
 from singularity_ops.artifacts import ArtifactNotFound, get_artifact, query_artifacts
@@ -78,7 +78,7 @@ def test_record_usage_updates_counters_and_history_in_one_transaction(versioned)
 
 def test_record_usage_cli_and_unknown_artifact(versioned, tmp_path):
     config = write_cli_config(tmp_path, versioned)
-    ok = run_cli(
+    ok = cli_in_process(
         "--config",
         str(config),
         "record-usage",
@@ -93,12 +93,14 @@ def test_record_usage_cli_and_unknown_artifact(versioned, tmp_path):
     )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["usage_count"] == 1
-    missing = run_cli(
+    missing = cli_in_process(
         "--config", str(config), "record-usage", "patterns", "nope", "--failure", cwd=tmp_path
     )
     assert missing.returncode == 1
     assert "no artifact patterns/nope; check the spelling" in missing.stderr
-    usage = run_cli("--config", str(config), "record-usage", "patterns", "cache", cwd=tmp_path)
+    usage = cli_in_process(
+        "--config", str(config), "record-usage", "patterns", "cache", cwd=tmp_path
+    )
     assert usage.returncode == 2, "--success or --failure is required"
     with psycopg.connect(**versioned.conninfo()) as conn:
         assert conn.execute("SELECT environment FROM artifact_usage").fetchall() == [("prod",)]
@@ -106,8 +108,10 @@ def test_record_usage_cli_and_unknown_artifact(versioned, tmp_path):
 
 def test_status_shows_counts(versioned, tmp_path):
     config = write_cli_config(tmp_path, versioned)
-    run_cli("--config", str(config), "record-usage", "patterns", "cache", "--success", cwd=tmp_path)
-    out = run_cli("--config", str(config), "status", "--json", cwd=tmp_path)
+    cli_in_process(
+        "--config", str(config), "record-usage", "patterns", "cache", "--success", cwd=tmp_path
+    )
+    out = cli_in_process("--config", str(config), "status", "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["migrations_pending"] == []
@@ -116,5 +120,5 @@ def test_status_shows_counts(versioned, tmp_path):
     assert knowledge["total"] == 5
     assert knowledge["embeddings"] == {"present": 0, "stale": 0, "missing": 5}
     assert knowledge["top_used"][0]["artifact_id"] == "cache"
-    text = run_cli("--config", str(config), "status", cwd=tmp_path)
+    text = cli_in_process("--config", str(config), "status", cwd=tmp_path)
     assert "artifacts    5 (patterns 4, prompts 1)" in text.stdout

@@ -5,11 +5,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, TEST_PASSFILE, run_cli
+from conftest import ROOT, TEST_PASSFILE, cli_in_process
 
 
 def test_env_output_lets_psql_reach_the_database(db_settings):
-    exported = run_cli("--database-url", db_settings.url(), "env")
+    exported = cli_in_process("--database-url", db_settings.url(), "env")
     assert exported.returncode == 0, exported.stderr
     script = exported.stdout + "\npsql -X -At -c 'select current_database()'\n"
     # sh, not bash: /usr/bin:/bin is all there is in a Nix build sandbox, and it has no bash.
@@ -27,7 +27,7 @@ def test_env_output_lets_psql_reach_the_database(db_settings):
 
 def test_env_never_prints_the_password():
     url = "postgresql://kb:hunter2@db.example:5433/kb"
-    result = run_cli("env", "--json", env={"DATABASE_URL": url})
+    result = cli_in_process("env", "--json", env={"DATABASE_URL": url})
     data = json.loads(result.stdout)
     assert data["DATABASE_URL"] == "postgresql://kb@db.example:5433/kb"
     assert (data["PGHOST"], data["PGPORT"], data["PGUSER"]) == ("db.example", "5433", "kb")
@@ -36,10 +36,10 @@ def test_env_never_prints_the_password():
 
 
 def test_usage_and_config_errors_exit_2(tmp_path):
-    assert run_cli("ensure-db", "--timeout", "soon").returncode == 2
-    assert run_cli("no-such-command").returncode == 2
+    assert cli_in_process("ensure-db", "--timeout", "soon").returncode == 2
+    assert cli_in_process("no-such-command").returncode == 2
     (tmp_path / "singularity.yaml").write_text("databse:\n  name: x\n")
-    bad = run_cli("env", cwd=tmp_path)
+    bad = cli_in_process("env", cwd=tmp_path)
     assert bad.returncode == 2
     assert "singularity.yaml: unknown key 'databse'" in bad.stderr
     assert "Traceback" not in bad.stderr
@@ -82,7 +82,7 @@ def test_commands_on_an_unmigrated_database_say_to_migrate(db_settings, tmp_path
         ["usage"],
         ["record-usage", "pattern", "a", "--success"],
     ):
-        result = run_cli("--database-url", url, *args)
+        result = cli_in_process("--database-url", url, *args)
         assert result.returncode == 1, (args, result.stderr)
         assert "run `singularity-ops migrate`" in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr and "this is a bug" not in result.stderr
@@ -123,16 +123,16 @@ def test_every_option_has_help_and_durations_and_result_counts_are_spelled_alike
 
 def test_global_options_work_after_the_command_and_errors_have_one_style(tmp_path):
     (tmp_path / "singularity.yaml").write_text("database:\n  url: postgresql://u@127.0.0.1:1/x\n")
-    quiet = run_cli("validate", "-q", "--templates", str(tmp_path), cwd=tmp_path)
+    quiet = cli_in_process("validate", "-q", "--templates", str(tmp_path), cwd=tmp_path)
     assert quiet.returncode == 0 and quiet.stdout == "", quiet.stderr
-    loud = run_cli("validate", "--templates", str(tmp_path), cwd=tmp_path)
+    loud = cli_in_process("validate", "--templates", str(tmp_path), cwd=tmp_path)
     assert loud.stdout.startswith("0 valid")
     other = tmp_path / "other.yaml"
     other.write_text("databse: {}\n")
-    after = run_cli("status", "--config", str(other), cwd=tmp_path)
+    after = cli_in_process("status", "--config", str(other), cwd=tmp_path)
     assert after.returncode == 2 and "other.yaml: unknown key 'databse'" in after.stderr
     for args in (["import", "--bogus"], ["--bogus"], ["search", "x", "--mode", "nope"]):
-        out = run_cli(*args, cwd=tmp_path)
+        out = cli_in_process(*args, cwd=tmp_path)
         assert out.returncode == 2, args
         assert out.stderr.startswith("singularity-ops: error: "), out.stderr
         assert "--help`)" in out.stderr and "Usage:" not in out.stderr
@@ -140,7 +140,7 @@ def test_global_options_work_after_the_command_and_errors_have_one_style(tmp_pat
 
 def test_outside_a_project_the_toolkit_says_so_instead_of_making_one_there(tmp_path):
     for args in (["status"], ["ensure-db"], ["server", "start"]):
-        out = run_cli(*args, cwd=tmp_path)
+        out = cli_in_process(*args, cwd=tmp_path)
         assert out.returncode in (2, 3), (args, out.stderr, out.stdout)
         said = out.stderr + out.stdout
         assert f"no singularity.yaml at or above {tmp_path}" in said, args
@@ -155,7 +155,7 @@ def test_a_group_option_before_a_subcommand_that_ignores_it_is_an_error(tmp_path
         (["usage", "--since", "7d", "refresh"], "--since"),
         (["backup", "--keep", "3", "list"], "--keep"),
     ):
-        out = run_cli(*args, cwd=tmp_path)
+        out = cli_in_process(*args, cwd=tmp_path)
         assert out.returncode == 2, (args, out.stderr)
         assert f"{option} belongs to `singularity-ops {args[0]}` itself" in out.stderr
     assert not list(tmp_path.rglob("*.sql")), "nothing was created"

@@ -5,7 +5,7 @@ import os
 
 import psycopg
 import pytest
-from conftest import run_cli, write_cli_config
+from conftest import cli_in_process, write_cli_config
 from corpus_fixtures import write
 
 from singularity_ops.corpus import scan
@@ -62,11 +62,11 @@ def test_exports_only_artifacts_meeting_both_thresholds(learned_db, tmp_path):
 def test_second_export_changes_no_byte_and_no_mtime(learned_db, tmp_path):
     settings, _root = learned_db
     config = write_cli_config(tmp_path, settings, export={"out": str(tmp_path / "learned")})
-    first = run_cli("--config", str(config), "export", cwd=tmp_path)
+    first = cli_in_process("--config", str(config), "export", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     target = tmp_path / "learned/patterns/proven.json"
     before = (target.read_bytes(), os.stat(target).st_mtime_ns)
-    second = run_cli("--config", str(config), "export", "--json", cwd=tmp_path)
+    second = cli_in_process("--config", str(config), "export", "--json", cwd=tmp_path)
     assert json.loads(second.stdout)["written"] == []
     assert (target.read_bytes(), os.stat(target).st_mtime_ns) == before
     assert oct(target.stat().st_mode & 0o777) == "0o644"
@@ -228,7 +228,7 @@ def test_exports_that_no_longer_qualify_are_listed_and_pruned_and_dry_run_touche
 def test_when_nothing_qualifies_the_near_misses_say_which_threshold_they_miss(learned_db, tmp_path):
     settings, _root = learned_db
     config = write_cli_config(tmp_path, settings)
-    out = run_cli("--config", str(config), "export", "--min-usage", "50", "--out",
+    out = cli_in_process("--config", str(config), "export", "--min-usage", "50", "--out",
                   str(tmp_path / "x"), "--dry-run", cwd=tmp_path)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "near miss: patterns/flaky@1.0.0: uses 12 < 50, success rate 0.67 < 0.90" in out.stdout
@@ -242,7 +242,7 @@ def test_import_include_learned_right_after_an_export_keeps_the_curated_file(lea
         exported = export_proven(conn, root / "learned", min_usage=3, min_success_rate=0.6)
     assert len(exported.written) == 3
     config = write_cli_config(tmp_path, settings, **{"import": {"root": str(root)}})
-    out = run_cli("--config", str(config), "import", "--include-learned", cwd=tmp_path)
+    out = cli_in_process("--config", str(config), "import", "--include-learned", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "note: learned/patterns/proven.json: an export of patterns/proven.json" in out.stderr
     assert "the curated file wins" in out.stderr and "another id or version" not in out.stderr

@@ -4,7 +4,7 @@ import json
 
 import psycopg
 import pytest
-from conftest import run_cli, write_cli_config
+from conftest import cli_in_process, write_cli_config
 from corpus_fixtures import messy_tree, write
 
 from singularity_ops.corpus import scan
@@ -83,20 +83,22 @@ def test_skip_invalid_imports_the_rest_and_exits_1(kb_settings, tmp_path):
     root = messy_tree(tmp_path / "td")
     write(root, "patterns/broken.json", "{not json")
     config = write_cli_config(tmp_path, kb_settings, **{"import": {"root": str(root)}})
-    out = run_cli("--config", str(config), "import", "--skip-invalid", "--json", cwd=tmp_path)
+    out = cli_in_process(
+        "--config", str(config), "import", "--skip-invalid", "--json", cwd=tmp_path
+    )
     assert out.returncode == 1, "the exit code still says something was skipped"
     result = json.loads(out.stdout)
     assert (result["inserted"], result["invalid"]) == (10, 1)
     assert result["problems"][0].startswith("patterns/broken.json:1:2: invalid JSON")
     assert len(rows(kb_settings)) == 10
-    strict = run_cli("--config", str(config), "import", cwd=tmp_path)
+    strict = cli_in_process("--config", str(config), "import", cwd=tmp_path)
     assert strict.returncode == 1 and "patterns/broken.json:1:2" in strict.stderr
 
 
 def test_dry_run_reports_and_writes_nothing(kb_settings, tmp_path):
     root = messy_tree(tmp_path / "td")
     config = write_cli_config(tmp_path, kb_settings, **{"import": {"root": str(root)}})
-    out = run_cli("--config", str(config), "import", "--dry-run", cwd=tmp_path)
+    out = cli_in_process("--config", str(config), "import", "--dry-run", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(
         "dry run: 10 inserted, 0 updated, 0 unchanged, 8 skipped, 0 invalid"
@@ -167,7 +169,7 @@ def test_failure_during_the_merge_rolls_back_everything(kb_settings, tmp_path):
             "CREATE TRIGGER poison BEFORE INSERT ON knowledge_artifacts FOR EACH ROW EXECUTE FUNCTION poison()"
         )
     config = write_cli_config(tmp_path, kb_settings, **{"import": {"root": str(root)}})
-    out = run_cli("--config", str(config), "import", cwd=tmp_path)
+    out = cli_in_process("--config", str(config), "import", cwd=tmp_path)
     assert out.returncode == 1
     assert "import failed and was rolled back, nothing was written: poisoned row" in out.stderr
     assert rows(kb_settings) == {}
@@ -217,13 +219,13 @@ def test_hostile_files_never_hang_or_stop_a_skip_invalid_import(kb_settings, tmp
     outside = write(tmp_path, "secret/creds.json", {"id": "creds", "password": "hunter2"})
     (root / "patterns" / "creds.json").symlink_to(outside)
     config = write_cli_config(tmp_path, kb_settings, **{"import": {"root": str(root)}})
-    validate = run_cli("--config", str(config), "validate", cwd=tmp_path, timeout=30)
+    validate = cli_in_process("--config", str(config), "validate", cwd=tmp_path, timeout=30)
     assert validate.returncode == 1
     for name in ("fifo.json: is not a regular file", "zero.json: resolves to /dev/zero"):
         assert f"patterns/{name}" in validate.stderr
     assert "patterns/deep.json: is nested deeper than 100 levels" in validate.stderr
     assert "patterns/creds.json: resolves to" in validate.stderr
-    out = run_cli(
+    out = cli_in_process(
         "--config", str(config), "import", "--skip-invalid", "--json", cwd=tmp_path, timeout=30
     )
     assert out.returncode == 1 and "Traceback" not in out.stderr
@@ -236,14 +238,16 @@ def test_templates_names_another_corpus_and_a_path_outside_the_root_says_so(kb_s
     other = tmp_path / "other"
     write(other, "prompt/p.json", {"id": "p", "type": "prompt", "content": {"x": 1}})
     config = write_cli_config(tmp_path, kb_settings)  # import.root: templates_data, absent
-    outside = run_cli("--config", str(config), "import", str(other), cwd=tmp_path)
+    outside = cli_in_process("--config", str(config), "import", str(other), cwd=tmp_path)
     assert outside.returncode == 2
     assert f"{other} is outside the import root" in outside.stderr
     assert f"pass --templates {other}" in outside.stderr
     assert rows(kb_settings) == {}
-    checked = run_cli("--config", str(config), "validate", "--templates", str(other), cwd=tmp_path)
+    checked = cli_in_process(
+        "--config", str(config), "validate", "--templates", str(other), cwd=tmp_path
+    )
     assert checked.returncode == 0, checked.stderr
-    out = run_cli("--config", str(config), "import", "--templates", str(other), cwd=tmp_path)
+    out = cli_in_process("--config", str(config), "import", "--templates", str(other), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert [key[:2] for key in rows(kb_settings)] == [("prompt", "p")]
 
@@ -258,23 +262,25 @@ def test_a_second_corpus_never_prunes_the_first_and_a_big_prune_needs_force(kb_s
     with connect(kb_settings, autocommit=True) as conn:
         record_usage(conn, "patterns", "p1", success=True)
     config = write_cli_config(tmp_path, kb_settings, **{"import": {"root": str(main)}})
-    dry = run_cli("--config", str(config), "import", "--templates", str(other), "--prune",
+    dry = cli_in_process("--config", str(config), "import", "--templates", str(other), "--prune",
                   "--dry-run", "--json", cwd=tmp_path)  # fmt: skip
     assert dry.returncode == 0, dry.stderr
     planned = json.loads(dry.stdout)
     assert planned["pruned_rows"] == [], "the first corpus is not this import's"
     assert planned["changes"] == ["inserted patterns/x@1.0.0 (patterns/x.json)"]
-    run_cli("--config", str(config), "import", "--templates", str(other), "--prune", cwd=tmp_path)
+    cli_in_process(
+        "--config", str(config), "import", "--templates", str(other), "--prune", cwd=tmp_path
+    )
     assert {k[1] for k in rows(kb_settings)} == {f"p{n}" for n in range(8)} | {"x"}
     with psycopg.connect(**kb_settings.conninfo()) as conn:
         corpora = dict(conn.execute("SELECT artifact_id, corpus FROM knowledge_artifacts"))
     assert corpora["x"] == "other_corpus" and corpora["p1"] == "templates_data"
     for n in range(7):  # 7 of 8 files gone: a wrong checkout, say
         (main / f"patterns/p{n}.json").unlink()
-    refused = run_cli("--config", str(config), "import", "--prune", cwd=tmp_path)
+    refused = cli_in_process("--config", str(config), "import", "--prune", cwd=tmp_path)
     assert refused.returncode == 1
     assert "--prune would delete 7 of the 8 artifacts of corpus 'templates_data'" in refused.stderr
     assert "--force" in refused.stderr and len(rows(kb_settings)) == 9
-    forced = run_cli("--config", str(config), "import", "--prune", "--force", cwd=tmp_path)
+    forced = cli_in_process("--config", str(config), "import", "--prune", "--force", cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr
     assert {k[1] for k in rows(kb_settings)} == {"p7", "x"}

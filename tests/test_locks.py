@@ -2,7 +2,7 @@
 
 import psycopg
 import pytest
-from conftest import run_cli, write_cli_config
+from conftest import cli_in_process, write_cli_config
 
 from singularity_ops.db import advisory_lock, connect, lock_key
 from singularity_ops.embed import EMBED_LOCK_KEY
@@ -78,6 +78,6 @@ def test_a_second_embed_exits_75(kb_settings, tmp_path):
     config = write_cli_config(tmp_path, kb_settings)
     with psycopg.connect(**kb_settings.conninfo(), autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(%s)", (EMBED_LOCK_KEY,))
-        result = run_cli("--config", str(config), "embed", cwd=tmp_path)
+        result = cli_in_process("--config", str(config), "embed", cwd=tmp_path)
     assert result.returncode == 75, result.stderr
     assert "another embed is running" in result.stderr

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import MIGRATIONS, run_cli, write_cli_config
+from conftest import MIGRATIONS, cli_in_process, run_cli, write_cli_config
 
 from singularity_ops.db import LockTimeout, connect
 from singularity_ops.migrate import (
@@ -65,7 +65,7 @@ def test_applies_everything_in_order_then_is_a_no_op(ext_settings, migrations):
 
 def test_cli_no_op_says_so(kb_settings, tmp_path):
     config = write_cli_config(tmp_path, kb_settings)
-    out = run_cli("--config", str(config), "migrate", cwd=tmp_path)
+    out = cli_in_process("--config", str(config), "migrate", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("nothing to do")
 
@@ -128,7 +128,7 @@ def test_failing_migration_leaves_no_trace_and_names_file_and_position(
     )
     add(migrations, "0102_after.sql", "CREATE TABLE after_failure (id int);")
     config = write_cli_config(tmp_path, kb_settings, migrations={"dir": str(migrations)})
-    out = run_cli("--config", str(config), "migrate", cwd=tmp_path)
+    out = cli_in_process("--config", str(config), "migrate", cwd=tmp_path)
     assert out.returncode == 1
     assert '0101_half_way.sql:3:13: relation "no_such_table" does not exist' in out.stderr
     assert "nothing from this migration was kept" in out.stderr
@@ -202,11 +202,15 @@ def test_dry_run_writes_nothing(ext_settings, migrations):
 
 def test_status_exit_codes_and_json(ext_settings, migrations, tmp_path):
     config = write_cli_config(tmp_path, ext_settings, migrations={"dir": str(migrations)})
-    pending = run_cli("--config", str(config), "migrate", "status", "--exit-code", cwd=tmp_path)
+    pending = cli_in_process(
+        "--config", str(config), "migrate", "status", "--exit-code", cwd=tmp_path
+    )
     assert pending.returncode == 3 and f"0 applied, {SHIPPED} pending" in pending.stdout
-    assert run_cli("--config", str(config), "migrate", "status", cwd=tmp_path).returncode == 0
-    assert run_cli("--config", str(config), "migrate", cwd=tmp_path).returncode == 0
-    done = run_cli(
+    assert (
+        cli_in_process("--config", str(config), "migrate", "status", cwd=tmp_path).returncode == 0
+    )
+    assert cli_in_process("--config", str(config), "migrate", cwd=tmp_path).returncode == 0
+    done = cli_in_process(
         "--config", str(config), "migrate", "status", "--exit-code", "--json", cwd=tmp_path
     )
     assert done.returncode == 0
@@ -310,7 +314,7 @@ def test_a_new_migration_numbered_below_applied_ones_is_refused_unless_out_of_or
         run_migrate(kb_settings, migrations, dry_run=True)
     assert "early" not in tables(kb_settings)
     config = write_cli_config(tmp_path, kb_settings, migrations={"dir": str(migrations)})
-    out = run_cli("--config", str(config), "migrate", "--out-of-order", cwd=tmp_path)
+    out = cli_in_process("--config", str(config), "migrate", "--out-of-order", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "early" in tables(kb_settings)
 
@@ -361,14 +365,14 @@ def test_session_settings_of_one_migration_do_not_leak_into_the_next(ext_setting
 
 
 def test_a_misnamed_migration_file_is_named_in_a_warning(ext_settings, tmp_path):
-    from conftest import run_cli, write_cli_config
+    from conftest import cli_in_process, write_cli_config
 
     migrations = tmp_path / "m"
     migrations.mkdir()
     (migrations / "0001_a.sql").write_text("CREATE TABLE a (n int);")
     (migrations / "0002_b.SQL").write_text("CREATE TABLE b (n int);")
     config = write_cli_config(tmp_path, ext_settings, migrations={"dir": str(migrations)})
-    out = run_cli("--config", str(config), "migrate")
+    out = cli_in_process("--config", str(config), "migrate")
     assert out.returncode == 0, out.stderr
     assert "0002_b.SQL: ignored, not a migration" in out.stderr
 
@@ -392,12 +396,16 @@ def test_an_empty_migration_is_refused_and_forget_is_the_way_out(
     with pytest.raises(MigrationError, match="changed after it was applied"):
         run_migrate(ext_settings, migrations)
     config = write_cli_config(tmp_path, ext_settings, migrations={"dir": str(migrations)})
-    unconfirmed = run_cli("--config", str(config), "migrate", "forget", str(version), cwd=tmp_path)
+    unconfirmed = cli_in_process(
+        "--config", str(config), "migrate", "forget", str(version), cwd=tmp_path
+    )
     assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
-    forgot = run_cli("--config", str(config), "migrate", "forget", str(version), "--yes",
+    forgot = cli_in_process("--config", str(config), "migrate", "forget", str(version), "--yes",
                      cwd=tmp_path)  # fmt: skip
     assert forgot.returncode == 0, forgot.stderr
     assert run_migrate(ext_settings, migrations).applied == [empty.name]
     assert "later" in tables(ext_settings)
-    missing = run_cli("--config", str(config), "migrate", "forget", "999", "--yes", cwd=tmp_path)
+    missing = cli_in_process(
+        "--config", str(config), "migrate", "forget", "999", "--yes", cwd=tmp_path
+    )
     assert missing.returncode == 1 and "not applied" in missing.stderr

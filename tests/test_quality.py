@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import free_port, run_cli, write_cli_config
+from conftest import cli_in_process, free_port, write_cli_config
 from corpus_fixtures import write
 from embed_fixtures import imported, run_embed
 
@@ -41,7 +41,7 @@ def test_quality_lists_each_weak_artifact_with_its_file_and_reason(kb_settings, 
     imported(kb_settings, root)
     run_embed(kb_settings, None)
     config = write_cli_config(tmp_path, kb_settings, **{"import": {"root": str(root)}})
-    out = run_cli("--config", str(config), "validate", "--quality", "--json", cwd=tmp_path)
+    out = cli_in_process("--config", str(config), "validate", "--quality", "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     found = {(q["path"], q["issue"]) for q in report["quality"]}
@@ -57,7 +57,7 @@ def test_quality_lists_each_weak_artifact_with_its_file_and_reason(kb_settings, 
         and "similar to code/retry_copy" in pair["reason"]
     )
     assert report["near_duplicates_checked"] is True
-    text = run_cli("--config", str(config), "validate", "--quality", cwd=tmp_path)
+    text = cli_in_process("--config", str(config), "validate", "--quality", cwd=tmp_path)
     assert "code/terse.json: short-description: the description has 2 word(s)" in text.stdout
     assert "4 quality finding(s)" in text.stdout
 
@@ -67,7 +67,7 @@ def test_without_the_database_the_file_checks_still_run(tmp_path):
     (tmp_path / "singularity.yaml").write_text(
         f"database:\n  url: postgresql://x@127.0.0.1:{free_port()}/kb\nimport:\n  root: {root}\n"
     )
-    out = run_cli("validate", "--quality", "--json", cwd=tmp_path)
+    out = cli_in_process("validate", "--quality", "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["near_duplicates_checked"] is False

@@ -7,7 +7,7 @@ import sys
 
 import psycopg
 import pytest
-from conftest import run_cli, write_cli_config
+from conftest import cli_in_process, write_cli_config
 from embed_fixtures import LOCAL, UnusedProvider, run_embed
 
 from singularity_ops.db import connect
@@ -23,7 +23,9 @@ def embedded(corpus_db, tmp_path):
 
 
 def cli_json(config, *args, **kwargs):
-    out = run_cli("--config", str(config), "search", *args, "--json", cwd=config.parent, **kwargs)
+    out = cli_in_process(
+        "--config", str(config), "search", *args, "--json", cwd=config.parent, **kwargs
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)["hits"]
 
@@ -88,7 +90,7 @@ def test_filters_apply_to_both_halves_of_hybrid(embedded):
 
 def test_min_similarity_is_refused_in_text_mode(embedded):
     _, config = embedded
-    out = run_cli(
+    out = cli_in_process(
         "--config", str(config), "search", "x", "--mode", "text", "--min-similarity", "0.5"
     )
     assert out.returncode == 2 and "needs --mode vector or hybrid" in out.stderr
@@ -124,7 +126,7 @@ def test_stdin_answers_each_line_with_one_json_line(embedded):
 
 def test_query_and_stdin_together_is_a_usage_error(embedded):
     _, config = embedded
-    out = run_cli("--config", str(config), "search", "x", "--stdin")
+    out = cli_in_process("--config", str(config), "search", "x", "--stdin")
     assert out.returncode == 2 and "not both or neither" in out.stderr
 
 
@@ -175,7 +177,7 @@ def test_nothing_embedded_fails_before_any_model_load(corpus_db, tmp_path):
     assert exit_line == "exit 1" and loaded == "False False"
     assert "no artifact is embedded yet; run `singularity-ops embed`" in stderr
     # text mode works without any embedding
-    out = run_cli("--config", str(config), "search", "pancake", "--mode", "text")
+    out = cli_in_process("--config", str(config), "search", "pancake", "--mode", "text")
     assert out.returncode == 0 and "code/pancakes" in out.stdout
     header, *lines = out.stdout.splitlines()
     assert header.split() == ["#", "ts_rank", "type/id@version", "name"]
@@ -216,17 +218,17 @@ def test_search_says_what_it_left_out_and_how_far_off_a_cutoff_was(corpus_db, tm
     run_embed(settings, None)
     (root / "code" / "late.json").write_text('{"id": "late", "name": "Late arrival"}')
     config = write_cli_config(tmp_path, settings, **{"import": {"root": str(root)}})
-    imported = run_cli("--config", str(config), "import", cwd=tmp_path)
+    imported = cli_in_process("--config", str(config), "import", cwd=tmp_path)
     assert "1 artifact(s) need `singularity-ops embed`" in imported.stdout
-    out = run_cli("--config", str(config), "search", "pancake recipe", cwd=tmp_path)
+    out = cli_in_process("--config", str(config), "search", "pancake recipe", cwd=tmp_path)
     assert out.returncode == 0
     assert "note: 1 artifact(s) have no vector yet" in out.stderr
     assert out.stdout.splitlines()[0].endswith("(ordered by the fused rank)")
-    far = run_cli("--config", str(config), "search", "pancake recipe", "--min-similarity", "0.99",
+    far = cli_in_process("--config", str(config), "search", "pancake recipe", "--min-similarity", "0.99",
                   "--json", cwd=tmp_path)  # fmt: skip
     result = json.loads(far.stdout)
     assert result["hits"] == [] and 0 < result["best_similarity"] < 0.99
-    text = run_cli("--config", str(config), "search", "pancake recipe", "--min-similarity",
+    text = cli_in_process("--config", str(config), "search", "pancake recipe", "--min-similarity",
                    "0.99", cwd=tmp_path)  # fmt: skip
     assert f"the most similar artifact scored {result['best_similarity']:.3f}" in text.stderr
 

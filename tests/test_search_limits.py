@@ -8,7 +8,7 @@ import sys
 
 import psycopg
 import pytest
-from conftest import clean_env, run_cli, write_cli_config
+from conftest import clean_env, cli_in_process, write_cli_config
 from embed_fixtures import LOCAL, UnusedProvider, run_embed
 
 from singularity_ops.db import connect
@@ -30,17 +30,17 @@ def test_over_long_queries_and_top_k_are_usage_errors_naming_the_setting(embedde
         "word " * 300: "300 words, more than the limit of 64 (search.max_query_words",
     }
     for query, message in cases.items():
-        out = run_cli("--config", str(config), "search", query, "--mode", "text")
+        out = cli_in_process("--config", str(config), "search", query, "--mode", "text")
         assert out.returncode == 2 and message in out.stderr, out.stderr
         assert "this is a bug" not in out.stderr
-    huge = run_cli("--config", str(config), "search", "x", "--top-k", "99999999999999999999")
+    huge = cli_in_process("--config", str(config), "search", "x", "--top-k", "99999999999999999999")
     assert huge.returncode == 2 and "(search.max_top_k in singularity.yaml)" in huge.stderr
 
 
 def test_the_limits_come_from_singularity_yaml(embedded, tmp_path):
     settings, _ = embedded
     config = write_cli_config(tmp_path, settings, search={"max_query_words": 2})
-    out = run_cli("--config", str(config), "search", "three words here", "--mode", "text")
+    out = cli_in_process("--config", str(config), "search", "three words here", "--mode", "text")
     assert out.returncode == 2 and "the limit of 2 (search.max_query_words" in out.stderr
 
 

@@ -7,7 +7,7 @@ import uuid
 
 import psycopg
 import pytest
-from conftest import run_cli, write_cli_config
+from conftest import cli_in_process, write_cli_config
 from embed_fixtures import LOCAL, UnusedProvider, run_embed
 
 from singularity_ops.db import connect
@@ -34,7 +34,9 @@ def logged(settings, search_id):
 
 def test_every_search_gets_an_id_and_a_row_with_its_results_in_order(embedded):
     settings, config = embedded
-    out = run_cli("--config", str(config), "search", "consumer", "--language", "go", "--json")
+    out = cli_in_process(
+        "--config", str(config), "search", "consumer", "--language", "go", "--json"
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     [(query, mode, rank_by, filters, top_k, pks, environment)] = logged(
@@ -49,7 +51,7 @@ def test_every_search_gets_an_id_and_a_row_with_its_results_in_order(embedded):
     )
     assert filters == {"language": "go"}
     assert pks == [h["artifact_pk"] for h in result["hits"]]
-    stdin = run_cli(
+    stdin = cli_in_process(
         "--config", str(config), "search", "--stdin", "--mode", "text",
         input="consumer\npancakes\n",
     )  # fmt: skip
@@ -72,7 +74,7 @@ def test_a_search_whose_log_cannot_be_written_still_answers(embedded, tmp_path):
             assert inner.search_id is None
             assert conn.execute("SELECT count(*) FROM knowledge_artifacts").fetchone()[0] == 5
     off = write_cli_config(tmp_path, settings, search={"log": False})
-    out = run_cli("--config", str(off), "search", "pancakes", "--mode", "text", "--json")
+    out = cli_in_process("--config", str(off), "search", "pancakes", "--mode", "text", "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["search_id"] is None
     with psycopg.connect(**settings.conninfo()) as conn:
         assert conn.execute("SELECT count(*) FROM search_log").fetchone()[0] == 0
@@ -100,7 +102,7 @@ def test_an_outcome_records_the_rank_its_search_gave_the_artifact(embedded):
             "SELECT search_id::text, search_rank FROM artifact_usage ORDER BY used_at"
         ).fetchall()
     assert rows == [(result.search_id, 2)], "the refused outcomes recorded nothing"
-    bad = run_cli(
+    bad = cli_in_process(
         "--config", str(config), "record-usage", *second, "--success", "--search-id", "nope"
     )
     assert bad.returncode == 2 and "must be the search_id a search printed" in bad.stderr
@@ -166,10 +168,10 @@ def test_usage_eval_reports_mrr_and_hits_per_mode_and_ranking(embedded):
     assert relevance.mrr == pytest.approx((1 + 1 / 2) / 2)
     assert (relevance.hit_at_1, relevance.hit_at_5) == (0.5, 1.0)
     assert report[("text", "proven")].mrr == 1.0
-    out = run_cli("--config", str(config), "usage", "eval", "--since", "7d", "--json")
+    out = cli_in_process("--config", str(config), "usage", "eval", "--since", "7d", "--json")
     assert out.returncode == 0, out.stderr
     assert {(r["mode"], r["rank_by"]) for r in json.loads(out.stdout)["rankings"]} == set(report)
-    text = run_cli("--config", str(config), "usage", "eval")
+    text = cli_in_process("--config", str(config), "usage", "eval")
     assert "MRR" in text.stdout and "0.750" in text.stdout
 
 

@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 import pytest
-from conftest import MIGRATIONS, run_cli, write_cli_config
+from conftest import MIGRATIONS, cli_in_process, write_cli_config
 from corpus_fixtures import write
 
 from singularity_ops.corpus import scan
@@ -158,7 +158,7 @@ def test_skip_invalid_records_the_rest_and_the_cli_exits_1(kb, tmp_path):
         + "\n"
     )
     config = write_cli_config(tmp_path, kb)
-    out = run_cli(
+    out = cli_in_process(
         "--config",
         str(config),
         "record-usage",
@@ -173,7 +173,9 @@ def test_skip_invalid_records_the_rest_and_the_cli_exits_1(kb, tmp_path):
     assert (result["lines"], result["recorded"], result["invalid"]) == (3, 2, 1)
     assert f"{log}:2: invalid JSON" in out.stderr
     assert counters(kb)[0]["alpha@1.0.0"] == (1, 1) and counters(kb)[0]["beta@1.0.0"] == (1, 0)
-    strict = run_cli("--config", str(config), "record-usage", "--from", str(log), cwd=tmp_path)
+    strict = cli_in_process(
+        "--config", str(config), "record-usage", "--from", str(log), cwd=tmp_path
+    )
     assert strict.returncode == 1 and "nothing was recorded" in strict.stderr
 
 
@@ -303,17 +305,19 @@ def test_falling_success_rates_and_trend_are_reported(kb):
 def test_usage_cli_prints_a_table_with_sparklines_and_json(kb, tmp_path):
     ingest(kb, history(10, 3))
     config = write_cli_config(tmp_path, kb)
-    text = run_cli("--config", str(config), "usage", "--since", "2w", "--top", "2", cwd=tmp_path)
+    text = cli_in_process(
+        "--config", str(config), "usage", "--since", "2w", "--top", "2", cwd=tmp_path
+    )
     assert text.returncode == 0, text.stderr
     assert "(14 days, UTC): 30 uses" in text.stdout and "patterns/alpha@1.0.0" in text.stdout
     assert any(ch in text.stdout for ch in "▁▂▃▄▅▆▇█")
     data = json.loads(
-        run_cli(
+        cli_in_process(
             "--config", str(config), "usage", "--json", "--type", "patterns", cwd=tmp_path
         ).stdout
     )
     assert data["uses"] == 30 and data["source"] == "rollup" and len(data["top"][0]["daily"]) == 30
-    bad = run_cli("--config", str(config), "usage", "--since", "12h", cwd=tmp_path)
+    bad = cli_in_process("--config", str(config), "usage", "--since", "12h", cwd=tmp_path)
     assert bad.returncode == 2 and "whole" not in bad.stdout and "30d or 2w" in bad.stderr
 
 
@@ -360,7 +364,7 @@ def test_refresh_rebuilds_what_was_written_around_the_toolkit_and_status_says_so
 def test_status_json_shows_the_usage_history(kb, tmp_path):
     ingest(kb, history(2, 2))
     config = write_cli_config(tmp_path, kb)
-    out = run_cli("--config", str(config), "status", "--json", cwd=tmp_path)
+    out = cli_in_process("--config", str(config), "status", "--json", cwd=tmp_path)
     usage = json.loads(out.stdout)["usage"]
     assert usage["rollup_up_to_date"] is True and usage["events_last_24h"] >= 2
 
@@ -404,27 +408,31 @@ def test_export_since_judges_by_the_window_and_records_it(kb, tmp_path):
     assert (learning["usage_count"], learning["success_rate"]) == (12, 1.0)
     assert learning["lifetime"]["usage_count"] == 12
     config = write_cli_config(tmp_path, kb, export={"out": str(tmp_path / "cli")})
-    out = run_cli("--config", str(config), "export", "--since", "90d", "--json", cwd=tmp_path)
+    out = cli_in_process(
+        "--config", str(config), "export", "--since", "90d", "--json", cwd=tmp_path
+    )
     assert json.loads(out.stdout)["written"] == ["patterns/beta.json"]
 
 
 def test_a_line_without_event_id_or_used_at_is_refused_unless_unkeyed_now(kb, tmp_path):
     config = write_cli_config(tmp_path, kb)
     keyless = line("alpha") + "\n"
-    refused = run_cli("--config", str(config), "record-usage", "--from", "-", input=keyless,
+    refused = cli_in_process("--config", str(config), "record-usage", "--from", "-", input=keyless,
                       cwd=tmp_path)  # fmt: skip
     assert refused.returncode == 1
     assert "-:1: has neither" in refused.stderr
     assert '"event_id"' in refused.stderr and "--unkeyed-now" in refused.stderr
     assert counters(kb)[1] == 0
     for _ in range(2):  # the same job run twice: two uses, not one
-        out = run_cli("--config", str(config), "record-usage", "--from", "-", "--unkeyed-now",
+        out = cli_in_process("--config", str(config), "record-usage", "--from", "-", "--unkeyed-now",
                       input=keyless, cwd=tmp_path)  # fmt: skip
         assert out.returncode == 0, out.stderr
     assert counters(kb)[0]["alpha@1.0.0"] == (2, 2)
     keyed = line("alpha", event_id="job-1") + "\n"
     for _ in range(2):
-        run_cli("--config", str(config), "record-usage", "--from", "-", input=keyed, cwd=tmp_path)
+        cli_in_process(
+            "--config", str(config), "record-usage", "--from", "-", input=keyed, cwd=tmp_path
+        )
     assert counters(kb)[0]["alpha@1.0.0"] == (3, 3), "an event_id still counts once"
 
 
@@ -432,7 +440,7 @@ def test_a_wrong_type_is_caught_everywhere_and_a_folder_name_is_taken_for_its_ty
     config = write_cli_config(tmp_path, kb, **{"import": {"type_map": {"pats": "patterns"}}})
 
     def cli(*args):
-        return run_cli("--config", str(config), *args, cwd=tmp_path)
+        return cli_in_process("--config", str(config), *args, cwd=tmp_path)
 
     for args in (("usage", "--type", "nope"), ("export", "--type", "nope"),
                  ("search", "x", "--mode", "text", "--type", "nope")):  # fmt: skip
@@ -453,7 +461,7 @@ def test_usage_text_fits_80_columns_keeps_versions_and_json_daily_has_dates(kb, 
         import_artifacts(conn, scan(tmp_path / "td2"), corpus="td2")
     ingest(kb, [*history(60, 3), line(long_id, used_at=NOW.isoformat())])
     config = write_cli_config(tmp_path, kb)
-    out = run_cli("--config", str(config), "usage", "--since", "90d", env={"COLUMNS": "80"},
+    out = cli_in_process("--config", str(config), "usage", "--since", "90d", env={"COLUMNS": "80"},
                   cwd=tmp_path)  # fmt: skip
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -461,7 +469,9 @@ def test_usage_text_fits_80_columns_keeps_versions_and_json_daily_has_dates(kb, 
     assert "per 9 days" in lines[1]
     assert any(line.startswith("patterns/a-really-long") and "…@12.3.4" in line for line in lines)
     report = json.loads(
-        run_cli("--config", str(config), "usage", "--since", "7d", "--json", cwd=tmp_path).stdout
+        cli_in_process(
+            "--config", str(config), "usage", "--since", "7d", "--json", cwd=tmp_path
+        ).stdout
     )
     assert len(report["days"]) == 7 == len(report["top"][0]["daily"])
     assert report["days"][-1] == report["end"]
