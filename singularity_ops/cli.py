@@ -216,6 +216,9 @@ def settings_of(ctx: click.Context):  # -> Settings, imported lazily
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+type_option = click.option(
+    "--type", "types", multiple=True, metavar="TYPE", help="Only this artifact type (repeatable)."
+)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -711,9 +714,7 @@ def embed_cmd(ctx: click.Context, rebuild: bool, batch_size: int | None, as_json
     help="vector: by meaning (the model); text: by words (full text, no model); hybrid: both "
     "fused by reciprocal rank.",
 )
-@click.option(
-    "--type", "types", multiple=True, metavar="TYPE", help="Only this artifact type (repeatable)."
-)
+@type_option
 @click.option("--language", metavar="LANG", help="Only this language.")
 @click.option(
     "--tag", "tags", multiple=True, metavar="TAG", help="Must have this tag (repeatable)."
@@ -1535,9 +1536,7 @@ def _record_usage_log(ctx, from_file, skip_invalid: bool, unkeyed_now: bool, as_
 
 @cli.group("usage", invoke_without_command=True)
 @click.option("--since", default="30d", show_default=True, help="Window: whole UTC days (30d, 2w).")
-@click.option(
-    "--type", "types", multiple=True, metavar="TYPE", help="Only this artifact type (repeatable)."
-)
+@type_option
 @click.option(
     "--env",
     "environment",
@@ -1732,9 +1731,7 @@ def usage_prune_cmd(ctx, older_than: str | None, dry_run: bool, as_json: bool) -
 @cli.command("export")
 @click.option("--min-usage", type=int, help="Minimum uses (default: export.min_usage, 10).")
 @click.option("--min-success-rate", type=float, help="Minimum success rate 0..1 (default 0.90).")
-@click.option(
-    "--type", "types", multiple=True, metavar="TYPE", help="Only this artifact type (repeatable)."
-)
+@type_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
 @click.option(
     "--since",
