@@ -7,7 +7,7 @@ from dataclasses import replace
 import psycopg
 import pytest
 from backup_fixtures import checksums
-from conftest import run_cli, write_cli_config
+from conftest import cli_in_process, write_cli_config
 
 from singularity_ops.backup import EXIT_LOCKED, LOCK_FILE, BackupError, backup, good_backups
 from singularity_ops.errors import PgBinaryError
@@ -73,7 +73,7 @@ def test_overlapping_run_exits_at_once_with_its_own_code(full_db, tmp_path):
         held.write("4242\n")
         held.flush()
         # Waiting for the lock would outlast run_cli's timeout: that bound is the only one.
-        result = run_cli("--config", str(config), "backup", cwd=tmp_path, timeout=120)
+        result = cli_in_process("--config", str(config), "backup", cwd=tmp_path, timeout=120)
     assert result.returncode == EXIT_LOCKED
     assert "another backup is running" in result.stderr
     assert [p.name for p in out.iterdir()] == [LOCK_FILE]
@@ -81,9 +81,9 @@ def test_overlapping_run_exits_at_once_with_its_own_code(full_db, tmp_path):
 
 def test_quiet_on_success_and_json_has_the_keys(full_db, tmp_path):
     config = write_cli_config(tmp_path, full_db, backup={"dir": str(tmp_path / "b")})
-    quiet = run_cli("--config", str(config), "backup", cwd=tmp_path)
+    quiet = cli_in_process("--config", str(config), "backup", cwd=tmp_path)
     assert (quiet.returncode, quiet.stdout) == (0, "")
-    loud = run_cli("--config", str(config), "backup", "--json", cwd=tmp_path)
+    loud = cli_in_process("--config", str(config), "backup", "--json", cwd=tmp_path)
     assert {"path", "bytes", "sha256", "seconds"} <= set(json.loads(loud.stdout))
 
 
@@ -188,10 +188,10 @@ def test_pg_dump_older_than_the_server_is_refused(full_db, tmp_path):
 
 def test_restore_cli_latest_and_usage_errors(full_db, target, tmp_path):
     config = write_cli_config(tmp_path, full_db, backup={"dir": str(tmp_path / "b")})
-    assert run_cli("--config", str(config), "backup", cwd=tmp_path).returncode == 0
-    both = run_cli("--config", str(config), "restore", cwd=tmp_path)
+    assert cli_in_process("--config", str(config), "backup", cwd=tmp_path).returncode == 0
+    both = cli_in_process("--config", str(config), "restore", cwd=tmp_path)
     assert both.returncode == 2 and "either a backup FILE or --latest" in both.stderr
-    out = run_cli(
+    out = cli_in_process(
         "--config",
         str(config),
         "restore",

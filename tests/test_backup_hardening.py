@@ -11,7 +11,7 @@ from dataclasses import replace
 import psycopg
 import pytest
 from backup_fixtures import checksums, drop
-from conftest import run_cli, write_cli_config
+from conftest import cli_in_process, write_cli_config
 
 from singularity_ops.backup import backup, good_backups
 from singularity_ops.restore import RestoreError, restore
@@ -62,7 +62,7 @@ def test_knowledge_only_restore_refuses_to_lose_events_of_newer_artifacts(full_d
         conn.commit()
     before = checksums(full_db)
     config = write_cli_config(tmp_path, full_db)
-    out = run_cli("--config", str(config), "restore", str(dump), "--force", cwd=tmp_path)
+    out = cli_in_process("--config", str(config), "restore", str(dump), "--force", cwd=tmp_path)
     assert out.returncode == 1
     assert "1 usage event(s)" in out.stderr and "--discard-orphaned-usage" in out.stderr
     assert checksums(full_db) == before
@@ -149,14 +149,16 @@ def test_retention_by_age_keeps_the_newest_and_respects_keep(full_db, tmp_path):
 
 def test_errors_from_the_environment_are_messages_not_bugs(full_db, tmp_path):
     config = write_cli_config(tmp_path, full_db)
-    unwritable = run_cli("--config", str(config), "backup", "--out", "/dev/null/b", cwd=tmp_path)
+    unwritable = cli_in_process(
+        "--config", str(config), "backup", "--out", "/dev/null/b", cwd=tmp_path
+    )
     assert unwritable.returncode == 1 and "this is a bug" not in unwritable.stderr
     assert "/dev/null" in unwritable.stderr and "choose another --out" in unwritable.stderr
     made = backup(full_db, tmp_path / "b")
     manifest = json.loads(made.manifest.read_text())
     del manifest["format"]
     made.manifest.write_text(json.dumps(manifest))
-    broken = run_cli(
+    broken = cli_in_process(
         "--config", str(config), "restore", str(made.path), "--target-db", "x", cwd=tmp_path
     )
     assert broken.returncode == 1 and "this is a bug" not in broken.stderr
@@ -164,7 +166,7 @@ def test_errors_from_the_environment_are_messages_not_bugs(full_db, tmp_path):
     latin1 = tmp_path / "latin1"
     latin1.mkdir()
     (latin1 / "singularity.yaml").write_bytes(b"environment: d\xe9v\n")
-    bad_config = run_cli("status", cwd=latin1)
+    bad_config = cli_in_process("status", cwd=latin1)
     assert bad_config.returncode == 2 and "not UTF-8 (byte 0xe9" in bad_config.stderr
 
 
@@ -174,7 +176,7 @@ def test_a_user_without_privileges_gets_a_message_not_a_bug(full_db, tmp_path):
         conn.execute("CREATE ROLE sops_nobody LOGIN PASSWORD 'nobody-pw-7'")
     try:
         url = full_db.url().replace("postgres@", "sops_nobody:nobody-pw-7@")
-        out = run_cli("--database-url", url, "status", cwd=tmp_path)
+        out = cli_in_process("--database-url", url, "status", cwd=tmp_path)
         assert out.returncode == 1, out.stdout
         assert "the database refused: permission denied" in out.stderr
         assert "this is a bug" not in out.stderr
@@ -264,13 +266,13 @@ def test_the_backup_lock_is_never_followed_through_a_symlink(full_db, tmp_path):
     victim.write_text("precious\n")
     (out / ".singularity-backup.lock").symlink_to(victim)
     config = write_cli_config(tmp_path, full_db)
-    result = run_cli("--config", str(config), "backup", "--out", str(out))
+    result = cli_in_process("--config", str(config), "backup", "--out", str(out))
     assert result.returncode == 1 and "is a symbolic link" in result.stderr, result.stderr
     assert victim.read_text() == "precious\n", "the link's target was not truncated"
     assert not list(out.glob("*.dump")), "nothing was dumped"
     (out / ".singularity-backup.lock").unlink()
     os.mkfifo(out / ".singularity-backup.lock")
-    fifo = run_cli("--config", str(config), "backup", "--out", str(out), timeout=30)
+    fifo = cli_in_process("--config", str(config), "backup", "--out", str(out), timeout=30)
     assert fifo.returncode == 1 and "is not a regular file" in fifo.stderr
 
 
@@ -291,7 +293,9 @@ def test_a_full_disk_is_a_message_naming_the_path_and_leaves_no_final_file(
 ):
     config = write_cli_config(tmp_path, full_db)
     for fmt in ("custom", "plain"):
-        out = run_cli("--config", str(config), "backup", "--out", str(full_disk), "--format", fmt)
+        out = cli_in_process(
+            "--config", str(config), "backup", "--out", str(full_disk), "--format", fmt
+        )
         assert out.returncode == 1, out.stderr
         assert "this is a bug" not in out.stderr and "No space left on device" in out.stderr
         assert [p.name for p in full_disk.iterdir() if not p.name.startswith(".")] == []
@@ -301,13 +305,13 @@ def test_a_full_disk_is_a_message_naming_the_path_and_leaves_no_final_file(
             " content = jsonb_set(content, '{pad}', to_jsonb(repeat('x', 20000))),"
             " content_raw = jsonb_set(content, '{pad}', to_jsonb(repeat('x', 20000)))::text"
         )
-    exported = run_cli(
+    exported = cli_in_process(
         "--config", str(config), "export", "--out", str(full_disk / "learned"), "--min-usage", "1"
     )
     assert exported.returncode == 1 and "this is a bug" not in exported.stderr, exported.stderr
     assert str(full_disk) in exported.stderr and "No space left on device" in exported.stderr
     # the model cache on a full disk: a message, and no cache entry under its final name
-    built = run_cli(
+    built = cli_in_process(
         "model", "build", env={"SINGULARITY_CACHE_DIR": str(full_disk / "cache")}, cwd=tmp_path
     )
     assert built.returncode == 1 and "this is a bug" not in built.stderr, built.stderr
@@ -330,7 +334,9 @@ def test_manifest_lies_and_plain_dump_meta_commands_are_refused_with_reasons(ful
         ("format", "plain", "the manifest says plain (SQL) format, but it is a custom archive"),
     ):
         manifest_path.write_text(json.dumps({**manifest, key: value}))
-        out = run_cli("--config", str(config), "restore", str(custom), "--target-db", "sops_x")
+        out = cli_in_process(
+            "--config", str(config), "restore", str(custom), "--target-db", "sops_x"
+        )
         assert out.returncode == 1 and reason in out.stderr, out.stderr
         assert "this is a bug" not in out.stderr
     # a plain dump with a shell escape: refused unless trusted
@@ -346,11 +352,11 @@ def test_manifest_lies_and_plain_dump_meta_commands_are_refused_with_reasons(ful
         json.dumps({**json.loads(plain_manifest.read_text()), "bytes": size, "sha256": sha})
     )
     target = f"{full_db.dbname}_plain"
-    refused = run_cli("--config", str(config), "restore", str(plain), "--target-db", target)
+    refused = cli_in_process("--config", str(config), "restore", str(plain), "--target-db", target)
     assert refused.returncode == 1 and "--trust-plain-dump" in refused.stderr, refused.stderr
     assert "line " in refused.stderr and not marker.exists()
     try:
-        trusted = run_cli(
+        trusted = cli_in_process(
             "--config", str(config), "restore", str(plain), "--target-db", target,
             "--trust-plain-dump",
         )  # fmt: skip
@@ -396,13 +402,13 @@ def test_a_full_restore_says_how_much_usage_after_the_backup_it_drops(full_db, t
         record_usage(conn, "pattern", "p3", success=False)
         conn.commit()
     config = write_cli_config(tmp_path, full_db, backup={"dir": str(tmp_path / "b")})
-    out = run_cli("--config", str(config), "restore", str(dump), "--force", "--json",
+    out = cli_in_process("--config", str(config), "restore", str(dump), "--force", "--json",
                   cwd=tmp_path)  # fmt: skip
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["usage_lost"] == 2 and len(result["usage_lost_span"]) == 2
     assert "2 usage event(s)" in out.stderr and "--knowledge-only" in out.stderr
-    again = run_cli("--config", str(config), "restore", str(dump), "--force", "--json",
+    again = cli_in_process("--config", str(config), "restore", str(dump), "--force", "--json",
                     cwd=tmp_path)  # fmt: skip
     assert json.loads(again.stdout)["usage_lost"] == 0, "nothing newer than the backup: no warning"
 
@@ -412,31 +418,33 @@ def test_restore_finds_a_bare_backup_name_in_the_backup_directory(full_db, tmp_p
     config = write_cli_config(tmp_path, full_db, backup={"dir": str(tmp_path / "b")})
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    out = run_cli("--config", str(config), "restore", dump.name, "--target-db", "sops_bare_name",
+    out = cli_in_process("--config", str(config), "restore", dump.name, "--target-db", "sops_bare_name",
                   "--json", cwd=elsewhere)  # fmt: skip
     try:
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["file"] == str(dump)
     finally:
         drop(full_db, "sops_bare_name")
-    missing = run_cli("--config", str(config), "restore", "nope.dump", cwd=elsewhere)
+    missing = cli_in_process("--config", str(config), "restore", "nope.dump", cwd=elsewhere)
     assert missing.returncode == 2 and f"nor in {tmp_path / 'b'}" in missing.stderr
 
 
 def test_backup_list_and_status_show_the_backups_there_are(full_db, tmp_path):
     config = write_cli_config(tmp_path, full_db, backup={"dir": str(tmp_path / "b")})
-    empty = run_cli("--config", str(config), "status", cwd=tmp_path)
+    empty = cli_in_process("--config", str(config), "status", cwd=tmp_path)
     assert "backup       none in" in empty.stdout
     dump = backup(full_db, tmp_path / "b", verify=True).path
-    listed = run_cli("--config", str(config), "backup", "list", "--json", cwd=tmp_path)
+    listed = cli_in_process("--config", str(config), "backup", "list", "--json", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     [entry] = json.loads(listed.stdout)
     assert entry["file"] == str(dump) and entry["format"] == "custom" and entry["exact_counts"]
-    text = run_cli("--config", str(config), "backup", "list", cwd=tmp_path)
+    text = cli_in_process("--config", str(config), "backup", "list", cwd=tmp_path)
     assert text.stdout.startswith(dump.name) and "verified" in text.stdout
-    status = json.loads(run_cli("--config", str(config), "status", "--json", cwd=tmp_path).stdout)
+    status = json.loads(
+        cli_in_process("--config", str(config), "status", "--json", cwd=tmp_path).stdout
+    )
     assert status["last_backup"]["file"] == str(dump) and status["last_backup_age_hours"] < 1
-    again = run_cli("--config", str(config), "backup", "--json", cwd=tmp_path)
+    again = cli_in_process("--config", str(config), "backup", "--json", cwd=tmp_path)
     assert again.returncode == 0 and json.loads(again.stdout)["path"], "backup itself still works"
 
 
@@ -445,13 +453,13 @@ def test_refreshing_a_scratch_copy_needs_no_from_other_database(full_db, tmp_pat
     config = write_cli_config(tmp_path, full_db, backup={"dir": str(tmp_path / "b")})
     refresh = ("--config", str(config), "restore", "--latest", "--target-db", "sops_scratch_copy")
     try:
-        first = run_cli(*refresh, cwd=tmp_path)
+        first = cli_in_process(*refresh, cwd=tmp_path)
         assert first.returncode == 0, first.stderr
-        again = run_cli(*refresh, "--force", cwd=tmp_path)
+        again = cli_in_process(*refresh, "--force", cwd=tmp_path)
         assert again.returncode == 0, again.stderr
         with psycopg.connect(**full_db.conninfo("sops_scratch_copy"), autocommit=True) as conn:
             conn.execute("COMMENT ON DATABASE sops_scratch_copy IS 'the DBA''s own'")
-        other = run_cli(*refresh, "--force", cwd=tmp_path)
+        other = cli_in_process(*refresh, "--force", cwd=tmp_path)
         assert other.returncode == 1 and "--from-other-database" in other.stderr, (
             "without the mark, nothing says it came from this database"
         )

@@ -6,7 +6,7 @@ import sys
 
 import psycopg
 import pytest
-from conftest import run_cli, write_cli_config
+from conftest import cli_in_process, write_cli_config
 from corpus_fixtures import write
 from embed_fixtures import LOCAL, UnusedProvider, imported, run_embed
 from fake_embeddings import FakeEmbeddingServer
@@ -118,7 +118,7 @@ def test_search_cli_json_and_empty_query(corpus_db, local_provider, tmp_path):
     settings, _ = corpus_db
     run_embed(settings, local_provider)
     config = write_cli_config(tmp_path, settings)
-    out = run_cli(
+    out = cli_in_process(
         "--config",
         str(config),
         "search",
@@ -143,7 +143,7 @@ def test_search_cli_json_and_empty_query(corpus_db, local_provider, tmp_path):
     assert len(hits) == 2 and {"artifact_type", "artifact_id", "version", "similarity"} <= set(
         hits[0]
     )
-    empty = run_cli("--config", str(config), "search", "", cwd=tmp_path)
+    empty = cli_in_process("--config", str(config), "search", "", cwd=tmp_path)
     assert empty.returncode == 2 and "query is empty" in empty.stderr
 
 

@@ -2,7 +2,7 @@
 
 import psycopg
 import pytest
-from conftest import free_port, run_cli
+from conftest import cli_in_process, free_port
 
 from singularity_ops import cluster
 from singularity_ops.config import load_settings
@@ -11,12 +11,12 @@ from singularity_ops.extensions import create_extensions, installed_extensions
 
 
 def test_creates_all_three_then_is_a_no_op(db_settings):
-    first = run_cli("--database-url", db_settings.url(), "create-extensions")
+    first = cli_in_process("--database-url", db_settings.url(), "create-extensions")
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["vector", "timescaledb", "postgis"]
     assert all(line.endswith("(created)") for line in lines)
-    second = run_cli("--database-url", db_settings.url(), "create-extensions", "--json")
+    second = cli_in_process("--database-url", db_settings.url(), "create-extensions", "--json")
     assert second.returncode == 0
     assert '"created": true' not in second.stdout
     with psycopg.connect(**db_settings.conninfo()) as conn:
@@ -26,7 +26,7 @@ def test_creates_all_three_then_is_a_no_op(db_settings):
 
 
 def test_missing_extension_names_it_and_creates_nothing(db_settings):
-    result = run_cli(
+    result = cli_in_process(
         "--database-url",
         db_settings.url(),
         "create-extensions",

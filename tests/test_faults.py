@@ -16,7 +16,7 @@ import psutil
 import psycopg
 import pytest
 from backup_fixtures import checksums
-from conftest import ROOT, clean_env, cluster_password, write_cli_config
+from conftest import ROOT, clean_env, cli_in_process, cluster_password, write_cli_config
 from corpus_fixtures import messy_tree
 
 from singularity_ops.backup import LOCK_FILE, MANIFEST_SUFFIX, NAME_PATTERN, backup
@@ -74,15 +74,12 @@ def _running(pid: int) -> bool:
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess:
-    env = clean_env(PGPASSWORD=cluster_password())
-    out = subprocess.run(
-        [sys.executable, "-m", "singularity_ops", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=config.parent,
-        timeout=300,
-    )
+    """A step around the kill (the run before it, the run that cleans up after it): the
+    entry point in process; the killed run itself is always a real process (kill_at)."""
+    out = cli_in_process(
+        "--config", str(config), *args, env={"PGPASSWORD": cluster_password()},
+        cwd=config.parent, timeout=300,
+    )  # fmt: skip
     assert cluster_password() not in out.stdout + out.stderr
     return out
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx2
 import psycopg
 import pytest
-from conftest import ROOT, clean_env, run_cli, write_cli_config
+from conftest import ROOT, clean_env, cli_in_process, run_cli, write_cli_config
 from embed_fixtures import run_embed
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -418,16 +418,18 @@ def test_stdio_stdout_carries_only_the_protocol(embedded):
 
 def test_show_prints_the_text_and_json_has_everything(embedded):
     _settings, config = embedded
-    text = run_cli("--config", str(config), "show", "prompts/queue_worker", cwd=config.parent)
+    text = cli_in_process(
+        "--config", str(config), "show", "prompts/queue_worker", cwd=config.parent
+    )
     assert text.returncode == 0 and json.loads(text.stdout)["id"] == "queue_worker"
     assert "prompts/queue_worker.json" in text.stderr
-    as_json = run_cli("--config", str(config), "show", "prompts/queue_worker", "--json",
+    as_json = cli_in_process("--config", str(config), "show", "prompts/queue_worker", "--json",
                       cwd=config.parent)  # fmt: skip
     view = json.loads(as_json.stdout)
     assert view["source_path"] == "prompts/queue_worker.json" and view["usage_count"] == 0
-    bad = run_cli("--config", str(config), "show", "queue_worker", cwd=config.parent)
+    bad = cli_in_process("--config", str(config), "show", "queue_worker", cwd=config.parent)
     assert bad.returncode == 2 and "TYPE/ID" in bad.stderr
-    missing = run_cli("--config", str(config), "show", "prompts/nope", cwd=config.parent)
+    missing = cli_in_process("--config", str(config), "show", "prompts/nope", cwd=config.parent)
     assert missing.returncode == 1 and "prompts/nope" in missing.stderr
     assert missing.stderr.startswith(
         "singularity-ops: error: no artifact prompts/nope; find artifacts with `search`"
@@ -436,22 +438,24 @@ def test_show_prints_the_text_and_json_has_everything(embedded):
 
 def test_tokens_are_shown_once_and_stored_as_hashes(embedded):
     settings, config = embedded
-    made = run_cli("--config", str(config), "token", "create", "agent-1", "--scope", "write",
+    made = cli_in_process("--config", str(config), "token", "create", "agent-1", "--scope", "write",
                    cwd=config.parent)  # fmt: skip
     assert made.returncode == 0, made.stderr
     token = made.stdout.strip()
     assert token.startswith("sops_") and len(token) > 40
-    listed = run_cli("--config", str(config), "token", "list", "--json", cwd=config.parent)
+    listed = cli_in_process("--config", str(config), "token", "list", "--json", cwd=config.parent)
     assert [t["name"] for t in json.loads(listed.stdout)] == ["agent-1"]
     assert token not in listed.stdout
     with psycopg.connect(**settings.conninfo()) as conn:
         stored = conn.execute("SELECT token_sha256 FROM api_tokens").fetchone()[0]
     assert token.encode() not in bytes(stored) and len(stored) == 32
-    again = run_cli("--config", str(config), "token", "create", "agent-1", cwd=config.parent)
+    again = cli_in_process("--config", str(config), "token", "create", "agent-1", cwd=config.parent)
     assert again.returncode == 1 and "revoke" in again.stderr
-    bad = run_cli("--config", str(config), "token", "create", "../x", cwd=config.parent)
+    bad = cli_in_process("--config", str(config), "token", "create", "../x", cwd=config.parent)
     assert bad.returncode == 2
-    revoked = run_cli("--config", str(config), "token", "revoke", "agent-1", cwd=config.parent)
+    revoked = cli_in_process(
+        "--config", str(config), "token", "revoke", "agent-1", cwd=config.parent
+    )
     assert revoked.returncode == 0
     with connect(settings) as conn:
         from singularity_ops.tokens import verify_token
