@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,6 +111,25 @@ def private_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
+@pytest.fixture(scope="module")
+def once_built(tmp_path_factory):
+    """A cache with the graph built, once for the module."""
+    cache = tmp_path_factory.mktemp("built") / "cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SINGULARITY_CACHE_DIR", str(cache))
+        patch.delenv("SINGULARITY_ONNX_MODEL", raising=False)
+        assert ensure_graph().built
+    return cache
+
+
+@pytest.fixture
+def built_cache(private_cache, once_built):
+    """private_cache holding a copy of a built graph (new inodes: the first load verifies its
+    checksum and stamps it), for tests that damage one: a copy costs a tenth of a build."""
+    shutil.copytree(once_built, private_cache)
+    return private_cache
+
+
 def test_missing_cache_is_built_once_then_reused(private_cache):
     built = ensure_graph()
     assert built.built and built.path.is_relative_to(private_cache)
@@ -128,7 +148,7 @@ def test_without_build_a_missing_graph_names_the_command(private_cache):
         ensure_graph(build=False)
 
 
-def test_truncated_graph_data_is_rebuilt(private_cache):
+def test_truncated_graph_data_is_rebuilt(built_cache):
     first = ensure_graph()
     with open(first.path.parent / DATA_FILE, "r+b") as fh:
         fh.truncate(1000)
@@ -139,7 +159,7 @@ def test_truncated_graph_data_is_rebuilt(private_cache):
     assert load_encoder().encode(["ok"])[0].shape == (384,)
 
 
-def test_a_graph_onnxruntime_refuses_is_rebuilt_on_load(private_cache):
+def test_a_graph_onnxruntime_refuses_is_rebuilt_on_load(built_cache):
     first = ensure_graph()
     graph = first.path.parent / GRAPH_FILE
     size = graph.stat().st_size
@@ -149,7 +169,7 @@ def test_a_graph_onnxruntime_refuses_is_rebuilt_on_load(private_cache):
     assert encoder.encode(["ok"])[0].shape == (384,)
 
 
-def test_a_flipped_bit_is_caught_once_the_file_changed_and_by_verify(private_cache):
+def test_a_flipped_bit_is_caught_once_the_file_changed_and_by_verify(built_cache):
     first = ensure_graph()
     data = first.path.parent / DATA_FILE
     stat = data.stat()
@@ -223,7 +243,7 @@ def test_search_and_embed_never_import_torch(tmp_path):
     assert out.stdout.strip() == "[]"
 
 
-def test_same_size_corruption_is_caught_by_the_checksum_and_rebuilt(private_cache):
+def test_same_size_corruption_is_caught_by_the_checksum_and_rebuilt(built_cache):
     first = ensure_graph()
     data = first.path.parent / DATA_FILE
     with open(data, "r+b") as fh:  # flip the sign bits of a stretch of float32 weights
@@ -240,7 +260,7 @@ def test_same_size_corruption_is_caught_by_the_checksum_and_rebuilt(private_cach
     assert ensure_graph(build=False).path == rebuilt.path  # verified once, stamped after
 
 
-def test_an_unreadable_tokenizer_is_rebuilt_and_nan_vectors_are_refused(private_cache):
+def test_an_unreadable_tokenizer_is_rebuilt_and_nan_vectors_are_refused(built_cache):
     first = ensure_graph()
     tokenizer = first.path.parent / "tokenizer.json"
     tokenizer.write_bytes(b"{" * tokenizer.stat().st_size)
