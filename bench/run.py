@@ -1154,14 +1154,18 @@ class Bench:
                 )
             )
         loaded = driver.drive("load", url, "--clients", "8", "--seconds", str(load_seconds))
+        p95 = loaded["p95_ms"]  # None when no search finished in the time (a busy machine)
         self.add(
             Row(
                 f"serve: 8 clients for {loaded['seconds']:.0f} s: {loaded['per_second']:.0f}"
                 f" searches/s, {loaded['errors']} errors (time = p95)",
-                loaded["p95_ms"] / 1000,
+                None if p95 is None else p95 / 1000,
                 None,
                 "60/s, p95 250 ms, 0 errors",
-                loaded["per_second"] >= 60 and loaded["p95_ms"] <= 250 and not loaded["errors"],
+                p95 is not None
+                and loaded["per_second"] >= 60
+                and p95 <= 250
+                and not loaded["errors"],
             )
         )
 
@@ -1243,7 +1247,7 @@ QUICK_SIZES: dict[str, Any] = {
     "usage": (2000, 50_000, 500),
     "backup": (200, 20_000),
     "startup": (),
-    "serve": (20, 1, 1),
+    "serve": (20, 2, 2),
 }
 FULL_SIZES: dict[str, Any] = {
     "import": [10_000, 100_000],

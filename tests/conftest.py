@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -100,7 +101,7 @@ def cluster_password() -> str:
     return password
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def test_server() -> Iterator[LocalCluster]:
     """Start the session's PostgreSQL 17, with timescaledb preloaded; stop it at the end."""
     local = make_local_cluster(TEST_DATA, TEST_PORT)
@@ -177,9 +178,19 @@ def _tune_for_tests(settings: Settings, local: LocalCluster) -> None:
         cluster.restart(local, None)
 
 
-postgresql_noproc = factories.postgresql_noproc(
+# Requested only by the tests that need a server (through the fixtures below): the pure
+# tests (config, corpus, path safety, ...) never wait for PostgreSQL to start.
+postgresql_noproc_unstarted = factories.postgresql_noproc(
     host="127.0.0.1", port=TEST_PORT, user="postgres", dbname="sops_test"
 )
+
+
+@pytest.fixture(scope="session")
+def postgresql_noproc(test_server: LocalCluster, postgresql_noproc_unstarted: Any) -> Any:
+    """pytest-postgresql's description of the session server, once it runs."""
+    return postgresql_noproc_unstarted
+
+
 postgresql = factories.postgresql("postgresql_noproc")
 
 

@@ -8,6 +8,8 @@ import sys
 import pytest
 from conftest import ROOT, TEST_DATA, TEST_PORT, clean_env
 
+pytestmark = pytest.mark.usefixtures("test_server")  # the benchmark runs against it
+
 # The rows each case of `bench/run.py --quick` must write. One test per case, so that the
 # suite's workers share the cases out.
 CASE_ROWS = {
