@@ -543,57 +543,14 @@ class Bench:
     # -- 4. the local model and search as a user runs it -----------------------------------
     def bench_model(self, texts_count: int, cold_runs: int) -> None:
         print("model: ONNX against sentence-transformers", flush=True)
-        import numpy as np
-        from sentence_transformers import SentenceTransformer
-
         from singularity_ops.corpus import scan
         from singularity_ops.embed import embed
         from singularity_ops.importer import import_artifacts
-        from singularity_ops.local_model import load_encoder, weights_dir
 
-        tree = generate(self.work / f"modeltree{texts_count}", texts_count, seed=13)
-        texts = []
-        for a in scan(tree).artifacts:
-            texts.append(embedding_text(a.artifact_type, a.artifact_id, json.loads(a.content_raw)))
-        encoder = load_encoder()
-        reference = SentenceTransformer(str(weights_dir()), device="cpu")
-        batch = self.base.embedding.batch_size
-        ours = np.array(encoder.encode(texts, batch_size=batch))
-        theirs = reference.encode(texts, batch_size=batch, normalize_embeddings=True)
-        cosine = float((ours * theirs).sum(axis=1).min())
-        self.add(
-            Row(
-                f"vector equality, {len(texts)} texts: min cosine {cosine:.7f}",
-                None,
-                None,
-                "at least 0.99999",
-                cosine >= 0.99999,
-            )
-        )
-
-        def onnx() -> float:
-            started = time.perf_counter()
-            encoder.encode(texts, batch_size=batch)
-            return time.perf_counter() - started
-
-        def st() -> float:
-            started = time.perf_counter()
-            reference.encode(texts, batch_size=batch, normalize_embeddings=True)
-            return time.perf_counter() - started
-
-        pairs = [(onnx(), st()) for _ in range(self.args.repeat)]
-        t, r = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
-        self.add(
-            Row(
-                f"embed {len(texts)} texts, batch {batch} (vs SentenceTransformer.encode)",
-                t,
-                r,
-                "at least 1.3x faster",
-                r >= 1.3 * t,
-                f"{r / t:.2f}x faster, {len(texts) / t:.0f} texts/s",
-            )
-        )
-
+        if self.args.quick:  # torch costs seconds; tests/test_local_model.py checks equality
+            print("  (sentence-transformers comparisons: full runs only)", flush=True)
+        else:
+            self._against_sentence_transformers(texts_count)
         print("search as a user runs it: cold process, starter corpus", flush=True)
         settings = self.fresh_db("bench_starter")
         with connect(settings, autocommit=True) as conn:
@@ -657,6 +614,58 @@ class Bench:
             )
         )
         self.bench_relevance(settings)
+
+    def _against_sentence_transformers(self, texts_count: int) -> None:
+        """The ONNX encoder against sentence-transformers on torch: equal vectors, and how
+        much faster."""
+        import numpy as np
+        from sentence_transformers import SentenceTransformer
+
+        from singularity_ops.corpus import scan
+        from singularity_ops.local_model import load_encoder, weights_dir
+
+        tree = generate(self.work / f"modeltree{texts_count}", texts_count, seed=13)
+        texts = []
+        for a in scan(tree).artifacts:
+            texts.append(embedding_text(a.artifact_type, a.artifact_id, json.loads(a.content_raw)))
+        encoder = load_encoder()
+        reference = SentenceTransformer(str(weights_dir()), device="cpu")
+        batch = self.base.embedding.batch_size
+        ours = np.array(encoder.encode(texts, batch_size=batch))
+        theirs = reference.encode(texts, batch_size=batch, normalize_embeddings=True)
+        cosine = float((ours * theirs).sum(axis=1).min())
+        self.add(
+            Row(
+                f"vector equality, {len(texts)} texts: min cosine {cosine:.7f}",
+                None,
+                None,
+                "at least 0.99999",
+                cosine >= 0.99999,
+            )
+        )
+
+        def onnx() -> float:
+            started = time.perf_counter()
+            encoder.encode(texts, batch_size=batch)
+            return time.perf_counter() - started
+
+        def st() -> float:
+            started = time.perf_counter()
+            reference.encode(texts, batch_size=batch, normalize_embeddings=True)
+            return time.perf_counter() - started
+
+        pairs = [(onnx(), st()) for _ in range(self.args.repeat)]
+        t, r = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+        self.add(
+            Row(
+                f"embed {len(texts)} texts, batch {batch} (vs SentenceTransformer.encode)",
+                t,
+                r,
+                "at least 1.3x faster",
+                r >= 1.3 * t,
+                f"{r / t:.2f}x faster, {len(texts) / t:.0f} texts/s",
+            )
+        )
 
     def _floor_comparison(self, settings: Settings, config: Path, query: str, runs: int) -> None:
         """A cold `search` against the floor: a bare onnxruntime + tokenizers + psycopg

@@ -157,8 +157,14 @@ def _drop_leftover_databases(settings: Settings) -> None:
             )
 
 
-# Disposable data: a crash may lose it, so nothing waits for the disk.
-_TEST_SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+# Disposable data: a crash may lose it, so nothing waits for the disk; and tests that need
+# statistics ANALYZE themselves, so autovacuum only takes CPU from the other workers.
+_TEST_SERVER_SETTINGS = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "autovacuum": "off",
+}
 
 
 def _tune_for_tests(settings: Settings, local: LocalCluster) -> None:

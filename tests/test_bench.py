@@ -20,9 +20,7 @@ CASE_ROWS = {
         "embed with nothing to do",
     ),
     "search": ("search p95", "search recall@10", "hybrid with the search log on"),
-    "model": (
-        "vector equality",
-        "vs SentenceTransformer.encode",
+    "model": (  # the comparisons with sentence-transformers are left out of --quick
         "search, cold process",
         "search peak RSS",
         "bare onnxruntime+tokenizers+psycopg floor",
