@@ -56,12 +56,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# A port of its own for every session (SINGULARITY_TEST_PORT to pin one): two checkouts, or a
-# developer's own server on the usual ports, never collide with the test server.
-TEST_PORT = int(os.environ.get("SINGULARITY_TEST_PORT") or free_port())
-# Under pytest-xdist (./scripts/test runs one worker per core) each worker has a cluster of
-# its own, so that workers share no database, lock or port.
+# Under pytest-xdist (./scripts/test runs workers) each worker has a cluster of its own, so
+# that workers share no database, lock or port.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+_WORKER_NUMBER = int(_WORKER.removeprefix("gw")) if _WORKER.startswith("gw") else 0
+# A port of its own for every session: two checkouts, or a developer's own server on the
+# usual ports, never collide with the test server. SINGULARITY_TEST_PORT pins the first one;
+# worker gwN takes that port plus N.
+_PINNED_PORT = os.environ.get("SINGULARITY_TEST_PORT")
+TEST_PORT = int(_PINNED_PORT) + _WORKER_NUMBER if _PINNED_PORT else free_port()
 TEST_DATA = ROOT / ".singularity" / ("test-pgdata" + (f"-{_WORKER}" if _WORKER else ""))
 # The test cluster requires a password, like every cluster the toolkit makes. libpq reads it
 # from this passfile for every connection of the session and of the processes it starts.
