@@ -269,22 +269,26 @@ class KnowledgeBase:
 
     # -- the setup chain's steps ----------------------------------------------------------
 
-    def import_(self, root: Path | None = None, **options: Any) -> ImportResult:
+    def import_(
+        self, root: Path | None = None, *, include_learned: bool = False, **options: Any
+    ) -> ImportResult:
         """importer.import_artifacts of the corpus at `root` (default: the configured
-        templates directory); `options` as import_artifacts takes them (prune, dry_run, ...)."""
+        templates directory, under the configured import.corpus; another root is its own
+        corpus, as with `import --templates`); `options` as import_artifacts takes them
+        (prune, dry_run, skip_invalid, ...)."""
         from .corpus import scan
         from .importer import import_artifacts, known_sources
 
-        root = root or self.settings.templates_dir
-        include_learned = options.get("include_learned", False)
+        options.setdefault("corpus", self.settings.corpus if root is None else None)
         with self.session() as conn:
             found = scan(
-                root,
+                root or self.settings.templates_dir,
                 type_map=self.settings.type_map,
                 include_learned=include_learned,
+                max_file_bytes=self.settings.max_file_bytes,
                 known=known_sources(conn),
             )
-            return import_artifacts(conn, found, **options)
+            return import_artifacts(conn, found, include_learned=include_learned, **options)
 
     def embed(self, **options: Any) -> EmbedResult:
         """embed.embed: what has no embedding or a stale one (rebuild=True: everything)."""

@@ -91,9 +91,7 @@ def _migrate(settings: Settings) -> tuple[bool, str]:
 
 
 def _import(settings: Settings) -> tuple[bool, str]:
-    from . import corpus
-    from .db import connect
-    from .importer import import_artifacts, known_sources
+    from .api import KnowledgeBase
 
     if not settings.templates_dir.is_dir():
         raise ConfigError(
@@ -101,14 +99,7 @@ def _import(settings: Settings) -> tuple[bool, str]:
             "from a checkout that has templates_data/, pass --templates DIR, or leave the step "
             "out with --skip import --skip embed"
         )
-    with connect(settings, autocommit=True) as conn:
-        scan = corpus.scan(
-            settings.templates_dir,
-            type_map=settings.type_map,
-            max_file_bytes=settings.max_file_bytes,
-            known=known_sources(conn),
-        )
-        r = import_artifacts(conn, scan, corpus=settings.corpus)
+    r = KnowledgeBase(settings).import_()
     did = bool(r.inserted or r.updated)
     return did, f"{r.inserted} inserted, {r.updated} updated, {r.unchanged} unchanged"
 

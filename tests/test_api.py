@@ -7,7 +7,7 @@ import pytest
 from embed_fixtures import UnusedProvider, small_corpus
 
 from singularity_ops.api import KnowledgeBase
-from singularity_ops.errors import ConfigError, DatabaseUnavailable
+from singularity_ops.errors import ConfigError, DatabaseUnavailable, InvalidArtifacts
 from singularity_ops.search import SearchUnavailable
 from singularity_ops.server import Knowledge
 
@@ -92,3 +92,21 @@ def test_the_agent_server_is_the_same_object_over_a_pool(kb):
         theirs = served.search("css layout for phones", mode="hybrid")
     assert [h.artifact_id for h in theirs.hits] == [h.artifact_id for h in ours.hits]
     assert theirs.search_id != ours.search_id  # each search logged on its own
+
+
+def test_import_reads_the_corpus_settings_as_the_cli_does(kb, tmp_path):
+    kb.settings = replace(kb.settings, corpus="shared", max_file_bytes=200)
+    with pytest.raises(InvalidArtifacts, match=r"(?s)3 invalid file.*over the limit of 200"):
+        kb.import_()  # three of the five files are over the configured bound
+    kb.settings = replace(kb.settings, max_file_bytes=1024 * 1024)
+    assert kb.import_().inserted == 5
+    with kb.session() as conn:
+        corpora = {r[0] for r in conn.execute("SELECT DISTINCT corpus FROM knowledge_artifacts")}
+    assert corpora == {"shared"}
+    # another root is a corpus of its own (named after it), as with `import --templates`:
+    # the same five identities now belong to it
+    other = small_corpus(tmp_path / "elsewhere")
+    assert kb.import_(other).unchanged == 0
+    with kb.session() as conn:
+        corpora = {r[0] for r in conn.execute("SELECT DISTINCT corpus FROM knowledge_artifacts")}
+    assert corpora == {"elsewhere"}
