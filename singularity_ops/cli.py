@@ -1501,7 +1501,7 @@ def _file_label(stream: Any) -> str:
     """How messages name a --from file: its path, or - for stdin (which, under a test
     runner, may be a stream with no name at all)."""
     name = getattr(stream, "name", None)
-    return "-" if name in (None, "<stdin>") or not isinstance(name, str) else name
+    return name if isinstance(name, str) and name != "<stdin>" else "-"
 
 
 def _record_usage_log(ctx, from_file, skip_invalid: bool, unkeyed_now: bool, as_json) -> None:

@@ -214,7 +214,7 @@ def db_settings(postgresql: psycopg.Connection) -> Settings:
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def server_settings(test_server: LocalCluster) -> Settings:
     """Settings for the session server with a database name the test chooses later (--dbname)."""
     return load_settings(
@@ -299,7 +299,7 @@ MIGRATIONS = ROOT / "singularity_ops" / "sql" / "migrations"
 
 
 @pytest.fixture(scope="session")
-def database_templates(test_server: LocalCluster) -> Settings:
+def database_templates(server_settings: Settings) -> Settings:
     """Two template databases, made once a session: `sops_tmpl_ext` with vector, timescaledb
     and postgis, and `sops_tmpl_kb` with every migration applied on top. Creating the
     extensions and migrating costs about a second; copying a template, a tenth of that."""
@@ -307,11 +307,7 @@ def database_templates(test_server: LocalCluster) -> Settings:
     from singularity_ops.extensions import create_extensions
     from singularity_ops.migrate import migrate
 
-    base = load_settings(
-        cwd=ROOT,
-        env={},
-        database_url=f"postgresql://postgres@127.0.0.1:{test_server.port}/postgres",
-    )
+    base = server_settings
     with psycopg.connect(**base.conninfo(), autocommit=True) as admin:
         for name in ("sops_tmpl_kb", "sops_tmpl_ext"):
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
