@@ -39,14 +39,16 @@ from singularity_ops.extensions import create_extensions  # noqa: E402
 from singularity_ops.importer import import_artifacts  # noqa: E402
 from singularity_ops.migrate import migrate  # noqa: E402
 from singularity_ops.providers import make_provider  # noqa: E402
-from singularity_ops.search import MODES, Fusion, SearchQuery, run_search  # noqa: E402
+from singularity_ops.search import DEFAULT_FUSION, MODES, Fusion, SearchQuery, run_search  # noqa: E402
 
 DBNAME = "singularity_relevance_eval"
 QUERIES = ROOT / "bench" / "relevance_eval.json"
+STARTER_DBNAME = "singularity_relevance_starter"
+STARTER_QUERIES = ROOT / "bench" / "relevance.json"  # over templates_data/, no halves
 
 # The candidates tried on the tune half (search.Fusion fields); the shipped default is first.
 VARIANTS: dict[str, Fusion] = {
-    "shipped": Fusion(),
+    "shipped": DEFAULT_FUSION,
     "rrf-equal-or": Fusion(method="rrf", vector_weight=1.0, text_weight=1.0, text_match="or"),
     "rrf-equal-and": Fusion(method="rrf", vector_weight=1.0, text_weight=1.0, text_match="and"),
     "rrf-2:1-or": Fusion(method="rrf", vector_weight=2.0, text_weight=1.0, text_match="or"),
@@ -64,7 +66,10 @@ VARIANTS: dict[str, Fusion] = {
     "rrf-5:1-and": Fusion(method="rrf", vector_weight=5.0, text_weight=1.0, text_match="and"),
     "rrf-2:1-strict": Fusion(method="rrf", vector_weight=2.0, text_weight=1.0, text_match="strict"),
     "rrf-1:1-all": Fusion(method="rrf", vector_weight=1.0, text_weight=1.0, text_match="all"),
+    "rrf-1.5:1-all": Fusion(method="rrf", vector_weight=1.5, text_weight=1.0, text_match="all"),
     "rrf-2:1-all": Fusion(method="rrf", vector_weight=2.0, text_weight=1.0, text_match="all"),
+    "rrf-3:1-all": Fusion(method="rrf", vector_weight=3.0, text_weight=1.0, text_match="all"),
+    "rrf-4:1-all": Fusion(method="rrf", vector_weight=4.0, text_weight=1.0, text_match="all"),
     "rsf-0.7-all": Fusion(method="rsf", vector_weight=0.7, text_weight=0.3, text_match="all"),
     "rsf-0.5-all": Fusion(method="rsf", vector_weight=0.5, text_weight=0.5, text_match="all"),
     "boost-0.01-all": Fusion(method="boost", text_weight=0.01, text_match="all"),
@@ -77,20 +82,22 @@ VARIANTS: dict[str, Fusion] = {
 }
 
 
-def build(base: Settings) -> Settings:
-    """A fresh database holding the evaluation corpus, embedded."""
+def build(base: Settings, dbname: str = DBNAME, root: Path | None = None) -> Settings:
+    """A fresh database holding a corpus (default: the evaluation corpus), embedded."""
     with psycopg.connect(**base.conninfo("postgres"), autocommit=True) as admin:
         admin.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DBNAME))
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
         )
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DBNAME)))
-    settings = replace(base, dbname=DBNAME)
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    settings = replace(base, dbname=dbname)
     with tempfile.TemporaryDirectory(prefix="sops-eval-") as tmp:
-        eval_corpus.write(Path(tmp))
+        if root is None:
+            root = Path(tmp)
+            eval_corpus.write(root)
         with connect(settings, autocommit=True) as conn:
             create_extensions(conn, ["vector", "timescaledb", "postgis"])
             migrate(conn, settings.migrations_dir)
-            import_artifacts(conn, scan(Path(tmp)))
+            import_artifacts(conn, scan(root, type_map=base.type_map))
         with connect(settings, autocommit=True) as conn:  # now the vector type is registered
             embed(conn, None, settings.embedding)
     return settings
@@ -147,42 +154,8 @@ def misses(settings: Settings, cases: list[dict], options: dict, split: str) -> 
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", choices=["tune", "test", "both"], default="both")
-    parser.add_argument("--variants", action="store_true", help="also every fusion candidate")
-    parser.add_argument("--misses", metavar="RUN", help="list the misses of one run")
-    parser.add_argument("--reuse", action="store_true", help="keep the database of a last run")
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument(
-        "--no-glossary",
-        action="store_true",
-        help="embed without the glossary: a knowledge base whose technologies it does not know",
-    )
-    args = parser.parse_args()
-    if args.no_glossary:
-        import singularity_ops.glossary
-
-        singularity_ops.glossary.describe = lambda *names: None
-
-    base = load_settings(cwd=ROOT, env={k: v for k, v in os.environ.items() if k != "PGDATABASE"})
-    ensure_db(base, timeout=60)
-    settings = replace(base, dbname=DBNAME) if args.reuse else build(base)
-    cases = json.loads(QUERIES.read_text())["queries"]
-    runs: dict[str, dict] = {mode: {"mode": mode} for mode in MODES}
-    if args.variants:
-        runs.update({f"hybrid {k}": {"mode": "hybrid", "fusion": v} for k, v in VARIANTS.items()})
-        for match in ("or", "and", "strict"):
-            runs[f"text {match}"] = {"mode": "text", "fusion": Fusion(text_match=match)}
-    if args.misses:
-        for line in misses(settings, cases, runs[args.misses], args.split):
-            print(line)
-        return
-    results = evaluate(settings, cases, runs)
-    if args.json:
-        print(json.dumps(results, indent=1))
-        return
-    splits = ["tune", "test"] if args.split == "both" else [args.split]
+def print_table(results: dict, splits: list[str]) -> None:
+    """hit@1 / hit@5 / MRR@10 per run and kind of query, one table per split."""
     for split in splits:
         n = int(next(iter(results.values()))[split]["all"][3])
         print(f"\n{split} half ({n} queries): hit@1 / hit@5 / MRR@10")
@@ -198,6 +171,56 @@ def main() -> None:
                     else "-".rjust(20)
                 )
             print(f"{label:<22}" + "".join(cells))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", choices=["tune", "test", "both"], default="both")
+    parser.add_argument("--variants", action="store_true", help="also every fusion candidate")
+    parser.add_argument("--misses", metavar="RUN", help="list the misses of one run")
+    parser.add_argument("--reuse", action="store_true", help="keep the database of a last run")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--starter",
+        action="store_true",
+        help="the starter set instead (bench/relevance.json over templates_data/)",
+    )
+    parser.add_argument(
+        "--no-glossary",
+        action="store_true",
+        help="embed without the glossary: a knowledge base whose technologies it does not know",
+    )
+    args = parser.parse_args()
+    if args.no_glossary:
+        import singularity_ops.glossary
+
+        singularity_ops.glossary.describe = lambda *names: None
+
+    base = load_settings(cwd=ROOT, env={k: v for k, v in os.environ.items() if k != "PGDATABASE"})
+    ensure_db(base, timeout=60)
+    if args.starter:
+        dbname, root, queries = STARTER_DBNAME, ROOT / "templates_data", STARTER_QUERIES
+    else:
+        dbname, root, queries = DBNAME, None, QUERIES
+    settings = replace(base, dbname=dbname) if args.reuse else build(base, dbname, root)
+    cases = json.loads(queries.read_text())["queries"]
+    if args.starter:  # one set: report it as the test half, every query of one kind
+        cases = [{**c, "split": "test", "kind": "starter"} for c in cases]
+        args.split = "test"
+    runs: dict[str, dict] = {mode: {"mode": mode} for mode in MODES}
+    if args.variants:
+        runs.update({f"hybrid {k}": {"mode": "hybrid", "fusion": v} for k, v in VARIANTS.items()})
+        for match in ("or", "and", "strict"):
+            runs[f"text {match}"] = {"mode": "text", "fusion": Fusion(text_match=match)}
+    if args.misses:
+        for line in misses(settings, cases, runs[args.misses], args.split):
+            print(line)
+        return
+    results = evaluate(settings, cases, runs)
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return
+    print_table(results, ["tune", "test"] if args.split == "both" else [args.split])
 
 
 if __name__ == "__main__":

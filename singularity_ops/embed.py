@@ -107,9 +107,9 @@ def embedding_text(artifact_type: str, artifact_id: str, content: Mapping[str, A
         if field(key):
             lines.append(str(field(key)))
     if len(lines) == 1:
-        from .glossary import describe  # only embed pays for the table
+        from .glossary import note_for  # only embed pays for the table
 
-        about = describe(artifact_id, str(name))
+        about = note_for(artifact_id, content)
         if about:
             lines.append(about)
     if field("language"):

@@ -19,6 +19,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from collections.abc import Mapping
+from typing import Any
 
 _TABLE = """
 opentelemetry, otel | vendor-neutral observability framework: instrumentation APIs and SDKs that emit distributed traces, metrics and logs to any backend
@@ -356,3 +358,30 @@ def describe(*names: str) -> str | None:
 def digest() -> str:
     """A short hash of the table: what embed.TEXT_VERSION must follow."""
     return hashlib.sha256(_TABLE.encode()).hexdigest()[:12]
+
+
+def _field(content: Mapping[str, Any], key: str) -> Any:
+    """A top-level field, else the same field under "metadata" ("" counts as absent)."""
+    if content.get(key) not in (None, ""):
+        return content.get(key)
+    metadata = content.get("metadata")
+    return metadata.get(key) if isinstance(metadata, Mapping) else None
+
+
+def note_for(artifact_id: str, content: Mapping[str, Any]) -> str | None:
+    """The glossary's line for an artifact with no description or summary of its own (what
+    embed.embedding_text() embeds for it, and what import writes to `glossary_note` for text
+    search), or None. A curator's description always wins."""
+    if _field(content, "description") or _field(content, "summary"):
+        return None
+    name = _field(content, "name") or _field(content, "title") or artifact_id.replace("_", " ")
+    return describe(artifact_id, str(name))
+
+
+# The rule of note_for(); bump it when the rule changes (the table has its own digest).
+_NOTE_RULE = "n1"
+
+
+def note_digest() -> str:
+    """What import stores beside each row's note: a row whose digest differs is written again."""
+    return f"{_NOTE_RULE}-{digest()}"

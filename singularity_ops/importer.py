@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 
@@ -43,6 +44,7 @@ class ImportResult:
     changes: list[str] = field(default_factory=list)
     need_embedding: int = 0  # artifacts (all of them, not only this import's) `embed` has to do
     notes: list[str] = field(default_factory=list)  # files left out on purpose (corpus.Scan.notes)
+    glossary_notes: int = 0  # rows whose glossary line (for text search) was written again
 
 
 # A handful of files may always be pruned: in a small corpus one deletion is already a large
@@ -214,6 +216,7 @@ def _write(
                     "DELETE FROM knowledge_artifacts WHERE id = ANY(%s)",
                     ([pk for pk, _k, _p in orphans],),
                 )
+            result.glossary_notes = refresh_glossary_notes(conn)
             pause_point("import:before-commit")
         else:
             # A dry run writes nothing: leave through the rollback path on purpose.
@@ -258,7 +261,36 @@ def _merge(conn: psycopg.Connection, artifacts: list[Artifact], corpus: str) -> 
             content = EXCLUDED.content,
             source_path = EXCLUDED.source_path,
             source = EXCLUDED.source,
-            corpus = EXCLUDED.corpus
+            corpus = EXCLUDED.corpus,
+            glossary_digest = NULL
         """,
         (corpus,),
     )
+
+
+def refresh_glossary_notes(conn: psycopg.Connection) -> int:
+    """Write `glossary_note` (what text search indexes beside a thin artifact) for the rows
+    whose `glossary_digest` is not the running code's: new and changed rows, and every row
+    after the glossary changes. Returns how many rows were written."""
+    from .glossary import note_digest, note_for
+
+    current = note_digest()
+    ids: list[Any] = []
+    notes: list[str | None] = []
+    with conn.cursor(name="glossary_notes") as rows:  # server side: a whole table may be due
+        rows.itersize = 2000
+        rows.execute(
+            "SELECT id, artifact_id, content FROM knowledge_artifacts"
+            " WHERE glossary_digest IS DISTINCT FROM %s",
+            (current,),
+        )
+        for pk, artifact_id, content in rows:
+            ids.append(pk)
+            notes.append(note_for(artifact_id, content))
+    if ids:
+        conn.execute(
+            "UPDATE knowledge_artifacts AS k SET glossary_note = n.note, glossary_digest = %s"
+            " FROM unnest(%s::uuid[], %s::text[]) AS n(id, note) WHERE k.id = n.id",
+            (current, ids, notes),
+        )
+    return len(ids)

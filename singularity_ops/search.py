@@ -4,10 +4,12 @@
   through the model's HNSW index. Filters run inside the nearest-neighbour query (pgvector
   0.8's iterative index scans keep a selective filter filling top_k).
 - text: PostgreSQL full text over `search_document` (migration 0004: name and id weighted A,
-  description and tags B, every other string D): rows holding every query word first, then
+  description, tags and the glossary's line for a thin artifact B (0012), every other
+  string D): rows holding every query word first, then
   rows holding some, each group by ts_rank_cd. Needs no model at all.
 - hybrid: weighted reciprocal rank fusion (sum of weight / (60 + rank); Cormack et al.) of the
-  vector ranking and the rows holding every query word, in one statement with the same filters
+  vector ranking (weight 2) and the rows holding every query word (weight 1), in one
+  statement with the same filters
   in both halves. `Fusion` holds the alternatives measured in bench/relevance_eval.py
   (relative score fusion, AND-then-OR text, weights).
 
@@ -167,10 +169,12 @@ class Fusion:
     rrf_k: int = RRF_K
 
 
-# Chosen on the tuning half of bench/relevance_eval.json (README, "How search ranks"): text
-# joins the fusion only with rows that hold every query word, so partial matches of a long
-# paraphrase cannot outrank a strong vector hit; short and named queries keep their text boost.
-DEFAULT_FUSION = Fusion(method="rrf", vector_weight=1.0, text_weight=1.0, text_match="all")
+# Chosen on the tuning half of bench/relevance_eval.json (README, "How the default was
+# chosen"): text joins the fusion only with rows that hold every query word, so partial
+# matches of a long paraphrase cannot outrank a strong vector hit; short and named queries
+# keep their text boost. The tune half is flat from 1:1 to 4:1 (with and without the
+# glossary); 2:1 is the middle of that plateau.
+DEFAULT_FUSION = Fusion(method="rrf", vector_weight=2.0, text_weight=1.0, text_match="all")
 # --mode text alone: rows with every word first, then rows with some (it has no other signal).
 TEXT_FUSION = Fusion(text_match="and")
 

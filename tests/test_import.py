@@ -284,3 +284,64 @@ def test_a_second_corpus_never_prunes_the_first_and_a_big_prune_needs_force(kb_s
     forced = cli_in_process("--config", str(config), "import", "--prune", "--force", cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr
     assert {k[1] for k in rows(kb_settings)} == {"p7", "x"}
+
+
+def notes(settings):
+    with psycopg.connect(**settings.conninfo()) as conn:
+        return dict(
+            conn.execute(
+                "SELECT artifact_id, glossary_note FROM knowledge_artifacts"
+                " WHERE glossary_digest IS NOT NULL"
+            ).fetchall()
+        )
+
+
+def text_hits(settings, query):
+    from embed_fixtures import LOCAL, UnusedProvider
+
+    from singularity_ops.search import SearchQuery, search
+
+    with connect(settings) as conn:
+        found = search(conn, UnusedProvider(), LOCAL, query, SearchQuery(mode="text"))
+    return [h.artifact_id for h in found.hits]
+
+
+def test_import_writes_the_glossary_line_text_search_finds_thin_artifacts_by(kb_settings, tmp_path):
+    from singularity_ops.glossary import describe, note_digest
+
+    root = tmp_path / "td"
+    write(root, "detectors/falco.json", {"id": "falco", "name": "Falco", "category": "security"})
+    write(root, "detectors/own.json", {"id": "jaeger", "description": "Our tracing fork."})
+    write(root, "detectors/unknown.json", {"id": "zorblax", "name": "Zorblax"})
+    result = do_import(kb_settings, root)
+    assert result.glossary_notes == 3
+    # A curator's description wins; an unknown name gets no line.
+    assert notes(kb_settings) == {"falco": describe("falco"), "jaeger": None, "zorblax": None}
+    assert text_hits(kb_settings, "runtime security monitoring of containers") == ["falco"]
+
+    # Nothing changed: nothing is written again.
+    assert do_import(kb_settings, root).glossary_notes == 0
+    # A changed file is written again; the others are not.
+    write(root, "detectors/falco.json", {"id": "falco", "description": "Syscall rules."})
+    assert do_import(kb_settings, root).glossary_notes == 1
+    assert notes(kb_settings)["falco"] is None
+    assert text_hits(kb_settings, "runtime security monitoring of containers") == []
+
+    # Rows of an older glossary (or of a database from before migration 0012) are redone.
+    with psycopg.connect(**kb_settings.conninfo()) as conn:
+        conn.execute(
+            "UPDATE knowledge_artifacts SET glossary_digest = 'n0-old', glossary_note = 'x'"
+        )
+    assert do_import(kb_settings, root).glossary_notes == 3
+    with psycopg.connect(**kb_settings.conninfo()) as conn:
+        assert conn.execute(
+            "SELECT DISTINCT glossary_digest FROM knowledge_artifacts"
+        ).fetchall() == [(note_digest(),)]
+    assert set(notes(kb_settings).values()) == {None}
+
+
+def test_a_dry_run_writes_no_glossary_line(kb_settings, tmp_path):
+    root = tmp_path / "td"
+    write(root, "detectors/falco.json", {"id": "falco", "name": "Falco"})
+    assert do_import(kb_settings, root, dry_run=True).inserted == 1
+    assert rows(kb_settings) == {}

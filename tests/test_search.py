@@ -12,7 +12,13 @@ from embed_fixtures import LOCAL, UnusedProvider, run_embed
 
 from singularity_ops.db import connect
 from singularity_ops.errors import ConfigError
-from singularity_ops.search import RRF_K, SearchQuery, SearchUnavailable, search
+from singularity_ops.search import (
+    DEFAULT_FUSION,
+    RRF_K,
+    SearchQuery,
+    SearchUnavailable,
+    search,
+)
 
 
 @pytest.fixture
@@ -45,7 +51,9 @@ def test_hybrid_fuses_both_rankings_with_reciprocal_ranks(embedded):
     hits = cli_json(config, "consumer retries failures", "--top-k", "5")
     assert {h["artifact_id"] for h in hits[:2]} == {"queue_worker", "nats_consumer"}
     for hit in hits:
-        expected = sum(1 / (RRF_K + r) for r in (hit["vector_rank"], hit["text_rank"]) if r)
+        weights = (DEFAULT_FUSION.vector_weight, DEFAULT_FUSION.text_weight)
+        ranks = (hit["vector_rank"], hit["text_rank"])
+        expected = sum(w / (RRF_K + r) for w, r in zip(weights, ranks, strict=True) if r)
         assert hit["score"] == pytest.approx(expected)
         assert hit["similarity"] is not None  # text-only hits get theirs computed too
     assert hits == sorted(hits, key=lambda h: -h["score"])
