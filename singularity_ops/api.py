@@ -22,7 +22,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .artifacts import LATEST, VIEW_MAX_CHARS
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -196,9 +195,9 @@ class KnowledgeBase:
         self,
         artifact_type: str,
         artifact_id: str,
-        version: str = LATEST,
+        version: str = "latest",  # artifacts.LATEST
         *,
-        max_chars: int | None = VIEW_MAX_CHARS,
+        max_chars: int | None = 20_000,  # artifacts.VIEW_MAX_CHARS
     ) -> ArtifactView:
         """artifacts.view_artifact: content, source path and how often it helped."""
         from .artifacts import view_artifact
@@ -217,7 +216,7 @@ class KnowledgeBase:
         artifact_id: str,
         *,
         success: bool,
-        version: str = LATEST,
+        version: str = "latest",  # artifacts.LATEST
         event_id: str | None = None,
         search_id: str | None = None,
         duration_ms: int | None = None,

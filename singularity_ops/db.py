@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from . import cluster
 from .config import LocalCluster, Settings
 from .errors import Busy, ClusterError, DatabaseUnavailable, LockTimeout
 
@@ -207,12 +206,14 @@ def check_local_identity(settings: Settings, conn: psycopg.Connection) -> None:
 
 def _register_vector(conn: psycopg.Connection) -> None:
     """Teach psycopg about pgvector's types, where the extension exists in this database."""
-    try:
-        from pgvector.psycopg import register_vector
+    from pgvector.psycopg.vector import register_vector_info
+    from psycopg.types import TypeInfo
 
-        register_vector(conn)
-    except psycopg.ProgrammingError:
-        pass  # the vector type does not exist (yet) in this database
+    # Only `vector`: pgvector's register_vector() also looks up bit, halfvec and sparsevec, one
+    # round trip each, on every connection of every command; the toolkit uses none of them.
+    info = TypeInfo.fetch(conn, "vector")
+    if info is not None:  # None: the extension does not exist (yet) in this database
+        register_vector_info(conn, info)
     if not conn.autocommit:
         conn.rollback()
 
@@ -225,6 +226,8 @@ CLOSED_HINT = (
 
 def explain_connect_error(settings: Settings, dbname: str, exc: psycopg.Error) -> str:
     """Why a connection failed, the password redacted, and what to do about it."""
+    from . import cluster  # not at import time: every command connects, few manage the cluster
+
     if settings.no_project:
         from .config import no_project_message
 
@@ -352,6 +355,8 @@ def _ensure_timescaledb_preloaded(
     settings: Settings, conn: psycopg.Connection, timeout: float
 ) -> bool:
     """On the local cluster, preload timescaledb when it is installed. True if a restart was done."""
+    from . import cluster
+
     row = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'),"
         " current_setting('shared_preload_libraries')"
@@ -391,6 +396,8 @@ def current_build(conn: psycopg.Connection) -> dict:
 def check_build(settings: Settings, conn: psycopg.Connection) -> None:
     """Refuse a local cluster another PostgreSQL build made with another timescaledb, saying
     how to go on; record the build the first time."""
+    from . import cluster
+
     assert settings.local is not None
     current = current_build(conn)
     recorded = cluster.read_build(settings.local)
@@ -413,6 +420,8 @@ def ensure_db(settings: Settings, timeout: float = 30) -> EnsureDbResult:
     For the project-local cluster: initialise it if missing, start it if stopped, and preload
     timescaledb when it is installed.
     """
+    from . import cluster
+
     if settings.no_project:
         from .config import no_project_message
         from .errors import ConfigError
@@ -466,6 +475,8 @@ def require_password(local: LocalCluster, conn: psycopg.Connection) -> bool:
     statement, log line or command line. Connected clients stay connected; new connections
     need the password, which the toolkit and `singularity-ops env` take from the passfile.
     """
+    from . import cluster
+
     cluster.secure_socket_dir(local)
     if not cluster.trusts_anyone(local):
         return False

@@ -6,19 +6,19 @@ is created, never at CLI start-up.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import os
 import random
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 from .errors import ConfigError, ProviderError
+
+if TYPE_CHECKING:
+    import urllib.error
 
 LOCAL_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_DIMENSIONS = {"local": 384, "openai": 1536}
@@ -122,6 +122,9 @@ class OpenAIProvider:
         return headers
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        import urllib.error  # here, not at start-up: a search with the local model never needs them
+        import urllib.request
+
         body = json.dumps({"model": self.model, "input": list(texts)}).encode()
         attempt = 0
         while True:
@@ -202,6 +205,8 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     value = value.strip()
     if value.isdigit():
         return float(value)
+    import email.utils
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
