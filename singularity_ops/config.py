@@ -6,6 +6,7 @@ SINGULARITY_ENV) > singularity.yaml at the project root > defaults.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -254,9 +255,7 @@ def find_project_root(start: Path) -> Path:
     return start
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
+def _load_yaml(path: Path, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -266,15 +265,7 @@ def _load_yaml(path: Path) -> dict[str, Any]:
             f"{path}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
             "save it as UTF-8"
         ) from None
-    try:
-        # libyaml's parser where PyYAML was built with it (PyPI's wheels are): a tenth of the
-        # pure-Python parser's time, which every command pays at start-up.
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from exc
+    data = _parsed(text, path, env)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -283,6 +274,65 @@ def _load_yaml(path: Path) -> dict[str, Any]:
         )
     _validate(data, SCHEMA, path, "")
     return data
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    import yaml
+
+    try:
+        # libyaml's parser where PyYAML was built with it (PyPI's wheels are): a tenth of the
+        # pure-Python parser's time.
+        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from exc
+
+
+# Every command reads singularity.yaml, and importing and running PyYAML was 12-15 ms of
+# each start (a twentieth of a cold text search). So the parsed file is kept as JSON under
+# the cache directory, named by the hash of its text: an edit is never served stale, and
+# what comes from the cache is validated like a fresh parse. Values JSON cannot carry
+# exactly (dates, integer keys) are parsed every time.
+CONFIG_CACHE_ENTRIES = 64
+
+
+def _parsed(text: str, path: Path, env: Mapping[str, str] | None) -> Any:
+    import json
+
+    from . import __version__
+
+    key = hashlib.sha256(f"{__version__}\0{text}".encode()).hexdigest()[:32]
+    cached = cache_root(env) / "config" / f"{key}.json"
+    try:
+        return json.loads(cached.read_bytes())
+    except (OSError, ValueError):
+        pass  # not cached yet, or unreadable: parse
+    data = _parse_yaml(text, path)
+    try:
+        encoded = json.dumps(data, allow_nan=False)
+        if json.loads(encoded) == data:
+            _remember(cached, encoded)
+    except (TypeError, ValueError):
+        pass
+    return data
+
+
+def _remember(cached: Path, encoded: str) -> None:
+    """Write a cache entry by rename (never half a file); a cache that cannot be written is
+    no error. Keeps the newest CONFIG_CACHE_ENTRIES."""
+    tmp = cached.with_name(f".{cached.name}.{os.getpid()}.partial")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(encoded, encoding="utf-8")
+        os.replace(tmp, cached)
+        entries = sorted(cached.parent.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        for old in entries[:-CONFIG_CACHE_ENTRIES]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 _TYPE_NAMES = {
@@ -489,7 +539,7 @@ def _resolve(
     database_url: str | None,
     dbname: str | None,
 ) -> Settings:
-    data = _load_yaml(config_path) if config_path else {}
+    data = _load_yaml(config_path, env) if config_path else {}
     environment = env.get("SINGULARITY_ENV") or _get(data, "environment") or "dev"
     if environment not in ENVIRONMENTS:
         where = "SINGULARITY_ENV" if env.get("SINGULARITY_ENV") else f"{CONFIG_NAME}: environment"

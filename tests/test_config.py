@@ -240,3 +240,45 @@ def test_a_configured_zero_is_kept_not_replaced_by_the_default(tmp_path):
     (tmp_path / "singularity.yaml").write_text("import:\n  max_file_bytes: 0\n")
     with pytest.raises(ConfigError, match=r"import\.max_file_bytes must be at least 1"):
         load_settings(cwd=tmp_path, env={})
+
+
+def test_the_parsed_config_is_cached_by_its_text_and_never_served_stale(tmp_path):
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    env = {"SINGULARITY_CACHE_DIR": str(cache)}
+    path = write_config(tmp_path, "database:\n  name: kb\n")
+    assert load_settings(cwd=tmp_path, env=env).dbname == "kb"
+    [entry] = (cache / "config").glob("*.json")
+    # A second process reads the cache: it does not even import PyYAML.
+    probe = (
+        "import sys; from pathlib import Path; from singularity_ops.config import load_settings;"
+        f"s = load_settings(cwd=Path({str(tmp_path)!r}), env={env!r});"
+        "print(s.dbname, 'yaml' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["kb", "False"]
+    # An edit is a new text: parsed again, whatever the file's times.
+    stat = path.stat()
+    path.write_text("database:\n  name: k2\n")
+    import os
+
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert load_settings(cwd=tmp_path, env=env).dbname == "k2"
+    # What comes from the cache is validated like a fresh parse.
+    path.write_text("database:\n  name: kb\n")
+    entry.write_text('{"database": {"name": 7}}')
+    with pytest.raises(ConfigError, match=r"database\.name"):
+        load_settings(cwd=tmp_path, env=env)
+    # A torn entry is parsed again; an unwritable cache is no error.
+    entry.write_text('{"database": ')
+    assert load_settings(cwd=tmp_path, env=env).dbname == "kb"
+    blocked = {"SINGULARITY_CACHE_DIR": str(path)}  # a file, not a directory
+    assert load_settings(cwd=tmp_path, env=blocked).dbname == "kb"
+    # Dates are not JSON: such a file is parsed every time, never cached wrongly.
+    path.write_text("database:\n  name: kb\nenvironment: dev\n# 2024-01-01\nx_note: 2024-01-01\n")
+    before = set((cache / "config").glob("*.json"))
+    with pytest.raises(ConfigError):
+        load_settings(cwd=tmp_path, env=env)  # unknown key x_note, said the same way
+    assert set((cache / "config").glob("*.json")) == before
