@@ -110,3 +110,16 @@ def test_import_reads_the_corpus_settings_as_the_cli_does(kb, tmp_path):
     with kb.session() as conn:
         corpora = {r[0] for r in conn.execute("SELECT DISTINCT corpus FROM knowledge_artifacts")}
     assert corpora == {"elsewhere"}
+
+
+def test_the_facade_defaults_are_the_library_defaults():
+    # api.py spells them out so that `import singularity_ops.api` need not load artifacts.py
+    import inspect
+
+    from singularity_ops import artifacts
+
+    for method in (KnowledgeBase.artifact, KnowledgeBase.record):
+        params = inspect.signature(method).parameters
+        assert params["version"].default == artifacts.LATEST
+    view = inspect.signature(KnowledgeBase.artifact).parameters
+    assert view["max_chars"].default == artifacts.VIEW_MAX_CHARS

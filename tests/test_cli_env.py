@@ -159,3 +159,17 @@ def test_a_group_option_before_a_subcommand_that_ignores_it_is_an_error(tmp_path
         assert out.returncode == 2, (args, out.stderr)
         assert f"{option} belongs to `singularity-ops {args[0]}` itself" in out.stderr
     assert not list(tmp_path.rglob("*.sql")), "nothing was created"
+
+
+def test_main_leaves_the_garbage_collector_as_it_found_it():
+    import gc
+
+    assert gc.isenabled()
+    assert cli_in_process("--version").returncode == 0
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        assert cli_in_process("--version").returncode == 0
+        assert not gc.isenabled()  # a caller that had it off gets it back off
+    finally:
+        gc.enable()
