@@ -29,7 +29,6 @@ import psycopg
 from pgvector import Vector
 from psycopg import sql
 
-from .db import relation_exists
 from .embed import TEXT_VERSION
 from .errors import ConfigError, SearchUnavailable
 from .lines import BadLine
@@ -198,6 +197,9 @@ class SearchHit:
     text_rank: int | None  # 1-based rank in the full-text ranking (None: no query word matched)
     artifact_pk: str  # knowledge_artifacts.id: what the search log and record-usage refer to
     source_path: str | None  # the file under the import root it came from (None: not from git)
+    # The glossary's line standing in for a missing description (embedded and indexed for
+    # it); None when the artifact describes itself or the glossary does not know it.
+    glossary_note: str | None
     evidence: UsageEvidence | None = None  # with --rank-by proven: what the boost knew
 
 
@@ -272,7 +274,7 @@ def search_sql(
                a.language, a.tags,
                a.embedded_hash IS NOT NULL AND a.embedded_hash IS DISTINCT FROM a.embedding_source_hash AS stale,
                coalesce(a.embedding_model = {key}, false) AS embedded,
-               r.score, r.vector_rank, r.text_rank, a.id::text, a.source_path
+               r.score, r.vector_rank, r.text_rank, a.id::text, a.source_path, a.glossary_note
         FROM ranked r JOIN knowledge_artifacts a USING (id)
         CROSS JOIN LATERAL (SELECT {similarity} AS similarity) s
         WHERE {cutoff}
@@ -426,19 +428,22 @@ def check_search(
 
 
 def _check_schema(conn: psycopg.Connection) -> None:
-    if not relation_exists(conn, "knowledge_artifacts"):
+    """The table and the columns search reads exist (one round trip)."""
+    table, columns = conn.execute(
+        "SELECT to_regclass('knowledge_artifacts') IS NOT NULL, ARRAY(SELECT attname::text"
+        " FROM pg_attribute WHERE attrelid = to_regclass('knowledge_artifacts')"
+        " AND attname IN ('search_document', 'glossary_note') AND NOT attisdropped)"
+    ).fetchone()  # type: ignore[misc]
+    if not table:
         raise SearchUnavailable(
             f"database {conn.info.dbname!r} has no knowledge schema; run `singularity-ops migrate`"
         )
-    has_document = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'knowledge_artifacts'::regclass"
-        " AND attname = 'search_document' AND NOT attisdropped)"
-    ).fetchone()[0]  # type: ignore[index]
-    if not has_document:
-        raise SearchUnavailable(
-            f"database {conn.info.dbname!r} lacks migration 0004 (search_document), which search "
-            "needs; run `singularity-ops migrate`"
-        )
+    for column, migration in (("search_document", "0004"), ("glossary_note", "0012")):
+        if column not in columns:
+            raise SearchUnavailable(
+                f"database {conn.info.dbname!r} lacks migration {migration} ({column}), which "
+                "search needs; run `singularity-ops migrate`"
+            )
 
 
 def _check_filter_values(

@@ -345,3 +345,38 @@ def test_a_dry_run_writes_no_glossary_line(kb_settings, tmp_path):
     write(root, "detectors/falco.json", {"id": "falco", "name": "Falco"})
     assert do_import(kb_settings, root, dry_run=True).inserted == 1
     assert rows(kb_settings) == {}
+
+
+def test_a_database_from_before_0012_is_told_to_migrate_then_gets_its_notes(ext_settings, tmp_path):
+    import shutil
+
+    from conftest import MIGRATIONS
+    from embed_fixtures import LOCAL, UnusedProvider
+
+    from singularity_ops.errors import SearchUnavailable
+    from singularity_ops.migrate import migrate
+    from singularity_ops.search import SearchQuery, search
+
+    older = tmp_path / "migrations"
+    older.mkdir()
+    for path in sorted(MIGRATIONS.glob("*.sql")):
+        if path.name < "0012":
+            shutil.copy(path, older / path.name)
+    root = tmp_path / "td"
+    write(root, "detectors/falco.json", {"id": "falco", "name": "Falco"})
+    with connect(ext_settings, autocommit=True) as conn:
+        migrate(conn, older)
+        conn.execute(  # what an import of the old code wrote
+            "INSERT INTO knowledge_artifacts (artifact_type, artifact_id, content_raw, content,"
+            " source_path) VALUES ('detectors', 'falco', %s, %s::jsonb, 'detectors/falco.json')",
+            ('{"id": "falco", "name": "Falco"}',) * 2,
+        )
+        with pytest.raises(
+            SearchUnavailable, match=r"lacks migration 0012.*singularity-ops migrate"
+        ):
+            search(conn, UnusedProvider(), LOCAL, "falco", SearchQuery(mode="text"))
+        migrate(conn, MIGRATIONS)
+    # The next import writes the glossary's line of every row whose digest is not today's.
+    assert notes(ext_settings) == {}
+    assert do_import(ext_settings, root).glossary_notes == 1
+    assert text_hits(ext_settings, "runtime security monitoring of containers") == ["falco"]

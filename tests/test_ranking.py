@@ -23,7 +23,22 @@ from singularity_ops.usage_ingest import ingest_usage
 
 def hit(name: str, score: float) -> SearchHit:
     return SearchHit(
-        "pattern", name, "1", score, name, None, None, [], False, True, score, 1, None, name, None
+        "pattern",
+        name,
+        "1",
+        score,
+        name,
+        None,
+        None,
+        [],
+        False,
+        True,
+        score,
+        1,
+        None,
+        name,
+        None,
+        None,
     )
 
 
