@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .glossary import note_for
+
 DEFAULT_VERSION = "1.0.0"
 DEFAULT_MAX_FILE_BYTES = 1024 * 1024
 LEARNED_DIR = "learned"
@@ -45,6 +47,10 @@ class Artifact:
     content_hash: str
     source_path: str  # relative to the import root, with forward slashes
     source: str  # 'git' or 'learned'
+    # glossary.note_for(content), found while the file was parsed; glossary_checked is False
+    # when the scan skipped parsing an unchanged file (import then leaves it to its own pass)
+    glossary_note: str | None = None
+    glossary_checked: bool = False
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -429,6 +435,7 @@ def _read_artifact(
         text = raw.decode("utf-8")
         artifact_type, artifact_id, version = stored[1:]
         source = "learned" if rel.split("/", 1)[0] == LEARNED_DIR else "git"
+        note, checked = None, False
     else:
         text, data = _parse(raw)
         if is_non_artifact(name, data):
@@ -438,6 +445,7 @@ def _read_artifact(
                 f"is a JSON {type(data).__name__}, but an artifact must be a JSON object"
             )
         artifact_type, artifact_id, version, source = resolve_identity(data, rel, type_map)
+        note, checked = note_for(artifact_id, data), True
     return Artifact(
         artifact_type=artifact_type,
         artifact_id=artifact_id,
@@ -446,6 +454,8 @@ def _read_artifact(
         content_hash=digest,
         source_path=rel,
         source=source,
+        glossary_note=note,
+        glossary_checked=checked,
     )
 
 

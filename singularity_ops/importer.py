@@ -238,23 +238,35 @@ def _problem_path(problem: Problem) -> str:
 
 
 def _merge(conn: psycopg.Connection, artifacts: list[Artifact], corpus: str) -> None:
+    from .glossary import note_digest
+
+    # The glossary's line goes in with the row: writing it in a pass afterwards wrote every
+    # new or changed row twice (a dead copy each, until vacuum).
+    digest = note_digest()
     conn.execute(
         "CREATE TEMP TABLE import_staging (artifact_type text, artifact_id text, version text,"
-        " content_raw text, source_path text, source text) ON COMMIT DROP"
+        " content_raw text, source_path text, source text, glossary_note text,"
+        " glossary_digest text) ON COMMIT DROP"
     )
     with conn.cursor().copy(
-        "COPY import_staging (artifact_type, artifact_id, version, content_raw, source_path, source) FROM STDIN"
+        "COPY import_staging (artifact_type, artifact_id, version, content_raw, source_path,"
+        " source, glossary_note, glossary_digest) FROM STDIN"
     ) as copy:
         for a in artifacts:
             copy.write_row(
-                (a.artifact_type, a.artifact_id, a.version, a.content_raw, a.source_path, a.source)
+                (
+                    *(a.artifact_type, a.artifact_id, a.version, a.content_raw),
+                    *(a.source_path, a.source, a.glossary_note),
+                    digest if a.glossary_checked else None,  # None: refresh_glossary_notes
+                )
             )
     conn.execute(
         """
         INSERT INTO knowledge_artifacts
-            (artifact_type, artifact_id, version, content_raw, content, source_path, source, corpus)
+            (artifact_type, artifact_id, version, content_raw, content, source_path, source, corpus,
+             glossary_note, glossary_digest)
         SELECT artifact_type, artifact_id, version, content_raw, content_raw::jsonb, source_path,
-               source, %s
+               source, %s, glossary_note, glossary_digest
         FROM import_staging
         ON CONFLICT (artifact_type, artifact_id, version) DO UPDATE SET
             content_raw = EXCLUDED.content_raw,
@@ -262,7 +274,8 @@ def _merge(conn: psycopg.Connection, artifacts: list[Artifact], corpus: str) -> 
             source_path = EXCLUDED.source_path,
             source = EXCLUDED.source,
             corpus = EXCLUDED.corpus,
-            glossary_digest = NULL
+            glossary_note = EXCLUDED.glossary_note,
+            glossary_digest = EXCLUDED.glossary_digest
         """,
         (corpus,),
     )
@@ -270,8 +283,9 @@ def _merge(conn: psycopg.Connection, artifacts: list[Artifact], corpus: str) -> 
 
 def refresh_glossary_notes(conn: psycopg.Connection) -> int:
     """Write `glossary_note` (what text search indexes beside a thin artifact) for the rows
-    whose `glossary_digest` is not the running code's: new and changed rows, and every row
-    after the glossary changes. Returns how many rows were written."""
+    whose `glossary_digest` is not the running code's: every row after the glossary changes
+    (or right after migration 0012), and rows written without parsing their file. Rows an
+    import writes normally carry theirs already. Returns how many rows were written."""
     from .glossary import note_digest, note_for
 
     current = note_digest()

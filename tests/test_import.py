@@ -313,26 +313,34 @@ def test_import_writes_the_glossary_line_text_search_finds_thin_artifacts_by(kb_
     write(root, "detectors/falco.json", {"id": "falco", "name": "Falco", "category": "security"})
     write(root, "detectors/own.json", {"id": "jaeger", "description": "Our tracing fork."})
     write(root, "detectors/unknown.json", {"id": "zorblax", "name": "Zorblax"})
-    result = do_import(kb_settings, root)
-    assert result.glossary_notes == 3
+    assert do_import(kb_settings, root).glossary_notes == 0  # written with the rows, not after
     # A curator's description wins; an unknown name gets no line.
     assert notes(kb_settings) == {"falco": describe("falco"), "jaeger": None, "zorblax": None}
     assert text_hits(kb_settings, "runtime security monitoring of containers") == ["falco"]
 
-    # Nothing changed: nothing is written again.
-    assert do_import(kb_settings, root).glossary_notes == 0
-    # A changed file is written again; the others are not.
+    # A changed file brings its own line (here none: it has a description now).
     write(root, "detectors/falco.json", {"id": "falco", "description": "Syscall rules."})
-    assert do_import(kb_settings, root).glossary_notes == 1
+    assert do_import(kb_settings, root).updated == 1
     assert notes(kb_settings)["falco"] is None
     assert text_hits(kb_settings, "runtime security monitoring of containers") == []
+
+    # A file the scan did not parse (the same bytes) but import writes (another corpus now):
+    # its line comes from import's own pass.
+    from singularity_ops.importer import known_sources
+
+    with connect(kb_settings, autocommit=True) as conn:
+        found = scan(root, known=known_sources(conn))
+        assert not any(a.glossary_checked for a in found.artifacts)
+        result = import_artifacts(conn, found, corpus="moved")
+    assert (result.updated, result.glossary_notes) == (3, 3)
+    assert notes(kb_settings) == {"falco": None, "jaeger": None, "zorblax": None}
 
     # Rows of an older glossary (or of a database from before migration 0012) are redone.
     with psycopg.connect(**kb_settings.conninfo()) as conn:
         conn.execute(
             "UPDATE knowledge_artifacts SET glossary_digest = 'n0-old', glossary_note = 'x'"
         )
-    assert do_import(kb_settings, root).glossary_notes == 3
+    assert do_import(kb_settings, root, corpus="moved").glossary_notes == 3
     with psycopg.connect(**kb_settings.conninfo()) as conn:
         assert conn.execute(
             "SELECT DISTINCT glossary_digest FROM knowledge_artifacts"
@@ -363,13 +371,14 @@ def test_a_database_from_before_0012_is_told_to_migrate_then_gets_its_notes(ext_
         if path.name < "0012":
             shutil.copy(path, older / path.name)
     root = tmp_path / "td"
-    write(root, "detectors/falco.json", {"id": "falco", "name": "Falco"})
+    raw = write(root, "detectors/falco.json", {"id": "falco", "name": "Falco"}).read_text()
     with connect(ext_settings, autocommit=True) as conn:
         migrate(conn, older)
         conn.execute(  # what an import of the old code wrote
             "INSERT INTO knowledge_artifacts (artifact_type, artifact_id, content_raw, content,"
-            " source_path) VALUES ('detectors', 'falco', %s, %s::jsonb, 'detectors/falco.json')",
-            ('{"id": "falco", "name": "Falco"}',) * 2,
+            " source_path, corpus) VALUES ('detectors', 'falco', %s, %s::jsonb,"
+            " 'detectors/falco.json', 'td')",
+            (raw, raw),
         )
         with pytest.raises(
             SearchUnavailable, match=r"lacks migration 0012.*singularity-ops migrate"
@@ -378,5 +387,6 @@ def test_a_database_from_before_0012_is_told_to_migrate_then_gets_its_notes(ext_
         migrate(conn, MIGRATIONS)
     # The next import writes the glossary's line of every row whose digest is not today's.
     assert notes(ext_settings) == {}
-    assert do_import(ext_settings, root).glossary_notes == 1
+    result = do_import(ext_settings, root)
+    assert (result.unchanged, result.glossary_notes) == (1, 1)
     assert text_hits(ext_settings, "runtime security monitoring of containers") == ["falco"]
