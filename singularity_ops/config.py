@@ -321,11 +321,15 @@ def _parsed(text: str, path: Path, env: Mapping[str, str] | None) -> Any:
 
 def _remember(cached: Path, encoded: str) -> None:
     """Write a cache entry by rename (never half a file); a cache that cannot be written is
-    no error. Keeps the newest CONFIG_CACHE_ENTRIES."""
+    no error. Keeps the newest CONFIG_CACHE_ENTRIES. Owner-only (0600 in a 0700 directory):
+    a database.url in the file may hold a password."""
     tmp = cached.with_name(f".{cached.name}.{os.getpid()}.partial")
     try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(encoded, encoding="utf-8")
+        cached.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(cached.parent, 0o700)  # mkdir's mode does not reach a directory that exists
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(encoded)
         os.replace(tmp, cached)
         entries = sorted(cached.parent.glob("*.json"), key=lambda p: p.stat().st_mtime)
         for old in entries[:-CONFIG_CACHE_ENTRIES]:

@@ -251,6 +251,8 @@ def test_the_parsed_config_is_cached_by_its_text_and_never_served_stale(tmp_path
     path = write_config(tmp_path, "database:\n  name: kb\n")
     assert load_settings(cwd=tmp_path, env=env).dbname == "kb"
     [entry] = (cache / "config").glob("*.json")
+    # database.url may carry a password: the copy is the owner's only.
+    assert (entry.stat().st_mode & 0o777, entry.parent.stat().st_mode & 0o777) == (0o600, 0o700)
     # A second process reads the cache: it does not even import PyYAML.
     probe = (
         "import sys; from pathlib import Path; from singularity_ops.config import load_settings;"
