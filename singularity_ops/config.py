@@ -306,7 +306,7 @@ def _parsed(text: str, path: Path, env: Mapping[str, str] | None) -> Any:
     key = hashlib.sha256(f"{__version__}\0{text}".encode()).hexdigest()[:32]
     cached = cache_root(env) / "config" / f"{key}.json"
     try:
-        return json.loads(cached.read_bytes())
+        return json.loads(_read_cache_entry(cached))
     except (OSError, ValueError):
         pass  # not cached yet, or unreadable: parse
     data = _parse_yaml(text, path)
@@ -317,6 +317,18 @@ def _parsed(text: str, path: Path, env: Mapping[str, str] | None) -> Any:
     except (TypeError, ValueError):
         pass
     return data
+
+
+def _read_cache_entry(cached: Path) -> bytes:
+    """A cache entry's bytes; OSError unless it is a regular file (never waits on a FIFO,
+    never follows a symlink)."""
+    import stat
+
+    fd = os.open(cached, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{cached}: not a regular file")
+        return fh.read(1024 * 1024)
 
 
 def _remember(cached: Path, encoded: str) -> None:

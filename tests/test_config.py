@@ -273,8 +273,18 @@ def test_the_parsed_config_is_cached_by_its_text_and_never_served_stale(tmp_path
     entry.write_text('{"database": {"name": 7}}')
     with pytest.raises(ConfigError, match=r"database\.name"):
         load_settings(cwd=tmp_path, env=env)
-    # A torn entry is parsed again; an unwritable cache is no error.
+    # A torn entry is parsed again (and rewritten); a FIFO or a symlink in its place is
+    # passed over without waiting or following; an unwritable cache is no error.
     entry.write_text('{"database": ')
+    assert load_settings(cwd=tmp_path, env=env).dbname == "kb"
+    assert entry.read_text() == '{"database": {"name": "kb"}}'
+    entry.unlink()
+    os.mkfifo(entry)
+    assert load_settings(cwd=tmp_path, env=env).dbname == "kb"
+    entry.unlink()
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text('{"database": {"name": "other"}}')
+    entry.symlink_to(elsewhere)
     assert load_settings(cwd=tmp_path, env=env).dbname == "kb"
     blocked = {"SINGULARITY_CACHE_DIR": str(path)}  # a file, not a directory
     assert load_settings(cwd=tmp_path, env=blocked).dbname == "kb"
