@@ -52,7 +52,7 @@ class _LazyProvider:
         if self.loaded is None:
             from .providers import make_provider
 
-            self.loaded = make_provider(self.settings.embedding)
+            self.loaded = make_provider(self.settings.embedding, queries=True)
         return self.loaded.embed(texts)
 
 

@@ -531,11 +531,17 @@ class OnnxEncoder:
         *,
         threads: int | None = None,
         serving: bool = False,
+        optimize: bool = True,
     ) -> None:
         """serving=True: one intra-op thread that never spins. A server runs many one-query
         encodes side by side, so parallelism comes from requests; onnxruntime's default
         spin-waiting threads would burn a core per idle moment (measured: 23 ms of CPU per
-        MCP search with the defaults)."""
+        MCP search with the defaults).
+
+        optimize=False: no graph optimizations, for a process that encodes a few short
+        queries (a cold `search`). Optimizing took 15 ms of the session's 65-80 ms, and a
+        short query encodes as fast without them (vectors within 1e-7); document batches
+        (`embed`) and the server keep them."""
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -556,6 +562,8 @@ class OnnxEncoder:
         if serving:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
+        if not optimize:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
             self.session = ort.InferenceSession(
                 str(graph), sess_options=options, providers=["CPUExecutionProvider"]
@@ -613,19 +621,21 @@ def load_encoder(
     cache_dir: str | Path | None = None,
     progress=None,
     serving: bool = False,
+    optimize: bool = True,
 ) -> OnnxEncoder:
-    """The local model, ready to encode (builds the cached graph first if needed)."""
+    """The local model, ready to encode (builds the cached graph first if needed); serving
+    and optimize as OnnxEncoder takes them."""
     where = {"prebuilt": prebuilt, "cache_dir": cache_dir}
     info = ensure_graph(**where, progress=progress or _stderr)
     tokenizer = info.path.parent / TOKENIZER_FILE
     try:
-        return OnnxEncoder(info.path, tokenizer, serving=serving)
+        return OnnxEncoder(info.path, tokenizer, serving=serving, optimize=optimize)
     except ModelError:
         if prebuilt:
             raise
         # A cache entry that onnxruntime refuses is rebuilt once, then tried again.
         info = ensure_graph(**where, force=True, progress=progress or _stderr)
-        return OnnxEncoder(info.path, tokenizer, serving=serving)
+        return OnnxEncoder(info.path, tokenizer, serving=serving, optimize=optimize)
 
 
 def _cores() -> int:

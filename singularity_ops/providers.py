@@ -62,9 +62,12 @@ class LocalProvider:
 
     name = "local"
 
-    def __init__(self, config: EmbeddingConfig, *, serving: bool = False) -> None:
-        """serving=True tunes onnxruntime for many small concurrent requests (see
-        local_model.OnnxEncoder) instead of one big batch."""
+    def __init__(
+        self, config: EmbeddingConfig, *, serving: bool = False, queries: bool = False
+    ) -> None:
+        """serving=True tunes onnxruntime for many small concurrent requests, queries=True
+        for a few short queries in a short process (see local_model.OnnxEncoder), instead
+        of big batches."""
         from . import local_model
 
         if config.model != LOCAL_MODEL:
@@ -82,7 +85,10 @@ class LocalProvider:
         self.batch_size = config.batch_size
         try:
             self._encoder = local_model.load_encoder(
-                prebuilt=config.onnx_model, cache_dir=config.cache_dir, serving=serving
+                prebuilt=config.onnx_model,
+                cache_dir=config.cache_dir,
+                serving=serving,
+                optimize=not queries,
             )
         except ImportError as exc:
             raise ProviderError(
@@ -223,11 +229,14 @@ def _backoff(attempt: int, retry_after: str | None) -> float:
     return min(0.2 * 2 ** (attempt - 1), 10.0) * random.uniform(0.75, 1.25)
 
 
-def make_provider(config: EmbeddingConfig, *, serving: bool = False) -> Provider:
+def make_provider(
+    config: EmbeddingConfig, *, serving: bool = False, queries: bool = False
+) -> Provider:
     """The provider for this configuration (loading a local model takes seconds); serving=True
-    for a long-running server answering one query at a time from many threads."""
+    for a long-running server answering one query at a time from many threads, queries=True
+    for a process that embeds only a few search queries."""
     if config.provider == "local":
-        return LocalProvider(config, serving=serving)
+        return LocalProvider(config, serving=serving, queries=queries)
     if config.provider == "openai":
         return OpenAIProvider(config)
     raise ConfigError(

@@ -668,7 +668,7 @@ def search_many(
         vector = None
         if options.mode != "text":
             if provider is None:
-                provider = make_provider(config)
+                provider = make_provider(config, queries=True)
             [vector] = provider.embed([text])
         try:
             with conn.transaction():  # the search and its log line: one commit

@@ -297,3 +297,18 @@ def test_concurrent_first_builds_all_succeed_on_one_entry(private_cache):
         p for p in (private_cache / "models").rglob("*") if p.is_dir() and p.parent.name != "models"
     ]
     assert len([e for e in entries if not e.name.startswith(".")]) == 1
+
+
+def test_a_query_encoder_skips_graph_optimizations_and_gives_the_same_vectors(encoder):
+    import onnxruntime as ort
+
+    from singularity_ops.config import load_settings
+    from singularity_ops.providers import make_provider
+
+    queries = ["retry with backoff", "runtime security monitoring of containers", "tracing"]
+    quick = make_provider(load_settings(cwd=ROOT, env={}).embedding, queries=True)
+    level = quick._encoder.session.get_session_options().graph_optimization_level
+    assert level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert encoder.session.get_session_options().graph_optimization_level != level
+    ours, theirs = np.array(quick.embed(queries)), np.array(encoder.encode(queries))
+    assert np.abs(ours - theirs).max() < 1e-6
