@@ -179,22 +179,28 @@ def connect(
 def _prepare(settings: Settings, conn: psycopg.Connection) -> None:
     """check_local_identity and _register_vector in one round trip (every command of every
     process connects: the two took six round trips, ~6 ms of a cold search)."""
+    served = _probe(conn, data_directory=settings.local is not None)
+    if settings.local is not None:  # data_directory: superusers only, as on our cluster
+        _check_served(settings, served)
+
+
+def _probe(conn: psycopg.Connection, *, data_directory: bool) -> str | None:
+    """One query: registers pgvector's `vector` type where the extension exists, and returns
+    the server's data directory when asked (else None)."""
     from pgvector.psycopg.vector import register_vector_info
     from psycopg.types import TypeInfo
 
-    local = settings.local is not None  # data_directory: superusers only, as on our cluster
     row = conn.execute(
         "SELECT t.oid, t.typarray, t.oid::regtype::text, t.typdelim"
-        + (", current_setting('data_directory')" if local else ", NULL")
+        + (", current_setting('data_directory')" if data_directory else ", NULL")
         + " FROM (SELECT to_regtype('vector') AS vector) q LEFT JOIN pg_type t ON t.oid = q.vector"
     ).fetchone()
     assert row is not None
     oid, array_oid, regtype, delimiter, served = row
-    if local:
-        _check_served(settings, served)
     if oid is not None:  # None: the extension does not exist (yet) in this database
         info = TypeInfo("vector", oid, array_oid, regtype=regtype, delimiter=delimiter)
         register_vector_info(conn, info)
+    return served
 
 
 def _open(settings: Settings, params: dict, *, autocommit: bool) -> psycopg.Connection:
@@ -236,15 +242,10 @@ def _check_served(settings: Settings, served: str) -> None:
 
 
 def _register_vector(conn: psycopg.Connection) -> None:
-    """Teach psycopg about pgvector's types, where the extension exists in this database."""
-    from pgvector.psycopg.vector import register_vector_info
-    from psycopg.types import TypeInfo
-
-    # Only `vector`: pgvector's register_vector() also looks up bit, halfvec and sparsevec, one
-    # round trip each, on every connection of every command; the toolkit uses none of them.
-    info = TypeInfo.fetch(conn, "vector")
-    if info is not None:  # None: the extension does not exist (yet) in this database
-        register_vector_info(conn, info)
+    """Teach psycopg about pgvector's `vector` type, where the extension exists in this
+    database (only `vector`: pgvector's register_vector() also looks up bit, halfvec and
+    sparsevec, one round trip each; the toolkit uses none of them)."""
+    _probe(conn, data_directory=False)
     if not conn.autocommit:
         conn.rollback()
 
