@@ -53,6 +53,9 @@ TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "manifest.json"
 FILES = (GRAPH_FILE, DATA_FILE, TOKENIZER_FILE)
 BUILD_HINT = "singularity-ops model build"
+# Texts a light query session (OnnxEncoder optimize=False) encodes before the encoder pays
+# once for a full session: ~4 ms saved per query at full speed against ~65 ms to build it.
+LIGHT_SESSION_TEXTS = 32
 
 
 @dataclass(frozen=True)
@@ -538,10 +541,14 @@ class OnnxEncoder:
         spin-waiting threads would burn a core per idle moment (measured: 23 ms of CPU per
         MCP search with the defaults).
 
-        optimize=False: no graph optimizations, for a process that encodes a few short
-        queries (a cold `search`). Optimizing took 15 ms of the session's 65-80 ms, and a
-        short query encodes as fast without them (vectors within 1e-7); document batches
-        (`embed`) and the server keep them."""
+        optimize=False: a light session for a process that encodes a few short queries (a
+        cold `search`): no graph optimizations and no weight prepacking. Prepacking copies
+        all 90 MB of weights into the matrix kernels' layout and took ~50 ms of a 65 ms
+        session start; optimizing took ~15 ms. Without them the first query costs ~5 ms
+        more, and vectors agree within 1e-6. After LIGHT_SESSION_TEXTS texts the encoder
+        switches to a full session, so a long stream of queries (`search --stdin`, the
+        Python API) still runs at full speed. Document batches (`embed`) and the server
+        start with the full session."""
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -556,22 +563,31 @@ class OnnxEncoder:
         # truncates at max_seq_length (256) and pads each batch to its longest text.
         self.tokenizer.enable_truncation(max_length=MAX_TOKENS)
         self.tokenizer.no_padding()  # encode() pads each batch itself, to its own longest text
+        self.graph = graph
+        self.threads = threads or (1 if serving else _cores())
+        self.serving = serving
+        self.light = not optimize
+        self.texts_encoded = 0
+        self.session = self._session(ort, light=self.light)
+
+    def _session(self, ort, *, light: bool):
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or (1 if serving else _cores())
+        options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
-        if serving:
+        if self.serving:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
-        if not optimize:
+        if light:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            options.add_session_config_entry("session.disable_prepacking", "1")
         try:
-            self.session = ort.InferenceSession(
-                str(graph), sess_options=options, providers=["CPUExecutionProvider"]
+            return ort.InferenceSession(
+                str(self.graph), sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
             raise ModelError(
-                f"onnxruntime cannot load {graph}: {type(exc).__name__}: {str(exc)[:200]}; "
-                f"rebuild it with `{BUILD_HINT} --force`"
+                f"onnxruntime cannot load {self.graph}: {type(exc).__name__}: "
+                f"{str(exc)[:200]}; rebuild it with `{BUILD_HINT} --force`"
             ) from None
 
     def encode(
@@ -587,6 +603,12 @@ class OnnxEncoder:
         """
         import numpy as np
 
+        if self.light and self.texts_encoded >= LIGHT_SESSION_TEXTS:
+            import onnxruntime as ort
+
+            self.session = self._session(ort, light=False)
+            self.light = False
+        self.texts_encoded += len(texts)
         encodings = self.tokenizer.encode_batch([str(t).strip() for t in texts])
         order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
         out: list = [None] * len(encodings)

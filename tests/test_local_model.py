@@ -299,16 +299,34 @@ def test_concurrent_first_builds_all_succeed_on_one_entry(private_cache):
     assert len([e for e in entries if not e.name.startswith(".")]) == 1
 
 
-def test_a_query_encoder_skips_graph_optimizations_and_gives_the_same_vectors(encoder):
+def test_a_query_encoder_starts_light_gives_the_same_vectors_and_upgrades(encoder):
     import onnxruntime as ort
 
     from singularity_ops.config import load_settings
+    from singularity_ops.local_model import LIGHT_SESSION_TEXTS
     from singularity_ops.providers import make_provider
+
+    def light(session) -> bool:
+        options = session.get_session_options()
+        skips_optimizing = (
+            options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        )
+        try:
+            skips_prepacking = options.get_session_config_entry("session.disable_prepacking") == "1"
+        except RuntimeError:  # onnxruntime raises when the entry was never set
+            skips_prepacking = False
+        assert skips_optimizing == skips_prepacking
+        return skips_optimizing
 
     queries = ["retry with backoff", "runtime security monitoring of containers", "tracing"]
     quick = make_provider(load_settings(cwd=ROOT, env={}).embedding, queries=True)
-    level = quick._encoder.session.get_session_options().graph_optimization_level
-    assert level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    assert encoder.session.get_session_options().graph_optimization_level != level
+    assert light(quick._encoder.session) and not light(encoder.session)
     ours, theirs = np.array(quick.embed(queries)), np.array(encoder.encode(queries))
     assert np.abs(ours - theirs).max() < 1e-6
+    # A long stream of queries gets the full session once the light one has served its share.
+    for _ in range(LIGHT_SESSION_TEXTS // len(queries)):
+        quick.embed(queries)
+    assert light(quick._encoder.session)
+    upgraded = np.array(quick.embed(queries))
+    assert not light(quick._encoder.session)
+    assert np.abs(upgraded - theirs).max() < 1e-6
