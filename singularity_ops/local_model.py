@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -568,6 +569,7 @@ class OnnxEncoder:
         self.serving = serving
         self.light = not optimize
         self.texts_encoded = 0
+        self._lock = threading.Lock()
         self.session = self._session(ort, light=self.light)
 
     def _session(self, ort, *, light: bool):
@@ -590,6 +592,21 @@ class OnnxEncoder:
                 f"{str(exc)[:200]}; rebuild it with `{BUILD_HINT} --force`"
             ) from None
 
+    def _session_for(self, count: int):
+        """The session to encode the next `count` texts with: the light one is replaced by a
+        full one once it has encoded LIGHT_SESSION_TEXTS texts."""
+        with self._lock:
+            if self.light and self.texts_encoded >= LIGHT_SESSION_TEXTS:
+                import onnxruntime as ort
+
+                # Freed first, so that the two never hold memory at once (+45 MiB peak RSS
+                # otherwise); a run still using it in another thread keeps its own reference.
+                self.session = None
+                self.session = self._session(ort, light=False)
+                self.light = False
+            self.texts_encoded += count
+            return self.session
+
     def encode(
         self, texts: Sequence[str], batch_size: int = 64, token_budget: int = TOKEN_BUDGET
     ) -> list:
@@ -603,12 +620,7 @@ class OnnxEncoder:
         """
         import numpy as np
 
-        if self.light and self.texts_encoded >= LIGHT_SESSION_TEXTS:
-            import onnxruntime as ort
-
-            self.session = self._session(ort, light=False)
-            self.light = False
-        self.texts_encoded += len(texts)
+        session = self._session_for(len(texts))
         encodings = self.tokenizer.encode_batch([str(t).strip() for t in texts])
         order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
         out: list = [None] * len(encodings)
@@ -623,7 +635,7 @@ class OnnxEncoder:
                 tokens = encodings[i].ids
                 ids[row, : len(tokens)] = tokens
                 mask[row, : len(tokens)] = 1
-            (vectors,) = self.session.run(
+            (vectors,) = session.run(
                 ["sentence_embedding"], {"input_ids": ids, "attention_mask": mask}
             )
             if not np.isfinite(vectors).all():
