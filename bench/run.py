@@ -115,6 +115,15 @@ def timed_rss(cmd: list[str], *, cwd: Path = ROOT) -> tuple[float, int]:
     return float(wall), int(rss)
 
 
+def interleaved(
+    ours: Callable[[], float], theirs: Callable[[], float], runs: int
+) -> tuple[float, float]:
+    """Median seconds of `ours` and of `theirs`, run as `runs` alternating pairs so that
+    both sides see the same machine (a noisy VM drifts over minutes)."""
+    pairs = [(ours(), theirs()) for _ in range(runs)]
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+
+
 def _vector_text(v: Any) -> str:
     return "[" + ",".join(f"{x:.6f}" for x in v) + "]"
 
@@ -394,9 +403,7 @@ class Bench:
                 return time.perf_counter() - started
 
         # Interleaved so that both sides see the same machine noise.
-        pairs = [(toolkit(), raw()) for _ in range(self.args.repeat)]
-        t = statistics.median(p[0] for p in pairs)
-        r = statistics.median(p[1] for p in pairs)
+        t, r = interleaved(toolkit, raw, self.args.repeat)
         self.add(
             Row(
                 f"embed {count} artifacts (vs model.encode, batch {batch})",
@@ -654,8 +661,7 @@ class Bench:
             reference.encode(texts, batch_size=batch, normalize_embeddings=True)
             return time.perf_counter() - started
 
-        pairs = [(onnx(), st()) for _ in range(self.args.repeat)]
-        t, r = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+        t, r = interleaved(onnx, st, self.args.repeat)
         self.add(
             Row(
                 f"embed {len(texts)} texts, batch {batch} (vs SentenceTransformer.encode)",
@@ -692,15 +698,11 @@ class Bench:
             key,
             query,
         ]
-        pairs = [
-            (
-                timed_rss([*OPS, "--config", str(config), "search", query])[0],
-                timed_rss(floor_cmd)[0],
-            )
-            for _ in range(runs)
-        ]
-        ours = statistics.median(p[0] for p in pairs)
-        floor = statistics.median(p[1] for p in pairs)
+        ours, floor = interleaved(
+            lambda: timed_rss([*OPS, "--config", str(config), "search", query])[0],
+            lambda: timed_rss(floor_cmd)[0],
+            runs,
+        )
         self.add(
             Row(
                 "search, cold process (vs the bare onnxruntime+tokenizers+psycopg floor)",
@@ -847,8 +849,7 @@ class Bench:
             subprocess.run(reset, check=True, capture_output=True)
             return timed(copy, stdin_path=copy_rows)
 
-        pairs = [(tool(), limit()) for _ in range(self.args.repeat)]
-        t, r = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+        t, r = interleaved(tool, limit, self.args.repeat)
         self.add(
             Row(
                 f"record-usage --from, {events:,} events (vs psql COPY of the same rows)",
@@ -976,8 +977,7 @@ class Bench:
                 [str(pg_dump.path), "-Fc", f"--dbname={settings.url()}", f"--file={raw_dump}"]
             )
 
-        pairs = [(tool_backup(), raw_backup()) for _ in range(self.args.repeat)]
-        t, r = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+        t, r = interleaved(tool_backup, raw_backup, self.args.repeat)
         self.add(
             Row(
                 f"backup {size / 1e6:.0f} MB database (vs pg_dump -Fc)",
@@ -1038,9 +1038,8 @@ class Bench:
             psql(url, "SELECT timescaledb_post_restore(); ANALYZE;")
             return time.perf_counter() - started
 
-        pairs = [(tool_restore(), raw_restore()) for _ in range(self.args.repeat)]
+        t, r = interleaved(tool_restore, raw_restore, self.args.repeat)
         reset_target()
-        t, r = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
         self.add(
             Row(
                 "restore of that dump (vs the same procedure with pg_restore by hand)",

@@ -42,8 +42,7 @@ def sandbox(settings: Settings) -> Iterator[psycopg.Connection]:
     import psycopg
 
     from .db import (
-        _register_vector,
-        check_local_identity,
+        _prepare,
         explain_connect_error,
         relation_exists,
         use_connection,
@@ -59,7 +58,9 @@ def sandbox(settings: Settings) -> Iterator[psycopg.Connection]:
         raise SandboxUnavailable(f"cannot reach the shared database: {why}; {SETUP_HINT}") from None
     try:
         try:
-            check_local_identity(settings, conn)  # the same check as every CLI connection
+            # The same identity check as every CLI connection, and pgvector's type, in one
+            # round trip.
+            _prepare(settings, conn)
         except DatabaseUnavailable as exc:
             raise SandboxUnavailable(str(exc)) from None
         migrated = relation_exists(conn, "knowledge_artifacts")
@@ -68,7 +69,6 @@ def sandbox(settings: Settings) -> Iterator[psycopg.Connection]:
             raise SandboxUnavailable(
                 f"database {settings.url()} is not migrated (no knowledge_artifacts); {SETUP_HINT}"
             )
-        _register_vector(conn)
         conn._start_sandbox()
         with use_connection(conn):
             yield conn
