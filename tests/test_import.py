@@ -335,17 +335,38 @@ def test_import_writes_the_glossary_line_text_search_finds_thin_artifacts_by(kb_
     assert (result.updated, result.glossary_notes) == (3, 3)
     assert notes(kb_settings) == {"falco": None, "jaeger": None, "zorblax": None}
 
-    # Rows of an older glossary (or of a database from before migration 0012) are redone.
-    with psycopg.connect(**kb_settings.conninfo()) as conn:
+    # Rows of an older glossary, of a newer one (another checkout's code) or of a database from
+    # before migration 0012 (no digest) are redone: each sorts on another side of the current.
+    for other in ("n0-old", "zz-newer", None):
+        with psycopg.connect(**kb_settings.conninfo()) as conn:
+            conn.execute(
+                "UPDATE knowledge_artifacts SET glossary_digest = %s, glossary_note = 'x'",
+                (other,),
+            )
+        assert do_import(kb_settings, root, corpus="moved").glossary_notes == 3, other
+        with psycopg.connect(**kb_settings.conninfo()) as conn:
+            assert conn.execute(
+                "SELECT DISTINCT glossary_digest FROM knowledge_artifacts"
+            ).fetchall() == [(note_digest(),)]
+        assert set(notes(kb_settings).values()) == {None}
+
+
+def test_finding_stale_glossary_lines_reads_the_index_not_the_table(kb_settings):
+    from singularity_ops.glossary import note_digest
+    from singularity_ops.importer import STALE_GLOSSARY_SQL
+
+    with psycopg.connect(**kb_settings.conninfo(), autocommit=True) as conn:
         conn.execute(
-            "UPDATE knowledge_artifacts SET glossary_digest = 'n0-old', glossary_note = 'x'"
+            "INSERT INTO knowledge_artifacts (artifact_type, artifact_id, content_raw, content,"
+            " glossary_digest)"
+            " SELECT 'bulk', 'a' || g, '{}', '{}', %s FROM generate_series(1, 10000) g",
+            (note_digest(),),
         )
-    assert do_import(kb_settings, root, corpus="moved").glossary_notes == 3
-    with psycopg.connect(**kb_settings.conninfo()) as conn:
-        assert conn.execute(
-            "SELECT DISTINCT glossary_digest FROM knowledge_artifacts"
-        ).fetchall() == [(note_digest(),)]
-    assert set(notes(kb_settings).values()) == {None}
+        conn.execute("ANALYZE knowledge_artifacts")
+        plan = "\n".join(
+            r[0] for r in conn.execute("EXPLAIN " + STALE_GLOSSARY_SQL, {"digest": note_digest()})
+        )
+    assert "Seq Scan" not in plan and "knowledge_artifacts_glossary_digest" in plan, plan
 
 
 def test_a_dry_run_writes_no_glossary_line(kb_settings, tmp_path):
