@@ -594,9 +594,9 @@ class OnnxEncoder:
 
     def _session_for(self, count: int):
         """The session to encode the next `count` texts with: the light one is replaced by a
-        full one once it has encoded LIGHT_SESSION_TEXTS texts."""
+        full one before it would pass LIGHT_SESSION_TEXTS texts (at once for a big batch)."""
         with self._lock:
-            if self.light and self.texts_encoded >= LIGHT_SESSION_TEXTS:
+            if self.light and self.texts_encoded + count > LIGHT_SESSION_TEXTS:
                 import onnxruntime as ort
 
                 # Freed first, so that the two never hold memory at once (+45 MiB peak RSS

@@ -324,9 +324,13 @@ def test_a_query_encoder_starts_light_gives_the_same_vectors_and_upgrades(encode
     ours, theirs = np.array(quick.embed(queries)), np.array(encoder.encode(queries))
     assert np.abs(ours - theirs).max() < 1e-6
     # A long stream of queries gets the full session once the light one has served its share.
-    for _ in range(LIGHT_SESSION_TEXTS // len(queries)):
+    for _ in range(LIGHT_SESSION_TEXTS // len(queries) - 1):
         quick.embed(queries)
     assert light(quick._encoder.session)
     upgraded = np.array(quick.embed(queries))
     assert not light(quick._encoder.session)
     assert np.abs(upgraded - theirs).max() < 1e-6
+    # A batch bigger than the light session's share goes to a full session at once.
+    batch = make_provider(load_settings(cwd=ROOT, env={}).embedding, queries=True)
+    batch.embed(queries * (LIGHT_SESSION_TEXTS // len(queries) + 1))
+    assert not light(batch._encoder.session)
