@@ -78,8 +78,8 @@ def _structured_lines(value: Any, key: str, out: list[str], budget: list[int]) -
     for item in items:
         if isinstance(item, Mapping | list):
             _structured_lines(item, key, out, budget)
-        elif item is not None and humanise(str(item)):
-            words.append(humanise(str(item)))
+        elif item is not None and (word := humanise(str(item))):
+            words.append(word)
     if words:
         line = f"{humanise(key)}: {', '.join(words)}"[: budget[0]]
         out.append(line)
