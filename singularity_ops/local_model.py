@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ BUILD_HINT = "singularity-ops model build"
 # Texts a light query session (OnnxEncoder optimize=False) encodes before the encoder pays
 # once for a full session: ~4 ms saved per query at full speed against ~65 ms to build it.
 LIGHT_SESSION_TEXTS = 32
+SWAP_RETRY_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -602,7 +604,14 @@ class OnnxEncoder:
                 # Freed first, so that the two never hold memory at once (+45 MiB peak RSS
                 # otherwise); a run still using it in another thread keeps its own reference.
                 self.session = None
-                self.session = self._session(ort, light=False)
+                try:
+                    self.session = self._session(ort, light=False)
+                except ModelError:
+                    # `model build --force` elsewhere replaces the cache entry by two renames:
+                    # a load between them finds no file. Once more after that moment; a graph
+                    # that is really gone or corrupt fails again, with the rebuild hint.
+                    time.sleep(SWAP_RETRY_SECONDS)
+                    self.session = self._session(ort, light=False)
                 self.light = False
             self.texts_encoded += count
             return self.session

@@ -334,3 +334,33 @@ def test_a_query_encoder_starts_light_gives_the_same_vectors_and_upgrades(encode
     batch = make_provider(load_settings(cwd=ROOT, env={}).embedding, queries=True)
     batch.embed(queries * (LIGHT_SESSION_TEXTS // len(queries) + 1))
     assert not light(batch._encoder.session)
+
+
+def test_the_swap_to_a_full_session_outlasts_a_cache_entry_being_replaced(tmp_path):
+    """`model build --force` renames the entry away and a new one into place; a swap that
+    lands in between waits for the new one instead of failing the stream of queries."""
+    import threading
+
+    from singularity_ops.local_model import LIGHT_SESSION_TEXTS, TOKENIZER_FILE, OnnxEncoder
+
+    info = ensure_graph()
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    for name in (GRAPH_FILE, DATA_FILE, TOKENIZER_FILE):
+        os.symlink(info.path.parent / name, entry / name)
+    quick = OnnxEncoder(entry / GRAPH_FILE, entry / TOKENIZER_FILE, optimize=False)
+    quick.encode(["retry with backoff"])
+    aside = tmp_path / "aside"
+    entry.rename(aside)
+    back = threading.Timer(0.05, aside.rename, args=(entry,))
+    back.start()
+    try:
+        vectors = quick.encode(["tracing"] * LIGHT_SESSION_TEXTS)
+    finally:
+        back.join()
+    assert not quick.light and len(vectors) == LIGHT_SESSION_TEXTS
+    # An entry that stays gone fails the swap with the rebuild hint, not a traceback.
+    slow = OnnxEncoder(entry / GRAPH_FILE, entry / TOKENIZER_FILE, optimize=False)
+    entry.rename(aside)
+    with pytest.raises(ModelError, match="rebuild it with"):
+        slow.encode(["tracing"] * (LIGHT_SESSION_TEXTS + 1))
