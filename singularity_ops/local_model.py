@@ -548,9 +548,9 @@ class OnnxEncoder:
         cold `search`): no graph optimizations and no weight prepacking. Prepacking copies
         all 90 MB of weights into the matrix kernels' layout and took ~50 ms of a 65 ms
         session start; optimizing took ~15 ms. Without them the first query costs ~5 ms
-        more, and vectors agree within 1e-6. After LIGHT_SESSION_TEXTS texts the encoder
-        switches to a full session, so a long stream of queries (`search --stdin`, the
-        Python API) still runs at full speed. Document batches (`embed`) and the server
+        more, and vectors agree within 1e-6. Before it would pass LIGHT_SESSION_TEXTS texts
+        (at once for a bigger batch) the encoder switches to a full session, so a long stream
+        of queries (`search --stdin`, the Python API) still runs at full speed. Document batches (`embed`) and the server
         start with the full session."""
         import onnxruntime as ort
         from tokenizers import Tokenizer
